@@ -1,0 +1,107 @@
+"""Crash-safe checkpoints: written whole to a temporary folder, then renamed into place.
+
+A checkpoint folder `step-000012/` holds the trainable weights (full model, or only the LoRA
+adapter), the optimiser and scheduler state, every RNG state and the trainer's own state (step,
+data position). The rename is atomic, so a crash while writing leaves a `.tmp-*` folder that is
+ignored and cleaned up, and the previous checkpoint stays usable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+_PREFIX = "step-"
+
+
+def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict,
+                    trainer_state: dict[str, Any], keep: int) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{_PREFIX}{step:06d}"
+    tmp = directory / f".tmp-{_PREFIX}{step:06d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    # Tied weights share storage; safetensors refuses shared tensors, so save independent copies.
+    save_file({k: v.detach().contiguous().clone() for k, v in trainable.items()}, str(tmp / "weights.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    complete = [p for p in directory.iterdir() if p.name.startswith(_PREFIX) and (p / "trainer_state.json").is_file()]
+    return sorted(complete)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
+    """Returns (trainable weights, optimiser state, trainer state) and restores the RNG states."""
+    path = Path(path)
+    weights = load_file(str(path / "weights.safetensors"))
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=False)
+    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return weights, optimizer_state, trainer_state
+
+
+def clean_partial(directory: Path) -> None:
+    """Remove folders left by a crash in the middle of a save."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for tmp in directory.glob(f".tmp-{_PREFIX}*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

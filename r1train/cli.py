@@ -1,0 +1,133 @@
+"""The `r1train` command line: run, validate, eval, data, report.
+
+Every user error (bad recipe, missing file, unknown reward) ends in one line on stderr and exit
+code 2, before any work starts; training failures end with exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+USAGE_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return USAGE_ERROR
+    from r1train.errors import USER_ERRORS
+
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as exc:
+        print(f"r1train: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="r1train", description="Reproduce DeepSeek-R1: GRPO, rejection sampling, SFT and distillation from one recipe.")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run a recipe (all its stages, or one GRPO run)")
+    run.add_argument("recipe", help="recipe YAML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe key, e.g. --set training.steps=10 (repeatable)")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="resume from the run folder's last checkpoint (the default when one exists)")
+    group.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun the pipeline from this stage on")
+    run.set_defaults(func=_cmd_run)
+
+    validate = sub.add_parser("validate", help="check a recipe without running it and print the effective config")
+    validate.add_argument("recipe")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.set_defaults(func=_cmd_validate)
+
+    evaluate = sub.add_parser("eval", help="evaluate a model on a JSONL file of questions and answers")
+    evaluate.add_argument("--model", required=True, help="model folder, alias or hub id")
+    evaluate.add_argument("--data", required=True, help="JSONL with `question` and `answer` columns")
+    evaluate.add_argument("--samples", type=int, default=4, help="k samples per question (default 4)")
+    evaluate.add_argument("--out", help="write the results as JSON to this file")
+    evaluate.add_argument("--recipe", help="take prompt template, rewards and sampling from this recipe")
+    evaluate.add_argument("--template", help="prompt template (r1_zero, r1_chat or a string with {question})")
+    evaluate.add_argument("--backend", choices=("hf", "vllm"), help="rollout backend (default: the recipe's, else hf)")
+    evaluate.add_argument("--max-examples", type=int, help="evaluate only the first N rows")
+    evaluate.add_argument("--max-new-tokens", type=int, help="completion length limit")
+    evaluate.add_argument("--temperature", type=float, default=1.0)
+    evaluate.set_defaults(func=_cmd_eval)
+
+    data = sub.add_parser("data", help="generate the toy datasets, or describe a data file")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    make = data_sub.add_parser("make", help="(re)generate the toy math datasets")
+    make.add_argument("--out", default="data", help="output folder (default: data)")
+    make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(func=_cmd_data_make)
+    describe = data_sub.add_parser("describe", help="row count, columns and an example of a data file")
+    describe.add_argument("path")
+    describe.set_defaults(func=_cmd_data_describe)
+
+    report = sub.add_parser("report", help="write plots and a markdown summary for a run folder")
+    report.add_argument("run_dir")
+    report.set_defaults(func=_cmd_report)
+    return parser
+
+
+def _cmd_validate(args) -> int:
+    from r1train.config import load_recipe, to_yaml
+    from r1train.validation import check_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    notes = check_recipe(recipe)
+    print(to_yaml(recipe), end="")
+    for note in notes:
+        print(f"# {note}")
+    print(f"# {args.recipe}: valid", file=sys.stderr)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from r1train.config import load_recipe
+    from r1train.pipeline import run_recipe
+    from r1train.validation import check_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_recipe(recipe)
+    return run_recipe(recipe, fresh=args.fresh, from_stage=args.from_stage)
+
+
+def _cmd_eval(args) -> int:
+    from r1train.evaluation import evaluate_cli
+
+    return evaluate_cli(args)
+
+
+def _cmd_data_make(args) -> int:
+    from r1train.toy_data import generate_all
+
+    generate_all(Path(args.out), seed=args.seed)
+    return 0
+
+
+def _cmd_data_describe(args) -> int:
+    from r1train.toy_data import describe
+
+    print(describe(Path(args.path)))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from r1train.errors import RunError
+    from r1train.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise RunError(f"{run_dir} has no metrics.jsonl: give a run folder, e.g. runs/r1_zero_toy")
+    print(write_report(run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""Typed recipe configuration: one dataclass per concern, YAML keys equal to field names.
+
+A recipe is a YAML mapping whose top-level sections are the fields of `Recipe`. Loading goes
+YAML -> nested dicts -> `--set` overrides -> dataclasses, and every failure (unknown key, wrong
+type, impossible value, missing file) raises `ConfigError` naming the dotted key, before any work
+starts. Pipeline stages reuse the same sections as partial overrides of the top-level ones, so a
+stage is validated exactly like a whole recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe problem; the message names the key and how to fix it."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def validate(self, at: str) -> None:
+        _check(self.r >= 1, f"{at}.r", "must be at least 1")
+        _check(self.alpha > 0, f"{at}.alpha", "must be positive")
+        _check(0.0 <= self.dropout < 1.0, f"{at}.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    # A short alias ("smollm2-135m-instruct"), a local Hugging Face folder, or a hub id.
+    name: str = "smollm2-135m-instruct"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    # Reward model for general prompts (a sequence-classification folder); used by GRPO stages.
+    reward_model: str | None = None
+
+    def validate(self, at: str) -> None:
+        _check(bool(self.name), f"{at}.name", "must name a model alias, folder or hub id")
+        self.lora.validate(f"{at}.lora")
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # JSONL or Parquet file of prompts (GRPO) or examples (SFT)
+    eval: str | None = None  # held-out split for evaluation
+    question_column: str = "question"
+    answer_column: str = "answer"
+    completion_column: str = "completion"  # SFT targets
+    # "r1_zero" (think/answer instruction, <think> prefilled), "r1_chat" or any string with {question}.
+    prompt_template: str = "r1_zero"
+    system_prompt: str | None = None
+    max_prompt_tokens: int = 256
+    shuffle: bool = True
+    # Second-stage RL: extra prompts scored by rewards marked `general` in the recipe.
+    general: str | None = None
+    general_ratio: float = 0.0  # share of each batch drawn from `general`
+
+    def validate(self, at: str) -> None:
+        for key in ("train", "eval", "general"):
+            path = getattr(self, key)
+            if path is not None and not path.startswith("stage:"):
+                _check(Path(path).is_file(), f"{at}.{key}", f"file not found: {path}")
+        _check(self.max_prompt_tokens >= 8, f"{at}.max_prompt_tokens", "must be at least 8")
+        _check(0.0 <= self.general_ratio < 1.0, f"{at}.general_ratio", "must be in [0, 1)")
+        _check(
+            self.general_ratio == 0.0 or self.general is not None,
+            f"{at}.general_ratio",
+            "is set but data.general names no file",
+        )
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"  # "hf" (transformers generate) or "vllm"
+    placement: str = "colocate"  # "colocate" (in-process) or "remote" (separate vLLM servers)
+    remote_urls: list[str] = field(default_factory=list)
+    group_size: int = 8  # G completions per prompt
+    prompts_per_step: int = 16
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=lambda: ["</answer>"])
+    vllm_kv_cache_gib: float = 2.0
+    vllm_sleep: bool = True  # GPU only: free vLLM's memory while the learner trains
+    verify_sync: bool = True  # compare engine and learner logprobs after each sync
+
+    def validate(self, at: str) -> None:
+        _one_of(self.backend, ("hf", "vllm"), f"{at}.backend")
+        _one_of(self.placement, ("colocate", "remote"), f"{at}.placement")
+        _check(
+            self.placement == "colocate" or self.remote_urls,
+            f"{at}.remote_urls",
+            "must list the rollout servers when placement is 'remote'",
+        )
+        _check(self.group_size >= 2, f"{at}.group_size", "must be at least 2 (advantages compare completions of one prompt)")
+        _check(self.prompts_per_step >= 1, f"{at}.prompts_per_step", "must be at least 1")
+        _check(self.max_new_tokens >= 1, f"{at}.max_new_tokens", "must be at least 1")
+        _check(self.temperature > 0, f"{at}.temperature", "must be positive")
+        _check(0 < self.top_p <= 1, f"{at}.top_p", "must be in (0, 1]")
+        _check(self.top_k >= 0, f"{at}.top_k", "must be 0 (off) or positive")
+        _check(self.vllm_kv_cache_gib > 0, f"{at}.vllm_kv_cache_gib", "must be positive")
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage_scaling: str = "group"  # "group" std, "batch" std, or "none" (Dr. GRPO)
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2  # > epsilon_low is DAPO's clip-higher
+    dual_clip: float | None = None  # c > 1 bounds the loss of negative-advantage tokens
+    beta: float = 0.0  # KL weight; 0 loads no reference model
+    loss_aggregation: str = "token_mean"  # "sequence_mean" | "token_mean" | "sum_over_max_len"
+    updates_per_batch: int = 1  # mu
+    mini_batches: int = 1  # optimiser steps per batch and update
+    tis_cap: float | None = 2.0  # truncated importance sampling cap C; null disables
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    max_sampling_retries: int = 3
+    overlong: str = "none"  # "none" | "mask" (truncated completions get no loss)
+    entropy_coef: float = 0.0
+
+    def validate(self, at: str) -> None:
+        _one_of(self.advantage_scaling, ("group", "batch", "none"), f"{at}.advantage_scaling")
+        _one_of(self.loss_aggregation, ("sequence_mean", "token_mean", "sum_over_max_len"), f"{at}.loss_aggregation")
+        _one_of(self.overlong, ("none", "mask"), f"{at}.overlong")
+        _check(0 < self.epsilon_low < 1, f"{at}.epsilon_low", "must be in (0, 1)")
+        _check(self.epsilon_high > 0, f"{at}.epsilon_high", "must be positive")
+        _check(self.dual_clip is None or self.dual_clip > 1, f"{at}.dual_clip", "must be greater than 1 (or null)")
+        _check(self.beta >= 0, f"{at}.beta", "must be non-negative")
+        _check(self.updates_per_batch >= 1, f"{at}.updates_per_batch", "must be at least 1")
+        _check(self.mini_batches >= 1, f"{at}.mini_batches", "must be at least 1")
+        _check(self.tis_cap is None or self.tis_cap >= 1, f"{at}.tis_cap", "must be at least 1 (or null)")
+        _check(self.max_sampling_retries >= 0, f"{at}.max_sampling_retries", "must be non-negative")
+        _check(self.entropy_coef >= 0, f"{at}.entropy_coef", "must be non-negative")
+
+
+@dataclass
+class RewardSpec:
+    name: str | None = None  # registered name or "package.module:function"
+    path: str | None = None  # a Python file holding the function...
+    function: str | None = None  # ...and its name
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{Path(self.path or '').stem}:{self.function}"
+
+    def validate(self, at: str) -> None:
+        _check(
+            (self.name is None) != (self.path is None),
+            at,
+            "give either `name` (registered or package.module:function) or `path` + `function`",
+        )
+        _check(self.path is None or self.function is not None, f"{at}.function", "is required with `path`")
+        _check(self.path is None or Path(self.path).is_file(), f"{at}.path", f"file not found: {self.path}")
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 40  # optimiser-facing steps (GRPO: batches; SFT: optimiser steps)
+    epochs: float | None = None  # SFT: passes over the data, overrides steps when set
+    learning_rate: float = 1e-6
+    lr_schedule: str = "constant"  # "constant" | "linear" | "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    micro_batch_tokens: int = 4096  # token budget per forward/backward (padding included)
+    batch_size: int = 16  # SFT: examples per optimiser step
+    bf16: bool = True  # bf16 autocast where the hardware supports it; fp32 master weights
+    packing: bool = False  # SFT: pack short examples into one sequence
+    max_seq_len: int = 1024  # SFT
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    max_nan_steps: int = 3  # consecutive non-finite steps before the run stops
+    threads: int | None = None  # torch intra-op threads; null keeps torch's default
+
+    def validate(self, at: str) -> None:
+        _one_of(self.lr_schedule, ("constant", "linear", "cosine"), f"{at}.lr_schedule")
+        _check(self.steps >= 1, f"{at}.steps", "must be at least 1")
+        _check(self.epochs is None or self.epochs > 0, f"{at}.epochs", "must be positive")
+        _check(self.learning_rate > 0, f"{at}.learning_rate", "must be positive")
+        _check(self.warmup_steps >= 0, f"{at}.warmup_steps", "must be non-negative")
+        _check(self.weight_decay >= 0, f"{at}.weight_decay", "must be non-negative")
+        _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, f"{at}.adam_beta1", "betas must be in [0, 1)")
+        _check(self.max_grad_norm > 0, f"{at}.max_grad_norm", "must be positive")
+        _check(self.micro_batch_tokens >= 64, f"{at}.micro_batch_tokens", "must be at least 64")
+        _check(self.batch_size >= 1, f"{at}.batch_size", "must be at least 1")
+        _check(self.max_seq_len >= 16, f"{at}.max_seq_len", "must be at least 16")
+        _check(self.checkpoint_every >= 1, f"{at}.checkpoint_every", "must be at least 1")
+        _check(self.keep_checkpoints >= 1, f"{at}.keep_checkpoints", "must be at least 1")
+        _check(self.max_nan_steps >= 1, f"{at}.max_nan_steps", "must be at least 1")
+
+
+@dataclass
+class EvaluationConfig:
+    every: int = 0  # evaluate the held-out split every N steps (0: only before and after)
+    max_examples: int = 100
+    samples: int = 1  # k samples per problem (pass@1 is their mean)
+    temperature: float = 1.0
+    greedy: bool = True  # also measure greedy accuracy
+    max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    at_start: bool = True
+    at_end: bool = True
+
+    def validate(self, at: str) -> None:
+        _check(self.every >= 0, f"{at}.every", "must be non-negative")
+        _check(self.max_examples >= 1, f"{at}.max_examples", "must be at least 1")
+        _check(self.samples >= 1, f"{at}.samples", "must be at least 1")
+        _check(self.temperature > 0, f"{at}.temperature", "must be positive")
+
+
+@dataclass
+class RejectionConfig:
+    samples: int = 8  # k per prompt
+    max_per_prompt: int = 2  # m kept
+    max_prompts: int | None = None
+    require: list[str] = field(default_factory=lambda: ["accuracy", "format"])  # rewards that must be 1
+    max_completion_tokens: int | None = None
+    language: str | None = None  # require language consistency >= 0.9 in this language
+    output_format: str = "jsonl"  # "jsonl" | "parquet"
+
+    def validate(self, at: str) -> None:
+        _check(self.samples >= 1, f"{at}.samples", "must be at least 1")
+        _check(self.max_per_prompt >= 1, f"{at}.max_per_prompt", "must be at least 1")
+        _one_of(self.output_format, ("jsonl", "parquet"), f"{at}.output_format")
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    samples_every: int = 1  # write sample completions every N steps
+    num_samples: int = 4
+    progress: bool = True
+
+    def validate(self, at: str) -> None:
+        _check(self.samples_every >= 1, f"{at}.samples_every", "must be at least 1")
+
+
+# Sections a stage may override; `stages` itself cannot nest.
+SECTIONS = ("model", "data", "rollout", "algorithm", "rewards", "training", "evaluation", "rejection", "logging")
+STAGE_TYPES = ("sft", "grpo", "rejection_sampling", "distill", "eval")
+
+
+@dataclass
+class StageConfig:
+    name: str = ""
+    type: str = ""
+    # "base" (the recipe's model), "stage:<name>" (another stage's output) or a model name/folder.
+    model: str = "base"
+    teacher: str | None = None  # distill: model whose traces the student learns from
+    # Other sections as partial overrides of the top-level ones (validated after merging).
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    run_name: str = "r1train"
+    output_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rewards: list[RewardSpec] = field(default_factory=list)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def validate(self) -> None:
+        _check(bool(self.run_name) and "/" not in self.run_name, "run_name", "must be a non-empty name without '/'")
+        for name in SECTIONS:
+            if name == "rewards":
+                for i, spec in enumerate(self.rewards):
+                    spec.validate(f"rewards[{i}]")
+            else:
+                getattr(self, name).validate(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe file, apply `key=value` overrides, build and validate the dataclasses."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping of sections, not {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return recipe_from_dict(raw)
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    raw = dict(raw)
+    stages_raw = raw.pop("stages", None) or []
+    recipe = build(Recipe, raw, "")
+    recipe.stages = [_build_stage(s, i) for i, s in enumerate(stages_raw)]
+    recipe.validate()
+    names = [s.name for s in recipe.stages]
+    for i, stage in enumerate(recipe.stages):
+        _check(names.count(stage.name) == 1, f"stages[{i}].name", f"'{stage.name}' is used twice")
+        for ref in (stage.model, stage.teacher, stage.overrides.get("data", {}).get("train")):
+            if isinstance(ref, str) and ref.startswith("stage:"):
+                _check(ref[6:] in names[:i], f"stages[{i}]", f"'{ref}' must name an earlier stage")
+        stage_recipe(recipe, stage)  # validates the merged sections
+    return recipe
+
+
+def stage_recipe(recipe: Recipe, stage: StageConfig) -> Recipe:
+    """The recipe a stage runs with: the top-level sections with the stage's overrides merged."""
+    base = dataclasses.asdict(recipe)
+    base.pop("stages")
+    for section, value in stage.overrides.items():
+        if section == "rewards":
+            base["rewards"] = value
+        else:
+            base[section] = _deep_merge(base[section], value)
+    merged = build(Recipe, base, "")
+    merged.validate()
+    return merged
+
+
+def _build_stage(raw: Any, index: int) -> StageConfig:
+    at = f"stages[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{at}: a stage must be a mapping with `name` and `type`")
+    raw = dict(raw)
+    own = {k: raw.pop(k) for k in ("name", "type", "model", "teacher") if k in raw}
+    stage = build(StageConfig, own, at)
+    _check(bool(stage.name), f"{at}.name", "is required")
+    _one_of(stage.type, STAGE_TYPES, f"{at}.type")
+    _check(stage.type != "distill" or stage.teacher, f"{at}.teacher", "is required for a distill stage")
+    for key in raw:
+        if key not in SECTIONS:
+            raise ConfigError(_unknown(f"{at}.{key}", key, ("name", "type", "model", "teacher") + SECTIONS))
+    stage.overrides = raw
+    return stage
+
+
+def _deep_merge(base: dict, update: Any) -> Any:
+    if not isinstance(update, dict) or not isinstance(base, dict):
+        return update
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(base.get(key), value) if key in base else value
+    return merged
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (so 3, 1e-5, true, [a, b])."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set '{item}': expected key=value, e.g. --set training.steps=10")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set '{item}': '{part}' is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, at: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking keys and types; `at` is the dotted prefix."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{at or 'recipe'}: expected a mapping of keys, got {_describe(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("stages", "overrides")}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        dotted = f"{at}.{key}" if at else str(key)
+        if key not in fields:
+            raise ConfigError(_unknown(dotted, str(key), list(fields)))
+        values[key] = _coerce(hints[key], value, dotted)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, at: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, at)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, at)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{at}: expected a list, got {_describe(value)}")
+        return [_coerce(args[0], v, f"{at}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{at}: expected a mapping, got {_describe(value)}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{at}: expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{at}: expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        # YAML reads 1e-5 (no dot) as a string; accept numeric strings for floats.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{at}: expected a number, got {_describe(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{at}: expected a string, got {_describe(value)}")
+        return value
+    return value
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) < 40 else text[:37] + '...'}"
+
+
+def _unknown(dotted: str, key: str, valid: Any) -> str:
+    prefix = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return f"unknown key '{dotted}'{hint}"
+
+
+def _check(ok: Any, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {reason}")
+
+
+def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}{hint}")
+
+
+def to_yaml(recipe: Recipe) -> str:
+    """The effective config, as YAML a user could save and run again."""
+    data = dataclasses.asdict(recipe)
+    data["stages"] = [
+        {"name": s.name, "type": s.type, "model": s.model, **({"teacher": s.teacher} if s.teacher else {}), **s.overrides}
+        for s in recipe.stages
+    ]
+    if not data["stages"]:
+        data.pop("stages")
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,62 @@
+"""The rollout engine interface shared by every generation backend.
+
+The trainer hands an engine prompts that are already tokenised (chat template applied), so the
+learner and the engine see exactly the same token ids; the engine returns, per completion, the
+sampled token ids, the decoded text, the engine's own log-probability of each sampled token and
+why generation ended. Completions come back grouped: the `n` completions of prompt i are
+contiguous, in prompt order, which is the layout the group-relative advantage maths expects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class SamplingSettings:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    stop: list[str] = field(default_factory=list)  # generation ends after any of these strings
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    prompt_index: int  # index into the list of prompts given to generate()
+    prompt_token_ids: list[int]
+    token_ids: list[int]  # sampled tokens, including a final EOS when the model emitted one
+    text: str  # decoded completion, special tokens skipped
+    logprobs: list[float] | None  # engine's log-prob of each sampled token; None if unsupported
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (hit max_new_tokens)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingSettings
+    ) -> list[Completion]:
+        """Sample `n` completions for each prompt; returns len(prompts) * n completions, grouped."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the engine generate from `model`'s current weights (LoRA merged)."""
+        ...
+
+    def sleep(self) -> None:
+        """Release generation memory while the learner trains (no-op where unsupported)."""
+        ...
+
+    def wake_up(self) -> None:
+        """Reclaim the memory released by sleep() before the next generate()."""
+        ...
+
+    def close(self) -> None:
+        ...

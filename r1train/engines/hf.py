@@ -1,0 +1,258 @@
+"""Rollouts with `transformers` generate, on the very model object the learner trains.
+
+The engine and the learner share one `torch.nn.Module` (a plain causal LM or a peft model with
+LoRA adapters), so there is nothing to copy after an optimiser step and `sync_weights` only checks
+that it was handed that same model. This backend works everywhere and is the default in tests and
+small runs; the vLLM backend is the fast one.
+
+Log-probabilities. The engine returns, for every sampled token, its log-probability under
+`log_softmax` of the model's *raw* logits (temperature 1, before temperature, top-k or top-p), in
+fp32. That is the quantity the learner computes when it scores the same tokens, so truncated
+importance sampling and the post-sync check compare like with like; it is also what vLLM returns
+in its `raw_logprobs` mode. When sampling at a temperature other than 1, these are not the
+log-probabilities of the distribution the tokens were drawn from, by design.
+They are recorded step by step during generation (a logits processor keeps the current step's
+log-softmax, a stopping criterion picks out the sampled token once it is appended), so memory stays
+at one [batch, vocab] tensor instead of the [steps, batch, vocab] that `output_logits` would keep.
+
+Deliberate simplifications:
+- Sequences are left-padded into fixed-size batches; no continuous batching.
+- Stop strings are checked by decoding each unfinished completion after every step, which costs
+  O(length^2) decoding per sequence but gives exactly vLLM's rule: generation ends at the first token
+  after which the decoded completion contains a stop string, and that token is kept.
+- The sampling settings given here override whatever the model's generation config asks for
+  (repetition penalty, n-gram blocking, minimum length), so rollouts come from the policy itself.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from r1train.engines.base import Completion, SamplingSettings
+
+
+class HFEngine:
+    """Generate with `model.generate` on the learner's own model.
+
+    Args:
+        model: the causal LM the learner trains (a `PreTrainedModel` or a peft model wrapping one).
+        tokenizer: its tokenizer; used for the pad and EOS ids and to decode completions.
+        batch_size: most sequences (prompts x samples) sent to one `generate` call.
+        autocast_dtype: run generation under `torch.autocast` with this dtype (use the learner's,
+            e.g. torch.bfloat16, so the engine's numerics match the learner's); None runs as stored.
+        eos_token_ids: token ids that end a completion; defaults to the tokenizer's EOS plus any
+            listed in the model's generation config.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        batch_size: int = 64,
+        autocast_dtype: torch.dtype | None = None,
+        eos_token_ids: list[int] | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.autocast_dtype = autocast_dtype
+        self.eos_token_ids = eos_token_ids if eos_token_ids is not None else _default_eos_ids(model, tokenizer)
+        if not self.eos_token_ids:
+            raise ValueError("no EOS token id: pass eos_token_ids or use a tokenizer that defines one")
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
+        """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        requests = [(index, prompt) for index, prompt in enumerate(prompts) for _ in range(n)]
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), _seeded(sampling.seed, device), self._autocast(device):
+                completions: list[Completion] = []
+                for start in range(0, len(requests), self.batch_size):
+                    completions += self._generate_batch(requests[start : start + self.batch_size], sampling, device)
+        finally:
+            self.model.train(was_training)
+        return completions
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Nothing to copy: the engine generates with the learner's model object itself."""
+        if model is not self.model:
+            raise ValueError(
+                "HFEngine generates with the model it was built on; sync_weights got a different "
+                "module. Build the engine on the learner's model instead of syncing another one."
+            )
+
+    def sleep(self) -> None:
+        """No generation memory outlives a generate() call here."""
+
+    def wake_up(self) -> None:
+        """See sleep()."""
+
+    def close(self) -> None:
+        """The model belongs to the learner; nothing to release."""
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def _generate_batch(
+        self, requests: list[tuple[int, list[int]]], sampling: SamplingSettings, device: torch.device
+    ) -> list[Completion]:
+        prompts = [prompt for _, prompt in requests]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every prompt ends at column width-1
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[row, width - len(prompt) :] = 1
+
+        recorder = _RecordRawLogprobs()
+        gather = _GatherSampledLogprobs(recorder)
+        criteria: list[StoppingCriteria] = [gather]
+        stopper = None
+        if sampling.stop:
+            stopper = _StopOnStrings(self.tokenizer, sampling.stop, width, self.eos_token_ids)
+            criteria.append(stopper)
+
+        sequences = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            use_cache=True,  # the learner may have switched the cache off for gradient checkpointing
+            logits_processor=LogitsProcessorList([recorder]),
+            stopping_criteria=StoppingCriteriaList(criteria),
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_length=0,
+            **_sampling_kwargs(sampling),
+        )
+        generated = sequences[:, width:].cpu()  # [B, T] including pads after each finished row
+        logprobs = gather.logprobs()[:, : generated.shape[1]]  # [B, T]
+
+        eos = set(self.eos_token_ids)
+        completions = []
+        for row, (prompt_index, prompt) in enumerate(requests):
+            token_ids = generated[row].tolist()
+            end, finish_reason = len(token_ids), "length"
+            eos_at = next((i for i, t in enumerate(token_ids) if t in eos), None)
+            if eos_at is not None:
+                end, finish_reason = eos_at + 1, "stop"  # the EOS token is kept
+            if stopper is not None and row in stopper.stopped_at and stopper.stopped_at[row] < end:
+                end, finish_reason = stopper.stopped_at[row], "stop"
+            token_ids = token_ids[:end]
+            completions.append(
+                Completion(
+                    prompt_index=prompt_index,
+                    prompt_token_ids=list(prompt),
+                    token_ids=token_ids,
+                    text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                    logprobs=logprobs[row, :end].tolist(),
+                    finish_reason=finish_reason,
+                )
+            )
+        return completions
+
+
+def _sampling_kwargs(sampling: SamplingSettings) -> dict:
+    if sampling.temperature == 0:
+        return {"do_sample": False}
+    return {
+        "do_sample": True,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,  # 0 disables top-k in transformers, as in SamplingSettings
+    }
+
+
+def _default_eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    generation_config = getattr(model, "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        configured = [configured]
+    for token_id in configured or []:
+        if token_id not in ids:
+            ids.append(token_id)
+    return ids
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed sampling without disturbing the learner's random stream (it is restored afterwards)."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class _RecordRawLogprobs(LogitsProcessor):
+    """Keeps log_softmax of this step's raw logits; placed before the sampling warpers."""
+
+    def __init__(self):
+        self.latest: torch.Tensor | None = None  # [B, V]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.latest = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+
+class _GatherSampledLogprobs(StoppingCriteria):
+    """Once a step's token is appended, picks its log-prob out of the recorder; never stops anything."""
+
+    def __init__(self, recorder: _RecordRawLogprobs):
+        self.recorder = recorder
+        self.steps: list[torch.Tensor] = []  # each [B]
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        assert self.recorder.latest is not None
+        self.steps.append(self.recorder.latest.gather(1, input_ids[:, -1:]).squeeze(1).cpu())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def logprobs(self) -> torch.Tensor:
+        return torch.stack(self.steps, dim=1)  # [B, T]
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Stops a row at the first token after which its decoded completion contains a stop string.
+
+    `stopped_at[row]` is the completion length (stop-completing token included) at that point.
+    """
+
+    def __init__(self, tokenizer, stop: list[str], prompt_width: int, eos_token_ids: list[int]):
+        self.tokenizer = tokenizer
+        self.stop = list(stop)
+        self.prompt_width = prompt_width
+        self.eos = set(eos_token_ids)
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        completions = input_ids[:, self.prompt_width :].tolist()
+        for row, token_ids in enumerate(completions):
+            if row in self.stopped_at:
+                done[row] = True
+            elif not self.eos.intersection(token_ids):  # rows ended by EOS are only padded further
+                text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+                if any(s in text for s in self.stop):
+                    self.stopped_at[row] = len(token_ids)
+                    done[row] = True
+        return done.to(input_ids.device)

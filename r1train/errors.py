@@ -1,0 +1,28 @@
+"""The exceptions that mean "the user asked for something wrong" (exit code 2, one line)."""
+from __future__ import annotations
+
+from r1train.config import ConfigError
+from r1train.data import DataError
+from r1train.models import ModelNotFoundError
+from r1train.prompts import PromptError
+
+
+class RunError(ValueError):
+    """A run folder or stage input that cannot be used as asked."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency (vLLM) is not installed; the message names the extra."""
+
+
+def _reward_spec_error() -> tuple[type, ...]:
+    try:
+        from rewards import RewardSpecError
+    except ImportError:
+        return ()
+    return (RewardSpecError,)
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DataError, ModelNotFoundError, PromptError, RunError, MissingExtraError,
+) + _reward_spec_error()

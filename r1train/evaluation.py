@@ -1,0 +1,171 @@
+"""Held-out evaluation: k samples per question, scored by the task's rule, summarised as
+pass@1 / maj@k / pass@k / strict format rate / length, plus greedy accuracy.
+
+Used three ways: periodically inside GRPO (`Evaluator.run`), as a pipeline stage
+(`run_eval_stage`), and from the command line (`r1train eval`). The task rule is `countdown` when
+the data has `numbers` and `target` columns, else `accuracy` against the `answer` column.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from r1train import eval_metrics
+from r1train.config import Recipe
+from r1train.data import load_rows
+from r1train.engines.base import SamplingSettings
+from r1train.prompts import encode_prompt, prefill
+
+
+def correctness_function(columns: dict[str, list]) -> tuple[str, Callable] | None:
+    import rewards
+
+    if "numbers" in columns and "target" in columns:
+        return "countdown", rewards.countdown_reward
+    if "answer" in columns:
+        return "accuracy", rewards.accuracy_reward
+    return None
+
+
+def task_metrics(texts: list[str], columns: dict[str, list]) -> dict[str, float]:
+    """Accuracy (by the task's rule) and strict format rate of a batch, whatever the recipe weights."""
+    import rewards
+
+    out = {"format_rate": sum(rewards.format_reward(texts)) / len(texts)}
+    rule = correctness_function(columns)
+    if rule is not None:
+        scores = rule[1](texts, **columns)
+        out["accuracy"] = sum(s or 0.0 for s in scores) / len(texts)
+    return out
+
+
+@dataclass
+class Evaluator:
+    rows: list[dict[str, Any]]
+    tokenizer: Any
+    template: str
+    system_prompt: str | None
+    question_column: str
+    answer_column: str
+    samples: int
+    sampling: SamplingSettings
+    greedy: bool
+
+    @classmethod
+    def from_recipe(cls, cfg: Recipe, tokenizer, path: str | None = None) -> "Evaluator":
+        e = cfg.evaluation
+        rows = load_rows(path or cfg.data.eval, (cfg.data.question_column,), what="data.eval")[: e.max_examples]
+        sampling = SamplingSettings(
+            max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, temperature=e.temperature,
+            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop),
+        )
+        return cls(rows, tokenizer, cfg.data.prompt_template, cfg.data.system_prompt, cfg.data.question_column,
+                   cfg.data.answer_column, e.samples, sampling, e.greedy)
+
+    def run(self, engine, details: list | None = None) -> dict[str, float]:
+        """Evaluate `engine`'s current weights; returns metrics prefixed `eval/`."""
+        t0 = time.perf_counter()
+        prompts = [encode_prompt(self.tokenizer, r[self.question_column], self.template, self.system_prompt) for r in self.rows]
+        k = self.samples
+        sampled = engine.generate(prompts, k, self.sampling)
+        texts, correct, answers, lengths = self._judge(sampled)
+        problems = [
+            {"correct": correct[i * k:(i + 1) * k], "answers": answers[i * k:(i + 1) * k]} for i in range(len(self.rows))
+        ]
+        import rewards
+
+        formats = rewards.format_reward(texts)
+        summary = eval_metrics.summarize(problems, formats, lengths, k)
+        out = {f"eval/{name}": value for name, value in summary.items()}
+        out["eval/accuracy"] = out["eval/pass@1"]
+        if self.greedy:
+            greedy = engine.generate(prompts, 1, _greedy(self.sampling))
+            _, greedy_correct, _, _ = self._judge(greedy)
+            out["eval/greedy_accuracy"] = sum(greedy_correct) / len(greedy_correct)
+        out["time/eval"] = time.perf_counter() - t0
+        if details is not None:
+            for i, row in enumerate(self.rows):
+                details.append({"question": row[self.question_column], "answer": row.get(self.answer_column),
+                                "completions": texts[i * k:(i + 1) * k], "correct": correct[i * k:(i + 1) * k]})
+        return out
+
+    def _judge(self, completions):
+        head = prefill(self.template)
+        texts = [head + c.text for c in completions]
+        expanded = [self.rows[c.prompt_index] for c in completions]
+        columns = {key: [r.get(key) for r in expanded] for key in self.rows[0]}
+        if self.answer_column != "answer" and self.answer_column in columns:
+            columns["answer"] = columns[self.answer_column]
+        rule = correctness_function(columns)
+        if rule is None:
+            raise ValueError("evaluation data needs an `answer` column (or `numbers` and `target` for countdown)")
+        correct = [float(s or 0.0) for s in rule[1](texts, **columns)]
+        import rewards
+
+        answers = [rewards.extract_answer(t) for t in texts]
+        return texts, correct, answers, [len(c.token_ids) for c in completions]
+
+
+def _greedy(sampling: SamplingSettings) -> SamplingSettings:
+    return SamplingSettings(max_new_tokens=sampling.max_new_tokens, temperature=0.0, stop=list(sampling.stop))
+
+
+def run_eval_stage(cfg: Recipe, stage_dir: Path, model_name: str) -> Path:
+    """Pipeline stage: evaluate a model on data.eval, write scores.json and details.jsonl."""
+    from r1train.models import load_model, load_tokenizer, resolve_model_dir
+    from r1train.runtime import engine_for
+
+    model_dir = resolve_model_dir(model_name)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    engine = engine_for(cfg, model, model_dir, tokenizer)
+    details: list = []
+    scores = Evaluator.from_recipe(cfg, tokenizer).run(engine, details)
+    engine.close()
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "scores.json").write_text(json.dumps({"model": model_name, **scores}, indent=2))
+    with (stage_dir / "details.jsonl").open("w") as f:
+        for row in details:
+            f.write(json.dumps(row) + "\n")
+    print(eval_metrics.format_eval_table({model_name: scores}), flush=True)
+    return stage_dir / "scores.json"
+
+
+def evaluate_cli(args) -> int:
+    """`r1train eval --model M --data FILE [--samples k] [--out FILE]`."""
+    from r1train.config import Recipe, load_recipe
+    from r1train.errors import RunError
+    from r1train.models import load_model, load_tokenizer, resolve_model_dir
+    from r1train.prompts import check_template
+    from r1train.runtime import engine_for
+
+    cfg = load_recipe(args.recipe) if args.recipe else Recipe()
+    if args.template:
+        check_template(args.template)
+        cfg.data.prompt_template = args.template
+    if args.backend:
+        cfg.rollout.backend = args.backend
+    if args.samples < 1:
+        raise RunError("--samples must be at least 1")
+    cfg.evaluation.samples = args.samples
+    cfg.evaluation.temperature = args.temperature
+    cfg.evaluation.max_examples = args.max_examples or 10**9
+    if args.max_new_tokens:
+        cfg.evaluation.max_new_tokens = args.max_new_tokens
+    evaluator = Evaluator.from_recipe(cfg, None, path=args.data)
+    model_dir = resolve_model_dir(args.model)
+    tokenizer = load_tokenizer(model_dir)
+    evaluator.tokenizer = tokenizer
+    engine = engine_for(cfg, load_model(model_dir), model_dir, tokenizer)
+    details: list = []
+    scores = evaluator.run(engine, details)
+    engine.close()
+    print(eval_metrics.format_eval_table({args.model: scores}))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"model": args.model, "data": args.data, "metrics": scores,
+                                              "examples": details}, indent=2))
+    return 0

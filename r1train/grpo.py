@@ -1,0 +1,319 @@
+"""The GRPO trainer loop: sample, score, advantage, update, sync, log — top to bottom.
+
+Everything a step does is visible in `GRPOTrainer.step`; the maths lives in `algorithm.py`, the
+optimisation in `learner.py`, generation behind the engine interface, and rewards in `rewards/`.
+The learner's first forward pass over a batch gives its log-probs of the tokens the engine sampled
+with the weights it was last synced to, so comparing them with the engine's own log-probs verifies
+the previous weight sync at no extra cost.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1train import algorithm
+from r1train.config import Recipe
+from r1train.data import PromptSampler, load_rows
+from r1train.runtime import engine_for, seed_everything, set_threads
+from r1train.engines.base import Completion, SamplingSettings
+from r1train.engines.sync_check import compare_logprobs, SYNC_WARN_MEAN_ABS_DIFF
+from r1train.evaluation import Evaluator, task_metrics
+from r1train.learner import PolicyLearner, TrainBatch
+from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
+from r1train.prompts import encode_prompt, prefill
+from r1train.run_state import RunState
+from r1train.scoring import build_scorer
+from r1train.tracking import RunLogger
+
+log = logging.getLogger("r1train")
+
+
+@dataclass
+class Rollouts:
+    rows: list[dict[str, Any]]  # one per prompt
+    completions: list[Completion]  # G per prompt, grouped
+    texts: list[str]  # assistant responses as rewards see them (prefill + completion)
+    rewards: torch.Tensor  # [N] weighted total
+    per_function: dict[str, list[float | None]]
+    metrics: dict[str, float]
+
+
+class GRPOTrainer:
+    def __init__(self, recipe: Recipe, run_dir: Path, model_name: str | None = None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        cfg = recipe
+        seed_everything(cfg.seed)
+        set_threads(cfg.training.threads)
+        self.model_dir = resolve_model_dir(model_name or cfg.model.name)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        model = load_model(self.model_dir, cfg.model.gradient_checkpointing)
+        self.learner = PolicyLearner.from_recipe(model, cfg)
+        # beta = 0 loads no reference model at all (its memory and forward passes are saved).
+        self.reference = None
+        if cfg.algorithm.beta > 0:
+            self.reference = load_model(self.model_dir).eval().requires_grad_(False)
+        self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
+        self.scorer = build_scorer(cfg.rewards)
+        rows = load_rows(cfg.data.train, (cfg.data.question_column,))
+        self.sampler = PromptSampler(rows, cfg.seed, cfg.data.shuffle)
+        self.sampling = SamplingSettings(
+            max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop),
+        )
+        self.evaluator = None
+        if cfg.data.eval:
+            self.evaluator = Evaluator.from_recipe(cfg, self.tokenizer)
+        self.state = RunState(self.run_dir)
+        self.step_count = self.state.restore(self.learner, self.sampler)
+        # The engine loaded the weights from disk; a resumed learner holds newer ones.
+        self.engine.sync_weights(self.learner.model)
+        self._consecutive_nan = 0
+
+    # -----------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg = self.recipe
+        logger = RunLogger(self.run_dir, cfg.logging.tensorboard, cfg.logging.progress, cfg.training.steps,
+                           self.step_count, description=self.run_dir.name)
+        try:
+            if self.step_count == 0 and self.evaluator and cfg.evaluation.at_start:
+                logger.log(0, self.evaluator.run(self.engine))
+            while self.step_count < cfg.training.steps:
+                self.state.stop_if_interrupted(self.step_count, self.learner, self.sampler)
+                step = self.step_count + 1
+                metrics, samples = self.step()
+                self.step_count = step
+                if self.evaluator and cfg.evaluation.every and step % cfg.evaluation.every == 0 and step < cfg.training.steps:
+                    metrics.update(self.evaluator.run(self.engine))
+                if step == cfg.training.steps and self.evaluator and cfg.evaluation.at_end:
+                    metrics.update(self.evaluator.run(self.engine))
+                logger.log(step, metrics)
+                if step % cfg.logging.samples_every == 0:
+                    logger.log_samples(step, samples)
+                logger.progress(step, {"reward": metrics.get("reward/mean"), "acc": metrics.get("accuracy"),
+                                       "fmt": metrics.get("format_rate"), "s/step": metrics.get("time/step")})
+                if step % cfg.training.checkpoint_every == 0 or step == cfg.training.steps:
+                    self.state.save(step, self.learner, self.sampler, cfg.training.keep_checkpoints)
+        finally:
+            logger.close()
+        final_dir = self.run_dir / "model"
+        save_model(self.learner.model, self.tokenizer, final_dir)
+        self.engine.close()
+        return final_dir
+
+    # -----------------------------------------------------------------------------------------
+    def step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        cfg = self.recipe
+        t_step = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        # 1. Sample G completions per prompt (and, with dynamic sampling, keep drawing prompts
+        #    until the batch holds enough groups whose rewards differ).
+        rollouts = self.collect_rollouts(timings)
+        completions = rollouts.completions
+        G = cfg.rollout.group_size
+
+        # 2. Group-relative advantages from the weighted rewards.
+        advantages, adv_metrics = algorithm.compute_group_advantages(
+            rollouts.rewards, G, cfg.algorithm.advantage_scaling
+        )
+        truncated = torch.tensor([c.truncated for c in completions])
+
+        # 3. Reference log-probs, only when the KL term is on.
+        batch = TrainBatch(
+            prompt_ids=[c.prompt_token_ids for c in completions],
+            completion_ids=[c.token_ids for c in completions],
+            advantages=advantages,
+            engine_logprobs=_engine_logprobs(completions),
+            loss_weights=(~truncated).float() if cfg.algorithm.overlong == "mask" else None,
+        )
+        t0 = time.perf_counter()
+        if self.reference is not None:
+            batch.ref_logprobs = self.learner.compute_logprobs(batch, model=self.reference)
+        timings["time/reference"] = time.perf_counter() - t0
+
+        # 4. Policy update(s).
+        t0 = time.perf_counter()
+        learn_metrics, first_pass_logprobs = self.learner.train_on_batch(batch, self.loss_settings())
+        timings["time/learn"] = time.perf_counter() - t0
+        self._check_finite(learn_metrics)
+
+        # 5. Push the new weights into the engine; the next batch's first pass verifies it.
+        t0 = time.perf_counter()
+        self.engine.sync_weights(self.learner.model)
+        timings["time/sync"] = time.perf_counter() - t0
+
+        metrics: dict[str, float] = {}
+        metrics.update(rollouts.metrics)
+        metrics.update(adv_metrics)
+        metrics.update(learn_metrics)
+        if batch.engine_logprobs is not None and first_pass_logprobs is not None:
+            diff = compare_logprobs(batch.engine_logprobs, first_pass_logprobs)
+            metrics["sync/logprob_abs_diff_mean"] = diff["mean_abs_diff"]
+            metrics["sync/logprob_abs_diff_max"] = diff["max_abs_diff"]
+            if diff["mean_abs_diff"] > SYNC_WARN_MEAN_ABS_DIFF:
+                log.warning("engine and learner log-probs differ by %.3f on average (more than bf16 explains): "
+                            "the engine's weights may not match the learner's", diff["mean_abs_diff"])
+        lengths = [len(c.token_ids) for c in completions]
+        gen_tokens = sum(lengths)
+        metrics.update({
+            "completion_len/mean": sum(lengths) / len(lengths),
+            "completion_len/max": max(lengths),
+            "completion_len/truncated_frac": truncated.float().mean().item(),
+            "throughput/gen_tokens_per_s": gen_tokens / max(timings["time/generate"], 1e-9),
+        })
+        metrics.update(timings)
+        metrics["time/step"] = time.perf_counter() - t_step
+        samples = self._samples(rollouts)
+        return metrics, samples
+
+    def collect_rollouts(self, timings: dict[str, float]) -> Rollouts:
+        cfg = self.recipe
+        G, wanted = cfg.rollout.group_size, cfg.rollout.prompts_per_step
+        attempts = 1 + (cfg.algorithm.max_sampling_retries if cfg.algorithm.dynamic_sampling else 0)
+        kept: list[Rollouts] = []
+        have, drawn, dropped = 0, 0, 0
+        timings["time/generate"] = timings["time/score"] = 0.0
+        for _ in range(attempts):
+            rows = self.sampler.next_batch(wanted - have if kept else wanted)
+            drawn += len(rows)
+            batch = self.generate_and_score(rows, timings)
+            if cfg.algorithm.dynamic_sampling:
+                keep = algorithm.select_informative_groups(batch.rewards, G)
+                dropped += int((~keep).sum())
+                batch = _select_groups(batch, keep, G)
+            if batch.rows:
+                kept.append(batch)
+                have += len(batch.rows)
+            if have >= wanted:
+                break
+        if not kept:
+            # Every group was uninformative on every retry: train on the last draw anyway (its
+            # advantages are all zero, so the step only moves the KL and entropy terms).
+            kept.append(self.generate_and_score(self.sampler.next_batch(wanted), timings))
+        # Metrics describe the first draw: the policy's own reward distribution, before filtering.
+        merged = _merge(kept, wanted, G)
+        merged.metrics["sampling/prompts_drawn"] = drawn
+        merged.metrics["sampling/groups_dropped"] = dropped
+        return merged
+
+    def generate_and_score(self, rows: list[dict[str, Any]], timings: dict[str, float]) -> Rollouts:
+        cfg = self.recipe
+        G = cfg.rollout.group_size
+        data = cfg.data
+        prompts = [encode_prompt(self.tokenizer, r[data.question_column], data.prompt_template, data.system_prompt) for r in rows]
+        t0 = time.perf_counter()
+        completions = self.engine.generate(prompts, G, self.sampling)
+        timings["time/generate"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        head = prefill(data.prompt_template)
+        texts = [head + c.text for c in completions]
+        expanded = [rows[c.prompt_index] for c in completions]
+        columns = {key: [r.get(key) for r in expanded] for key in rows[0].keys()}
+        columns["completion_tokens"] = [len(c.token_ids) for c in completions]
+        if data.answer_column != "answer" and data.answer_column in columns:
+            columns["answer"] = columns[data.answer_column]
+        prompts_text = [r[data.question_column] for r in expanded]
+        result = self.scorer.score(texts, prompts_text, columns)
+        metrics = dict(result.metrics)
+        metrics.update(task_metrics(texts, columns))
+        metrics["reward/mean"] = result.total.mean().item()
+        metrics["reward/std"] = result.total.std().item() if len(texts) > 1 else 0.0
+        timings["time/score"] += time.perf_counter() - t0
+        return Rollouts(rows, completions, texts, result.total, result.per_function, metrics)
+
+    def loss_settings(self) -> dict[str, Any]:
+        a = self.recipe.algorithm
+        return dict(
+            eps_low=a.epsilon_low, eps_high=a.epsilon_high, dual_clip=a.dual_clip,
+            aggregation=a.loss_aggregation, max_completion_length=self.recipe.rollout.max_new_tokens,
+            beta=a.beta, tis_cap=a.tis_cap, entropy_coef=a.entropy_coef,
+            updates_per_batch=a.updates_per_batch, mini_batches=a.mini_batches,
+        )
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        if metrics.get("skipped_nonfinite"):
+            self._consecutive_nan += 1
+            log.warning("non-finite loss or gradient: step skipped (%d in a row)", self._consecutive_nan)
+            if self._consecutive_nan >= self.recipe.training.max_nan_steps:
+                raise FloatingPointError(
+                    f"{self._consecutive_nan} consecutive steps with a non-finite loss or gradient; "
+                    f"stopping with the last good checkpoint kept in {self.run_dir / 'checkpoints'} "
+                    "(lower training.learning_rate or check the rewards)"
+                )
+        else:
+            self._consecutive_nan = 0
+
+    def _samples(self, rollouts: Rollouts) -> list[dict[str, Any]]:
+        n = min(self.recipe.logging.num_samples, len(rollouts.texts))
+        G = self.recipe.rollout.group_size
+        picked = range(0, len(rollouts.texts), max(1, G))[:n] if len(rollouts.texts) >= n * G else range(n)
+        q, a = self.recipe.data.question_column, self.recipe.data.answer_column
+        out = []
+        for i in picked:
+            row = rollouts.rows[rollouts.completions[i].prompt_index]
+            out.append({
+                "prompt": row.get(q), "answer": row.get(a), "completion": rollouts.texts[i],
+                "reward": rollouts.rewards[i].item(),
+                "rewards": {name: values[i] for name, values in rollouts.per_function.items()},
+            })
+        return out
+
+
+def _engine_logprobs(completions: list[Completion]) -> list[torch.Tensor] | None:
+    if any(c.logprobs is None for c in completions):
+        return None
+    return [torch.tensor(c.logprobs, dtype=torch.float32) for c in completions]
+
+
+def _select_groups(batch: Rollouts, keep_groups: torch.Tensor, G: int) -> Rollouts:
+    keep_idx = [i for i in range(len(batch.completions)) if keep_groups[i // G]]
+    rows_idx = [g for g in range(len(batch.rows)) if keep_groups[g]]
+    return _take(batch, rows_idx, keep_idx)
+
+
+def _take(batch: Rollouts, rows_idx: list[int], keep_idx: list[int]) -> Rollouts:
+    new_index = {old: new for new, old in enumerate(rows_idx)}
+    completions = []
+    for i in keep_idx:
+        c = batch.completions[i]
+        completions.append(Completion(new_index[c.prompt_index], c.prompt_token_ids, c.token_ids, c.text, c.logprobs, c.finish_reason))
+    return Rollouts(
+        rows=[batch.rows[g] for g in rows_idx],
+        completions=completions,
+        texts=[batch.texts[i] for i in keep_idx],
+        rewards=batch.rewards[keep_idx] if keep_idx else batch.rewards[:0],
+        per_function={k: [v[i] for i in keep_idx] for k, v in batch.per_function.items()},
+        metrics=batch.metrics,
+    )
+
+
+def _merge(parts: list[Rollouts], wanted: int, G: int) -> Rollouts:
+    """Concatenate draws (prompt indices renumbered) and cut to `wanted` prompts."""
+    rows, completions, texts, rewards = [], [], [], []
+    per_function: dict[str, list] = {k: [] for k in parts[0].per_function}
+    for part in parts:
+        offset = len(rows)
+        rows += part.rows
+        for c in part.completions:
+            completions.append(Completion(c.prompt_index + offset, c.prompt_token_ids, c.token_ids, c.text, c.logprobs, c.finish_reason))
+        texts += part.texts
+        rewards.append(part.rewards)
+        for k in per_function:
+            per_function[k] += part.per_function.get(k, [None] * len(part.texts))
+    merged = Rollouts(rows, completions, texts, torch.cat(rewards), per_function, dict(parts[0].metrics))
+    if len(rows) > wanted:
+        merged = _take(merged, list(range(wanted)), list(range(wanted * G)))
+    return merged
+
+
+def run_grpo(recipe: Recipe, run_dir: Path, model_name: str | None = None) -> Path:
+    """Train with GRPO; returns the folder of the final model (an HF folder, LoRA merged)."""
+    return GRPOTrainer(recipe, run_dir, model_name).train()

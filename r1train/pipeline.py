@@ -1,0 +1,179 @@
+"""Run a recipe: one GRPO run, or its `stages:` in order, each feeding the next.
+
+Every stage writes into `runs/<run>/<stage>/` and marks itself finished with `DONE.json` (holding
+what it produced: a model folder or a dataset file). Running the recipe again skips finished
+stages and lets an interrupted one resume from its own checkpoints; `--from STAGE` deletes that
+stage's folder and those after it, and reruns them. A recipe without stages is a single GRPO run
+written directly into `runs/<run>/`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from r1train.config import Recipe, StageConfig, stage_recipe, to_yaml
+from r1train.errors import RunError
+from r1train.run_state import TrainingInterrupted
+
+DONE = "DONE.json"
+
+
+def run_recipe(recipe: Recipe, fresh: bool = False, from_stage: str | None = None) -> int:
+    run_dir = recipe.run_dir
+    if fresh and run_dir.exists():
+        print(f"r1train: --fresh: deleting {run_dir}", flush=True)
+        shutil.rmtree(run_dir)
+    if from_stage is not None:
+        _reset_from(recipe, run_dir, from_stage)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(recipe, run_dir)
+    try:
+        if recipe.stages:
+            _run_stages(recipe, run_dir)
+        else:
+            _run_single(recipe, run_dir)
+    except TrainingInterrupted as exc:
+        print(f"r1train: {exc}", file=sys.stderr)
+        return 130
+    except FloatingPointError as exc:
+        print(f"r1train: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_single(recipe: Recipe, run_dir: Path) -> None:
+    from r1train.grpo import run_grpo
+
+    if (run_dir / DONE).is_file():
+        print(f"r1train: {run_dir} is already finished ({_done(run_dir)['output']}); use --fresh to start over")
+        return
+    output = run_grpo(recipe, run_dir)
+    _mark_done(run_dir, output)
+    _finish(run_dir)
+
+
+def _run_stages(recipe: Recipe, run_dir: Path) -> None:
+    outputs: dict[str, str] = {}
+    for stage in recipe.stages:
+        stage_dir = run_dir / stage.name
+        if (stage_dir / DONE).is_file():
+            outputs[stage.name] = _done(stage_dir)["output"]
+            print(f"r1train: stage {stage.name} already finished, skipping", flush=True)
+            continue
+        print(f"r1train: stage {stage.name} ({stage.type})", flush=True)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        output = _run_stage(recipe, stage, stage_dir, outputs)
+        outputs[stage.name] = str(output)
+        _mark_done(stage_dir, output)
+    _write_scores_table(recipe, run_dir)
+
+
+def _run_stage(recipe: Recipe, stage: StageConfig, stage_dir: Path, outputs: dict[str, str]) -> Path:
+    cfg = _resolve_data_refs(stage_recipe(recipe, stage), outputs)
+    model = _resolve_model_ref(stage.model, recipe, outputs)
+    if stage.type == "grpo":
+        from r1train.grpo import run_grpo
+
+        return run_grpo(cfg, stage_dir, model)
+    if stage.type == "sft":
+        from r1train.sft import run_sft
+
+        return run_sft(cfg, stage_dir, model)
+    if stage.type == "rejection_sampling":
+        from r1train.rejection import run_rejection_sampling
+
+        return run_rejection_sampling(cfg, stage_dir, model)
+    if stage.type == "distill":
+        from r1train.distill import run_distill
+
+        return run_distill(cfg, stage_dir, model, _resolve_model_ref(stage.teacher, recipe, outputs))
+    if stage.type == "eval":
+        from r1train.evaluation import run_eval_stage
+
+        return run_eval_stage(cfg, stage_dir, model)
+    raise RunError(f"unknown stage type {stage.type}")
+
+
+def _resolve_model_ref(ref: str, recipe: Recipe, outputs: dict[str, str]) -> str:
+    if ref == "base":
+        return recipe.model.name
+    if ref.startswith("stage:"):
+        produced = outputs[ref[6:]]
+        if not (Path(produced) / "config.json").is_file():
+            raise RunError(f"'{ref}' produced {produced}, which is not a model folder")
+        return produced
+    return ref
+
+
+def _resolve_data_refs(cfg: Recipe, outputs: dict[str, str]) -> Recipe:
+    for key in ("train", "eval", "general"):
+        ref = getattr(cfg.data, key)
+        if ref and ref.startswith("stage:"):
+            produced = outputs[ref[6:]]
+            if Path(produced).is_dir():
+                raise RunError(f"data.{key} '{ref}' names a stage that produced a model, not a dataset")
+            setattr(cfg.data, key, produced)
+    return cfg
+
+
+def _reset_from(recipe: Recipe, run_dir: Path, from_stage: str) -> None:
+    names = [s.name for s in recipe.stages]
+    if from_stage not in names:
+        raise RunError(f"--from {from_stage}: no such stage (stages: {', '.join(names) or 'none'})")
+    for name in names[names.index(from_stage):]:
+        if (run_dir / name).exists():
+            print(f"r1train: --from {from_stage}: deleting {run_dir / name}", flush=True)
+            shutil.rmtree(run_dir / name)
+
+
+def _write_config(recipe: Recipe, run_dir: Path) -> None:
+    path = run_dir / "config.yaml"
+    text = to_yaml(recipe)
+    if path.is_file() and path.read_text() != text:
+        print(f"r1train: note: the recipe differs from the one this run folder was started with "
+              f"({path}); continuing with the new one (use --fresh to start over)", flush=True)
+    tmp = path.with_name("config.yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _mark_done(folder: Path, output: Path | str) -> None:
+    tmp = folder / (DONE + ".tmp")
+    tmp.write_text(json.dumps({"output": str(output)}))
+    tmp.replace(folder / DONE)
+
+
+def _done(folder: Path) -> dict:
+    return json.loads((folder / DONE).read_text())
+
+
+def _finish(run_dir: Path) -> None:
+    from r1train.report import write_report
+
+    report = write_report(run_dir)
+    print(f"r1train: finished. Report: {report}", flush=True)
+
+
+def _write_scores_table(recipe: Recipe, run_dir: Path) -> None:
+    """One table of the held-out scores each stage ended with (from its eval rows or scores.json)."""
+    from r1train.tracking import read_metrics
+
+    lines = ["| stage | type | accuracy | format rate | pass@1 | completion length |", "|---|---|---|---|---|---|"]
+    for stage in recipe.stages:
+        stage_dir = run_dir / stage.name
+        scores = {}
+        if (stage_dir / "scores.json").is_file():
+            scores = json.loads((stage_dir / "scores.json").read_text())
+        else:
+            evals = [row for row in read_metrics(stage_dir / "metrics.jsonl") if "eval/accuracy" in row]
+            scores = evals[-1] if evals else {}
+        cells = [_fmt(scores.get(k)) for k in ("eval/accuracy", "eval/format_rate", "eval/pass@1", "eval/completion_len")]
+        lines.append(f"| {stage.name} | {stage.type} | " + " | ".join(cells) + " |")
+    (run_dir / "scores.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,68 @@
+"""Prompt templates: how a dataset question becomes the token ids the policy continues.
+
+`r1_zero` is the R1-Zero setup: the instruction from the DeepSeek-R1 paper as system prompt, the
+question as user turn, and `<think>` prefilled after the assistant header. The prefill matters on
+small models: without it a 135M chat model never writes a tag, so format rewards give no signal
+(see ENVIRONMENT.md). Because the prefill is part of the prompt, rewards that check the template
+get it back through their `prefix` argument. `r1_chat` is the same without the prefill, for
+models that learned the template in SFT. Any other string is a user-turn template with
+`{question}`.
+"""
+from __future__ import annotations
+
+R1_INSTRUCTION = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The Assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., "
+    "<think> reasoning process here </think> <answer> answer here </answer>."
+)
+BUILT_IN = ("r1_zero", "r1_chat")
+
+
+class PromptError(ValueError):
+    pass
+
+
+def check_template(template: str) -> None:
+    if template not in BUILT_IN and "{question}" not in template:
+        raise PromptError(
+            f"data.prompt_template: '{template[:40]}' is neither {' nor '.join(BUILT_IN)} "
+            "nor a string containing {question}"
+        )
+
+
+def prefill(template: str) -> str:
+    """Text the prompt puts at the start of the assistant turn (the completion continues it)."""
+    return "<think>\n" if template == "r1_zero" else ""
+
+
+def chat_messages(question: str, template: str, system_prompt: str | None) -> list[dict]:
+    if template in BUILT_IN:
+        system, user = system_prompt or R1_INSTRUCTION, question
+    else:
+        system, user = system_prompt, template.format(question=question)
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": user}]
+
+
+def require_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError(
+            "the tokenizer has no chat template: use a chat model, or set one "
+            "(tokenizer.chat_template) in the model folder's tokenizer_config.json"
+        )
+
+
+def render_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None) -> str:
+    """The full prompt text: chat template, generation header and any prefill."""
+    require_chat_template(tokenizer)
+    text = tokenizer.apply_chat_template(
+        chat_messages(question, template, system_prompt), tokenize=False, add_generation_prompt=True
+    )
+    return text + prefill(template)
+
+
+def encode_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None) -> list[int]:
+    # The chat template already holds the special tokens; adding them again would double BOS.
+    return tokenizer(render_prompt(tokenizer, question, template, system_prompt), add_special_tokens=False)["input_ids"]

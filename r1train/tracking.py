@@ -1,0 +1,86 @@
+"""Where a run's numbers go: metrics.jsonl, TensorBoard, sample completions, a progress bar.
+
+metrics.jsonl holds one JSON object per step. On resume, rows past the resumed step are dropped
+first, so a run killed after logging but before checkpointing writes no duplicate rows.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, progress: bool = True, total_steps: int = 0,
+                 start_step: int = 0, description: str = "grpo"):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.samples_path = self.run_dir / "samples.jsonl"
+        for path in (self.metrics_path, self.samples_path):
+            _truncate_after_step(path, start_step)
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+        self._bar = None
+        if progress and total_steps:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=description, unit="step",
+                             dynamic_ncols=True, file=sys.stderr)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, "time": round(time.time(), 3)}
+        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._writer is not None:
+            for key, value in row.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)) and value is not None:
+                    self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        with self.samples_path.open("a") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": step, **sample}, default=str) + "\n")
+
+    def progress(self, step: int, postfix: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items() if v is not None}, refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_after_step(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
