@@ -103,9 +103,9 @@ class Evaluator:
         if rule is None:
             raise ValueError("evaluation data needs an `answer` column (or `numbers` and `target` for countdown)")
         correct = [float(s or 0.0) for s in rule[1](texts, **columns)]
-        import rewards
+        from rewards.extraction import tagged_answer
 
-        answers = [rewards.extract_answer(t) for t in texts]
+        answers = [tagged_answer(t) for t in texts]
         return texts, correct, answers, [len(c.token_ids) for c in completions]
 
 

@@ -26,7 +26,7 @@ from r1train.engines.sync_check import compare_logprobs, SYNC_WARN_MEAN_ABS_DIFF
 from r1train.evaluation import Evaluator, task_metrics
 from r1train.learner import PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
-from r1train.prompts import encode_prompt, prefill
+from r1train.prompts import encode_all, prefill
 from r1train.run_state import RunState
 from r1train.scoring import build_scorer
 from r1train.tracking import RunLogger
@@ -62,6 +62,10 @@ class GRPOTrainer:
         self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
         self.scorer = build_scorer(cfg.rewards)
         rows = load_rows(cfg.data.train, (cfg.data.question_column,))
+        context = getattr(model.config, "max_position_embeddings", None)
+        encoded = encode_all(self.tokenizer, rows, cfg.data.question_column, cfg.data.prompt_template,
+                             cfg.data.system_prompt, cfg.data.max_prompt_tokens, context, cfg.rollout.max_new_tokens)
+        self._prompt_ids = {id(row): ids for row, ids in zip(rows, encoded)}
         self.sampler = PromptSampler(rows, cfg.seed, cfg.data.shuffle)
         self.sampling = SamplingSettings(
             max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
@@ -207,7 +211,7 @@ class GRPOTrainer:
         cfg = self.recipe
         G = cfg.rollout.group_size
         data = cfg.data
-        prompts = [encode_prompt(self.tokenizer, r[data.question_column], data.prompt_template, data.system_prompt) for r in rows]
+        prompts = [self._prompt_ids[id(r)] for r in rows]
         t0 = time.perf_counter()
         completions = self.engine.generate(prompts, G, self.sampling)
         timings["time/generate"] += time.perf_counter() - t0

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from r1train.config import Recipe, StageConfig, stage_recipe, to_yaml
-from r1train.errors import RunError
+from r1train.errors import USER_ERRORS, RunError
 from r1train.run_state import TrainingInterrupted
 
 DONE = "DONE.json"
@@ -27,6 +27,7 @@ def run_recipe(recipe: Recipe, fresh: bool = False, from_stage: str | None = Non
         shutil.rmtree(run_dir)
     if from_stage is not None:
         _reset_from(recipe, run_dir, from_stage)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(recipe, run_dir)
     try:
@@ -34,6 +35,11 @@ def run_recipe(recipe: Recipe, fresh: bool = False, from_stage: str | None = Non
             _run_stages(recipe, run_dir)
         else:
             _run_single(recipe, run_dir)
+    except USER_ERRORS:
+        # Bad input found while setting up (e.g. a prompt too long): leave nothing half-made.
+        if created and not _has_progress(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     except TrainingInterrupted as exc:
         print(f"r1train: {exc}", file=sys.stderr)
         return 130
@@ -137,6 +143,11 @@ def _write_config(recipe: Recipe, run_dir: Path) -> None:
     tmp = path.with_name("config.yaml.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether anything worth keeping exists: a finished stage or a checkpoint."""
+    return any(run_dir.rglob(DONE)) or any(run_dir.rglob("checkpoints/step-*"))
 
 
 def _mark_done(folder: Path, output: Path | str) -> None:

@@ -66,3 +66,27 @@ def render_prompt(tokenizer, question: str, template: str, system_prompt: str | 
 def encode_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None) -> list[int]:
     # The chat template already holds the special tokens; adding them again would double BOS.
     return tokenizer(render_prompt(tokenizer, question, template, system_prompt), add_special_tokens=False)["input_ids"]
+
+
+def encode_all(tokenizer, rows: list[dict], question_column: str, template: str, system_prompt: str | None,
+               max_prompt_tokens: int, context_length: int | None, max_new_tokens: int, what: str = "data.train") -> list[list[int]]:
+    """Encode every prompt once, failing early on one that cannot fit.
+
+    Raises PromptError naming the first row whose prompt exceeds `max_prompt_tokens`, or when a
+    prompt plus `max_new_tokens` cannot fit the model's context.
+    """
+    if context_length is not None and max_prompt_tokens + max_new_tokens > context_length:
+        raise PromptError(
+            f"data.max_prompt_tokens ({max_prompt_tokens}) + rollout.max_new_tokens ({max_new_tokens}) "
+            f"exceeds the model's context of {context_length} tokens; lower one of them"
+        )
+    encoded = []
+    for i, row in enumerate(rows):
+        ids = encode_prompt(tokenizer, str(row[question_column]), template, system_prompt)
+        if len(ids) > max_prompt_tokens:
+            raise PromptError(
+                f"{what} row {i}: the prompt is {len(ids)} tokens, longer than data.max_prompt_tokens="
+                f"{max_prompt_tokens}; raise data.max_prompt_tokens or shorten the question"
+            )
+        encoded.append(ids)
+    return encoded

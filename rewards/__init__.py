@@ -1,0 +1,60 @@
+"""Rule-based rewards for R1-style training, usable on their own (nothing here imports r1train).
+
+Every reward is a plain function `fn(completions: list[str], **columns) -> list[float | None]`:
+`columns` holds `prompts` and every dataset column, aligned with `completions`; None means the
+reward does not judge that sample. Built-in rewards register themselves by name on import:
+
+    accuracy, format, tag_count, language_consistency, cosine_length, repetition_penalty,
+    soft_overlong, countdown
+
+    >>> from rewards import get_reward
+    >>> fmt = get_reward("format", prefix="<think>")
+    >>> fmt(["2+2=4</think><answer>4</answer>"])
+    [1.0]
+"""
+from rewards.registry import (
+    RewardFunction,
+    RewardSpecError,
+    check_reward_signature,
+    get_reward,
+    list_rewards,
+    register,
+    resolve_reward,
+)
+from rewards.accuracy import accuracy_reward, get_accuracy_reward
+from rewards.countdown import countdown_reward
+from rewards.format import format_reward, get_format_reward, get_tag_count_reward, tag_count_reward
+from rewards.language import get_language_consistency_reward, language_consistency_reward
+from rewards.shaping import (
+    cosine_length_reward,
+    get_cosine_length_reward,
+    get_repetition_penalty_reward,
+    get_soft_overlong_reward,
+    repetition_penalty_reward,
+    soft_overlong_reward,
+)
+
+__all__ = [
+    "RewardFunction",
+    "RewardSpecError",
+    "accuracy_reward",
+    "check_reward_signature",
+    "cosine_length_reward",
+    "countdown_reward",
+    "format_reward",
+    "get_accuracy_reward",
+    "get_cosine_length_reward",
+    "get_format_reward",
+    "get_language_consistency_reward",
+    "get_repetition_penalty_reward",
+    "get_reward",
+    "get_soft_overlong_reward",
+    "get_tag_count_reward",
+    "language_consistency_reward",
+    "list_rewards",
+    "register",
+    "repetition_penalty_reward",
+    "resolve_reward",
+    "soft_overlong_reward",
+    "tag_count_reward",
+]

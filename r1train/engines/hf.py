@@ -45,6 +45,9 @@ class HFEngine:
             e.g. torch.bfloat16, so the engine's numerics match the learner's); None runs as stored.
         eos_token_ids: token ids that end a completion; defaults to the tokenizer's EOS plus any
             listed in the model's generation config.
+        seed: seeds the engine's own random stream, which carries on from call to call (as vLLM's
+            engine seed does) and never touches the learner's; None samples from torch's global
+            stream. `SamplingSettings.seed`, when set, seeds a single call instead.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class HFEngine:
         batch_size: int = 64,
         autocast_dtype: torch.dtype | None = None,
         eos_token_ids: list[int] | None = None,
+        seed: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -67,6 +71,8 @@ class HFEngine:
             raise ValueError("no EOS token id: pass eos_token_ids or use a tokenizer that defines one")
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
+        self.seed = seed
+        self._rng_states: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (CPU, CUDA) after the last call
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
@@ -79,7 +85,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), _seeded(sampling.seed, device), self._autocast(device):
+            with torch.no_grad(), self._random_stream(sampling.seed, device), self._autocast(device):
                 completions: list[Completion] = []
                 for start in range(0, len(requests), self.batch_size):
                     completions += self._generate_batch(requests[start : start + self.batch_size], sampling, device)
@@ -103,6 +109,28 @@ class HFEngine:
 
     def close(self) -> None:
         """The model belongs to the learner; nothing to release."""
+
+    @contextlib.contextmanager
+    def _random_stream(self, call_seed: int | None, device: torch.device) -> Iterator[None]:
+        """Sample from the call's seed, else the engine's own stream, else torch's global one."""
+        if call_seed is None and self.seed is None:
+            yield
+            return
+        cuda = device.type == "cuda"
+        cuda_index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else None)
+        with torch.random.fork_rng(devices=[cuda_index] if cuda else []):
+            if call_seed is not None:
+                torch.manual_seed(call_seed)
+                yield
+                return
+            if self._rng_states is None:
+                torch.manual_seed(self.seed)
+            else:
+                torch.set_rng_state(self._rng_states[0])
+                if cuda:
+                    torch.cuda.set_rng_state(self._rng_states[1], cuda_index)
+            yield
+            self._rng_states = (torch.get_rng_state(), torch.cuda.get_rng_state(cuda_index) if cuda else None)
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -190,18 +218,6 @@ def _default_eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
         if token_id not in ids:
             ids.append(token_id)
     return ids
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed sampling without disturbing the learner's random stream (it is restored afterwards)."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 class _RecordRawLogprobs(LogitsProcessor):

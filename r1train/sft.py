@@ -1,0 +1,299 @@
+"""Supervised fine-tuning: the cold-start stage, SFT on rejection-sampled data, and distillation.
+
+Each example is a question and a completion. The prompt is rendered exactly as a rollout would see
+it (the model's chat template, the R1 instruction as system turn, the question as user turn), the
+completion is tokenised on its own and followed by the tokenizer's EOS token, so the model learns
+to write the completion and then stop, on the very token boundary generation will use. Only
+completion tokens (EOS included) carry loss.
+
+An optimiser step takes `training.batch_size` examples. They are laid out as rows (one example per
+row, or several packed into one row with `training.packing`), rows are grouped into micro-batches
+of at most `training.micro_batch_tokens` tokens (padding included) and gradients accumulate over
+the micro-batches. The loss is the mean over every completion token of the step, so accumulation
+and packing change the numerics only at rounding level.
+
+Packing. Packed examples restart their `position_ids` at 0; given no attention mask, transformers
+reads those restarts as sequence boundaries and builds a block-diagonal causal mask, so attention
+never crosses examples. Rows are right-padded and never given an attention mask: under causal
+attention real tokens cannot see the padding after them, and padding carries no loss.
+
+Deliberate simplifications:
+- Built-in templates (`r1_zero`, `r1_chat`) both train as `r1_chat`: the completions hold the whole
+  assistant response, `<think>` included, so the prompt must not prefill it. A custom
+  `{question}` template is used as it is.
+- An example longer than `training.max_seq_len` keeps its prompt and loses the end of its
+  completion (and EOS); an example whose prompt alone fills `max_seq_len` is dropped. Both counted.
+- Packing is next-fit in sampling order (no bin-packing search).
+- A step whose loss or gradient norm is not finite is skipped: the optimiser does not move, the
+  data and the schedule do. `training.max_nan_steps` in a row stop the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from r1train.config import Recipe
+from r1train.batching import plan_micro_batches
+from r1train.data import DataError, PromptSampler, load_rows
+from r1train.learner import bf16_autocast_supported, lr_factor
+from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
+from r1train.prompts import BUILT_IN, encode_prompt
+from r1train.run_state import RunState
+from r1train.runtime import seed_everything, set_threads
+from r1train.tracking import RunLogger
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]  # prompt tokens then completion tokens
+    prompt_len: int  # tokens before the first completion token
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T], restarting at 0 at every packed example
+    loss_mask: torch.Tensor  # [B, T] bool, True on completion tokens (the tokens that are predicted)
+
+
+def tokenize_example(tokenizer, question: str, completion: str, template: str, system_prompt: str | None,
+                     max_seq_len: int) -> tuple[SFTExample | None, bool]:
+    """Token ids of one example and whether it was truncated; None when the prompt fills max_seq_len."""
+    prompt = encode_prompt(tokenizer, question, template, system_prompt)
+    answer = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(prompt) >= max_seq_len:
+        return None, True
+    ids = (prompt + answer)[:max_seq_len]
+    return SFTExample(ids, len(prompt)), len(prompt) + len(answer) > max_seq_len
+
+
+def pack_examples(examples: list[SFTExample], max_seq_len: int) -> list[list[SFTExample]]:
+    """Next-fit packing: consecutive examples share a row while their total stays within max_seq_len."""
+    rows: list[list[SFTExample]] = []
+    for example in examples:
+        if rows and sum(map(len, rows[-1])) + len(example) <= max_seq_len:
+            rows[-1].append(example)
+        else:
+            rows.append([example])
+    return rows
+
+
+def build_micro_batches(examples: list[SFTExample], micro_batch_tokens: int, max_seq_len: int, packing: bool,
+                        pad_token_id: int) -> list[MicroBatch]:
+    """Lay a step's examples out as rows (packed or one each) and group the rows by token budget."""
+    rows = pack_examples(examples, max_seq_len) if packing else [[example] for example in examples]
+    groups = plan_micro_batches([sum(map(len, row)) for row in rows], micro_batch_tokens)
+    return [_to_tensors([rows[i] for i in group], pad_token_id) for group in groups]
+
+
+def _to_tensors(rows: list[list[SFTExample]], pad_token_id: int) -> MicroBatch:
+    width = max(sum(map(len, row)) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.arange(width).repeat(len(rows), 1)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, row in enumerate(rows):
+        start = 0
+        for example in row:
+            end = start + len(example)
+            input_ids[r, start:end] = torch.tensor(example.input_ids)
+            position_ids[r, start:end] = torch.arange(len(example))
+            loss_mask[r, start + example.prompt_len:end] = True
+            start = end
+        # Padding continues the last example's positions, so it forms no extra segment.
+        position_ids[r, start:] = torch.arange(len(row[-1]), len(row[-1]) + width - start)
+    return MicroBatch(input_ids, position_ids, loss_mask)
+
+
+def completion_nll_sum(model, batch: MicroBatch) -> torch.Tensor:
+    """Summed negative log-likelihood of the completion tokens of a micro-batch (a scalar).
+
+    The output embedding runs only on the hidden states that predict a completion token (position
+    t predicts token t + 1), not on the prompt's, which saves most of the [B, T, vocab] logits.
+    """
+    device = next(model.parameters()).device
+    input_ids = batch.input_ids.to(device)
+    hidden = model.get_decoder()(input_ids=input_ids, position_ids=batch.position_ids.to(device),
+                                 use_cache=False).last_hidden_state  # [B, T, H]
+    predicts = batch.loss_mask[:, 1:].to(device)  # [B, T-1]
+    logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()  # [K, V]
+    return F.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="sum")
+
+
+class SFTTrainer:
+    """Owns the model, optimiser, data order and checkpoints of one SFT stage."""
+
+    def __init__(self, recipe: Recipe, stage_dir: Path, model_name: str, extra_rows: list[dict] | None = None):
+        self.recipe = cfg = recipe
+        self.stage_dir = Path(stage_dir)
+        seed_everything(cfg.seed)
+        set_threads(cfg.training.threads)
+        self.model_dir = resolve_model_dir(model_name)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(self.model_dir, cfg.model.gradient_checkpointing)
+        self.model = _with_lora(model, cfg) if cfg.model.lora.enabled else model
+        self.model.to(self.device).train()
+
+        self.examples, counts = self._load_examples(extra_rows or [])
+        t = cfg.training
+        self.total_steps = math.ceil(t.epochs * len(self.examples) / t.batch_size) if t.epochs else t.steps
+        self.sampler = PromptSampler(self.examples, cfg.seed, cfg.data.shuffle)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                           weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total_steps, t.lr_schedule))
+        self.nan_skipped = 0
+        self.consecutive_nan = 0
+        print(f"r1train: sft on {len(self.examples)} examples ({counts['truncated']} truncated to "
+              f"{t.max_seq_len} tokens, {counts['dropped']} dropped), {self.total_steps} steps of {t.batch_size}, "
+              f"{'LoRA' if cfg.model.lora.enabled else 'full'} ({sum(p.numel() for p in self.params):,} "
+              f"trainable parameters), packing {'on' if t.packing else 'off'}", flush=True)
+        self.state = RunState(self.stage_dir)
+        self.step_count = self.state.restore(self, self.sampler)
+
+    def _load_examples(self, extra_rows: list[dict]) -> tuple[list[SFTExample], dict[str, int]]:
+        data, t = self.recipe.data, self.recipe.training
+        columns = (data.question_column, data.completion_column)
+        rows = load_rows(data.train, columns) if data.train else []
+        for i, row in enumerate(extra_rows):
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise DataError(f"extra SFT rows: row {i} lacks column(s) {', '.join(missing)}")
+        rows += extra_rows
+        if not rows:
+            raise DataError("sft: no examples: set data.train to a file with question and completion columns")
+        template = "r1_chat" if data.prompt_template in BUILT_IN else data.prompt_template
+        examples, counts = [], {"truncated": 0, "dropped": 0}
+        for row in rows:
+            example, truncated = tokenize_example(self.tokenizer, row[data.question_column], row[data.completion_column],
+                                                  template, data.system_prompt, t.max_seq_len)
+            counts["truncated"] += truncated and example is not None
+            counts["dropped"] += example is None
+            if example is not None:
+                examples.append(example)
+        if not examples:
+            raise DataError(f"sft: every prompt is at least training.max_seq_len={t.max_seq_len} tokens long; "
+                            "raise training.max_seq_len")
+        return examples, counts
+
+    # The four methods RunState uses to save and restore a checkpoint.
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, weights: dict[str, torch.Tensor]) -> None:
+        params = self.trainable_state()
+        if set(weights) != set(params):
+            raise RuntimeError(f"checkpoint in {self.state.checkpoint_dir} does not match this model's trainable "
+                               "parameters (was it written with other model or LoRA settings? use --fresh)")
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "nan_skipped": self.nan_skipped, "consecutive_nan": self.consecutive_nan}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.nan_skipped, self.consecutive_nan = state["nan_skipped"], state["consecutive_nan"]
+
+    # -----------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg = self.recipe
+        logger = RunLogger(self.stage_dir, cfg.logging.tensorboard, cfg.logging.progress, self.total_steps,
+                           self.step_count, description=self.stage_dir.name)
+        try:
+            while self.step_count < self.total_steps:
+                self.state.stop_if_interrupted(self.step_count, self, self.sampler, cfg.training.keep_checkpoints)
+                step = self.step_count + 1
+                metrics = self.step(self.sampler.next_batch(cfg.training.batch_size))
+                self.step_count = step
+                logger.log(step, metrics)
+                logger.progress(step, {"loss": metrics["loss"], "lr": metrics["lr"],
+                                       "tok/s": metrics["throughput/learn_tokens_per_s"]})
+                if step % cfg.training.checkpoint_every == 0 or step == self.total_steps:
+                    self.state.save(step, self, self.sampler, cfg.training.keep_checkpoints)
+        finally:
+            logger.close()
+        final_dir = self.stage_dir / "model"
+        save_model(self.model, self.tokenizer, final_dir)
+        return final_dir
+
+    def step(self, examples: list[SFTExample]) -> dict[str, float]:
+        """One optimiser step on `examples`: accumulate over micro-batches, clip, update."""
+        t = self.recipe.training
+        start = time.perf_counter()
+        batches = build_micro_batches(examples, t.micro_batch_tokens, t.max_seq_len, t.packing,
+                                      self.tokenizer.pad_token_id)
+        completion_tokens = sum(int(b.loss_mask.sum()) for b in batches)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value, finite = 0.0, True
+        for batch in batches:
+            with self._autocast():
+                loss = completion_nll_sum(self.model, batch) / completion_tokens
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            loss.backward()
+            loss_value += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm).item() if finite else math.nan
+        if finite and math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.consecutive_nan = 0
+        else:
+            self._count_nonfinite()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        elapsed = time.perf_counter() - start
+        tokens = sum(len(e) for e in examples)
+        return {
+            "loss": loss_value if finite else math.nan, "lr": lr, "grad_norm": grad_norm,
+            "tokens": tokens, "completion_tokens": completion_tokens, "micro_batches": len(batches),
+            "epoch": self.sampler.epoch + self.sampler.position / len(self.examples),
+            "nan_skipped_steps": self.nan_skipped, "time/step": elapsed,
+            "throughput/learn_tokens_per_s": tokens / max(elapsed, 1e-9),
+        }
+
+    def _count_nonfinite(self) -> None:
+        self.nan_skipped += 1
+        self.consecutive_nan += 1
+        print(f"r1train: non-finite loss or gradient at step {self.step_count + 1}: step skipped "
+              f"({self.consecutive_nan} in a row)", flush=True)
+        if self.consecutive_nan >= self.recipe.training.max_nan_steps:
+            raise FloatingPointError(
+                f"{self.consecutive_nan} consecutive SFT steps with a non-finite loss or gradient; stopping with "
+                f"the last good checkpoint kept in {self.state.checkpoint_dir} (lower training.learning_rate)")
+
+    def _autocast(self):
+        if not (self.recipe.training.bf16 and bf16_autocast_supported(self.device)):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+def _with_lora(model, cfg: Recipe):
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.model.lora
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
+def run_sft(recipe: Recipe, stage_dir: Path, model_name: str, extra_rows: list[dict] | None = None) -> Path:
+    """Fine-tune `model_name` on data.train (plus `extra_rows`); returns the saved model folder.
+
+    Resumes from the newest checkpoint in `stage_dir/checkpoints` when there is one.
+    """
+    return SFTTrainer(recipe, stage_dir, model_name, extra_rows).train()

@@ -1,0 +1,74 @@
+"""The accuracy reward: is the final answer mathematically equal to the reference answer?
+
+The answer is cut out of the completion by `rewards.extraction` (which refuses answers inside the
+thinking, several different answers and empty answers) and compared by `rewards.equivalence`.
+Identical (answer, reference) pairs within a batch are compared once: the completions of one
+GRPO group often agree. A sample whose reference is None is not judged (None).
+"""
+from __future__ import annotations
+
+from rewards.equivalence import answers_match
+from rewards.extraction import boxed_answer, tagged_answer
+from rewards.registry import RewardFunction, register
+from rewards.sympy_client import shared_client
+
+ANSWER_SOURCES = {"answer": tagged_answer, "boxed": boxed_answer}
+
+
+@register("accuracy", factory=True)
+def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 2.0) -> RewardFunction:
+    """Build the accuracy reward.
+
+    Args:
+        answer_source: "answer" takes the final `<answer>…</answer>`; "boxed" the last `\\boxed{}`.
+        timeout_s: the most time one sample may spend in sympy; past it the sample scores 0.
+    """
+    if answer_source not in ANSWER_SOURCES:
+        raise ValueError(f"answer_source must be one of {sorted(ANSWER_SOURCES)}, got {answer_source!r}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+    extract = ANSWER_SOURCES[answer_source]
+
+    def accuracy_reward(completions: list[str], **columns) -> list[float | None]:
+        """1.0 when the final answer equals the column `answer` mathematically, else 0.0.
+
+        Args:
+            completions: N completion texts.
+            columns: must hold `answer`, N reference answers (None: sample not judged).
+        Returns:
+            N scores in {0.0, 1.0}, or None where the reference is None.
+
+        Example (answer_source="answer"):
+            accuracy_reward(
+                ["<think>half of 1</think><answer>\\frac{1}{2}</answer>",  # 1.0: 1/2 == 0.5
+                 "<think>...</think><answer>0.5 or 1</answer>",            # 0.0: two answers
+                 "<think><answer>0.5</answer></think>"],                   # 0.0: only in the thinking
+                answer=["0.5", "0.5", "0.5"],
+            ) == [1.0, 0.0, 0.0]
+        """
+        if "answer" not in columns:
+            raise KeyError("the accuracy reward needs a dataset column named 'answer'")
+        references = columns["answer"]
+        if len(references) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(references)} answers")
+        client = shared_client()
+        known: dict[tuple[str, str], float] = {}
+        scores: list[float | None] = []
+        for completion, reference in zip(completions, references):
+            if reference is None:
+                scores.append(None)
+                continue
+            answer = extract(completion)
+            if answer is None:
+                scores.append(0.0)
+                continue
+            key = (answer, str(reference))
+            if key not in known:
+                known[key] = float(answers_match(answer, str(reference), client, timeout_s))
+            scores.append(known[key])
+        return scores
+
+    return accuracy_reward
+
+
+accuracy_reward = get_accuracy_reward()

@@ -1,0 +1,122 @@
+"""VLLMEngine: the real vLLM CPU build, in-process, on the tiny Llama; weight sync checked by logprobs."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from r1train.engines import make_engine
+from r1train.engines.base import SamplingSettings
+from r1train.engines.sync_check import SYNC_WARN_MEAN_ABS_DIFF, compare_logprobs
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip("vLLM is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tokenizer):
+    """One engine for the whole module: start-up costs several seconds."""
+    engine = make_engine("vllm", None, tiny_model_dir, tokenizer, max_model_len=512, kv_cache_gib=1, seed=0)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def learner(tiny_model_dir, engine):
+    """A fresh learner model with the folder's weights, and the engine synced back to them."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    engine.sync_weights(model)
+    return model
+
+
+def perturb_(model: torch.nn.Module, scale: float = 0.1, seed: int = 1) -> None:
+    """Add noise of `scale` times each matrix's std to every weight matrix (an optimiser step, roughly)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.add_(torch.randn(p.shape, generator=generator) * scale * p.std())
+
+
+def diff_to_learner(model, completions, score) -> dict[str, float]:
+    learner = score(model, completions, autocast_dtype=torch.bfloat16)
+    return compare_logprobs([c.logprobs for c in completions], learner)
+
+
+def test_completions_are_grouped_with_raw_logprobs_that_match_the_learner(engine, learner, tokenizer, chat_prompts, score):
+    # Temperature 0.7 and top-k: the returned log-probs must still be the raw temperature-1 ones.
+    sampling = SamplingSettings(max_new_tokens=12, temperature=0.7, top_k=50)
+    completions = engine.generate(chat_prompts, n=3, sampling=sampling)
+
+    assert [c.prompt_index for c in completions] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for c in completions:
+        assert c.prompt_token_ids == chat_prompts[c.prompt_index]
+        assert len(c.logprobs) == len(c.token_ids) == 12 and c.finish_reason == "length"
+        assert c.text == tokenizer.decode(c.token_ids, skip_special_tokens=True)
+    assert diff_to_learner(learner, completions, score)["mean_abs_diff"] < SYNC_WARN_MEAN_ABS_DIFF
+
+
+def test_sync_brings_the_engine_to_the_learners_changed_weights(engine, learner, long_chat_prompts, score):
+    sampling = SamplingSettings(max_new_tokens=16)
+    engine.generate(long_chat_prompts, n=2, sampling=sampling)  # fills the prefix cache with old-weight KV
+    perturb_(learner)
+
+    stale = diff_to_learner(learner, engine.generate(long_chat_prompts, n=2, sampling=sampling), score)
+    engine.sync_weights(learner)
+    synced = diff_to_learner(learner, engine.generate(long_chat_prompts, n=2, sampling=sampling), score)
+
+    assert stale["mean_abs_diff"] > 5 * SYNC_WARN_MEAN_ABS_DIFF  # the check can tell a missed sync
+    assert synced["mean_abs_diff"] < SYNC_WARN_MEAN_ABS_DIFF
+
+
+def test_sync_of_only_the_tied_embedding_reaches_the_output_layer(engine, learner, chat_prompts, score):
+    with torch.no_grad():
+        embedding = learner.get_input_embeddings().weight
+        assert embedding is learner.get_output_embeddings().weight
+        embedding.mul_(1.5)
+    engine.sync_weights(learner)
+    completions = engine.generate(chat_prompts, n=2, sampling=SamplingSettings(max_new_tokens=12))
+    assert diff_to_learner(learner, completions, score)["mean_abs_diff"] < SYNC_WARN_MEAN_ABS_DIFF
+
+
+def test_sync_merges_lora_adapters_without_changing_the_learner(engine, learner, chat_prompts, score):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(learner, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    before = {n: p.clone() for n, p in peft_model.named_parameters()}
+
+    engine.sync_weights(peft_model)
+    completions = engine.generate(chat_prompts, n=2, sampling=SamplingSettings(max_new_tokens=12))
+
+    assert all(torch.equal(p, before[n]) for n, p in peft_model.named_parameters())
+    assert diff_to_learner(peft_model, completions, score)["mean_abs_diff"] < SYNC_WARN_MEAN_ABS_DIFF
+    with peft_model.disable_adapter():
+        assert diff_to_learner(peft_model, completions, score)["mean_abs_diff"] > 5 * SYNC_WARN_MEAN_ABS_DIFF
+
+
+def test_stop_strings_and_eos_end_completions_and_are_kept(engine, learner, tokenizer, chat_prompts):
+    greedy = SamplingSettings(max_new_tokens=10, temperature=0.0)
+    (free_run,) = engine.generate(chat_prompts[:1], n=1, sampling=greedy)
+    tokens = free_run.token_ids
+    stop = tokenizer.decode(tokens[:4], skip_special_tokens=True)[-5:]
+    assert stop.strip() and stop not in tokenizer.decode(tokens[:3], skip_special_tokens=True)
+
+    (stopped,) = engine.generate(chat_prompts[:1], n=1, sampling=SamplingSettings(max_new_tokens=10, temperature=0.0, stop=[stop]))
+    assert stopped.token_ids == tokens[:4] and stopped.finish_reason == "stop" and stopped.text.endswith(stop)
+
+    assert tokens[2] not in tokens[:2]
+    eos_ids = engine.eos_token_ids
+    engine.eos_token_ids = [tokens[2]]  # pretend the third greedy token is an end-of-sequence token
+    try:
+        (ended,) = engine.generate(chat_prompts[:1], n=1, sampling=greedy)
+    finally:
+        engine.eos_token_ids = eos_ids
+    assert ended.token_ids == tokens[:3] and ended.finish_reason == "stop" and len(ended.logprobs) == 3

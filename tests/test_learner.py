@@ -1,0 +1,220 @@
+"""PolicyLearner on a tiny Llama: exact gradients under micro-batching, training, LoRA, state."""
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from r1train.algorithm import aggregate_loss, compute_group_advantages
+from r1train.batching import collate, plan_micro_batches
+from r1train.learner import LossSettings, PolicyLearner, TrainBatch, lr_factor
+
+AGGREGATIONS = ("sequence_mean", "token_mean", "sum_over_max_len")
+
+
+def tiny_model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).to(dtype)
+
+
+def toy_batch(n=6, seed=0, advantages=None):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, 256, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(n)]
+    completions = [torch.randint(1, 256, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g).tolist()
+                   for _ in range(n)]
+    if advantages is None:
+        advantages = torch.randn(n, generator=g, dtype=torch.float64)
+    return TrainBatch(prompts, completions, advantages)
+
+
+@pytest.fixture
+def capture_gradients(monkeypatch):
+    """Record the gradients of every optimiser step, as they are before clipping."""
+    captured, original = [], torch.nn.utils.clip_grad_norm_
+
+    def clip_and_record(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        captured.append([p.grad.clone() for p in parameters])
+        return original(parameters, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_and_record)
+    return captured
+
+
+def plain_policy_gradient(model, batch, mode, max_len):
+    """Reference: one padded batch, full logits, loss = aggregate(-A * logp); clip inactive at mu = 1."""
+    input_ids, attention_mask, completion_mask = collate(batch.prompt_ids, batch.completion_ids, 0, torch.device("cpu"))
+    model.zero_grad()
+    logprobs = model(input_ids=input_ids, attention_mask=attention_mask).logits.log_softmax(-1)
+    token_logprobs = logprobs[:, :-1].gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    rows = [token_logprobs[b][completion_mask[b, 1:].bool()] for b in range(len(batch))]
+    logp = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(r)) for r in rows], batch_first=True)
+    aggregate_loss(-batch.advantages.unsqueeze(1) * logp, mask, mode, max_len).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    return grads
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def test_plan_micro_batches_respects_budget():
+    lengths = [5, 30, 12, 7, 7, 40, 3, 25]
+    groups = plan_micro_batches(lengths, token_budget=50)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        padded = len(group) * max(lengths[i] for i in group)
+        assert padded <= 50 or len(group) == 1
+    assert plan_micro_batches([80, 10], token_budget=50) == [[0], [1]]  # too long: alone
+
+
+def test_lr_schedules():
+    assert [lr_factor(s, 2, 10, "constant") for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(2, 2, 10, "linear") == 1.0 and lr_factor(6, 2, 10, "linear") == 0.5
+    assert lr_factor(10, 2, 10, "linear") == 0.0
+    assert lr_factor(6, 2, 10, "cosine") == pytest.approx(0.5) and lr_factor(10, 2, 10, "cosine") == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------------------- exact gradients
+@pytest.mark.parametrize("mode", AGGREGATIONS)
+def test_micro_batched_gradient_equals_plain_policy_gradient(mode, capture_gradients):
+    """Token-budget micro-batches, chunked logprobs, zero-advantage skipping: same gradient as
+    the plain policy gradient of the whole batch at once (mu = 1, so the clip is inactive)."""
+    advantages = torch.tensor([0.5, -1.0, 0.0, 2.0, -0.3, 0.0], dtype=torch.float64)
+    batch = toy_batch(advantages=advantages)
+    model = tiny_model(torch.float64)
+    expected = plain_policy_gradient(model, batch, mode, max_len=8)
+    learner = PolicyLearner(model, lr=1e-3, micro_batch_tokens=16, bf16=False, logprob_chunk_size=3,
+                            max_grad_norm=1e9)
+    learner.train_on_batch(batch, LossSettings(aggregation=mode, max_completion_length=8, tis_cap=None))
+    assert len(capture_gradients) == 1
+    for got, want in zip(capture_gradients[0], expected):
+        assert torch.allclose(got, want, atol=1e-10)
+
+
+def test_micro_batch_budget_does_not_change_gradient_with_all_terms(capture_gradients):
+    """KL, TIS, entropy and mini-batches with stored old logprobs: the budget changes nothing."""
+    batch = toy_batch(n=8, seed=3)
+    batch.ref_logprobs = [torch.randn(len(c), dtype=torch.float64) * 0.1 - 5 for c in batch.completion_ids]
+    batch.engine_logprobs = [torch.randn(len(c), dtype=torch.float64) * 0.1 - 5.5 for c in batch.completion_ids]
+    settings = LossSettings(beta=0.04, tis_cap=2.0, entropy_coef=0.01, eps_high=0.28, dual_clip=3.0)
+    gradients = []
+    for budget in (8, 1000):
+        learner = PolicyLearner(tiny_model(torch.float64), lr=1e-2, micro_batch_tokens=budget, bf16=False,
+                                mini_batches=2, updates_per_batch=2)
+        learner.train_on_batch(batch, settings)
+        gradients.append(list(capture_gradients))
+        capture_gradients.clear()
+    assert len(gradients[0]) == 4
+    for small, large in zip(*gradients):
+        for got, want in zip(small, large):
+            assert torch.allclose(got, want, atol=1e-10)
+
+
+def test_sample_mask_drops_samples(capture_gradients):
+    batch = toy_batch(seed=4)
+    kept = TrainBatch(batch.prompt_ids[:4], batch.completion_ids[:4], batch.advantages[:4])
+    batch.sample_mask = torch.tensor([True, True, True, True, False, False])
+    gradients = []
+    for b in (batch, kept):
+        learner = PolicyLearner(tiny_model(torch.float64), lr=1e-3, bf16=False)
+        learner.train_on_batch(b, LossSettings())
+        gradients.append(capture_gradients.pop())
+    for got, want in zip(*gradients):
+        assert torch.allclose(got, want, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- training
+def test_training_changes_parameters_and_reports_metrics():
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    learner = PolicyLearner(model, lr=1e-3, micro_batch_tokens=32, mini_batches=2, updates_per_batch=2,
+                            gradient_checkpointing=True, lr_schedule="cosine", warmup_steps=1, total_steps=12)
+    batch = toy_batch(n=8)
+    for _ in range(3):
+        metrics = learner.train_on_batch(batch, LossSettings(eps_high=0.28))
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+    for key in ("loss", "grad_norm", "lr", "throughput/learn_tokens_per_s", "nan_skipped_steps", "entropy",
+                "clip/low_frac", "clip/high_frac", "clip/dual_frac", "ratio/mean", "ratio/max"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["nan_skipped_steps"] == 0 and metrics["entropy"] > 0
+    assert metrics["ratio/max"] > 1.0  # later passes see a policy that moved away from the old one
+    assert 0 < metrics["lr"] < 1e-3  # cosine decay after warm-up
+
+
+def test_rewarded_completion_becomes_more_likely():
+    """GRPO on a fixed toy task: completion [7, 8, 9] always earns reward 1, the others 0."""
+    model = tiny_model()
+    learner = PolicyLearner(model, lr=3e-3)
+    prompt = [1, 2, 3]
+    candidates = [[7, 8, 9], [10, 11, 12], [13, 14], [15]]
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+
+    def rewarded_logprob():
+        return learner.compute_logprobs([prompt], [candidates[0]])[0].sum().item()
+
+    start = rewarded_logprob()
+    advantages, _ = compute_group_advantages(rewards, group_size=4)
+    for _ in range(5):
+        learner.train_on_batch(TrainBatch([prompt] * 4, candidates, advantages), LossSettings())
+    assert rewarded_logprob() > start + 1.0
+
+
+def test_non_finite_loss_skips_the_step():
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    learner = PolicyLearner(model, lr=1e-3)
+    batch = toy_batch(advantages=torch.tensor([1.0, float("nan"), 0.5, -1.0, 0.2, -0.2]))
+    metrics = learner.train_on_batch(batch, LossSettings())
+    assert metrics["nan_skipped_steps"] == 1 and learner.consecutive_nan_steps == 1
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    learner.train_on_batch(toy_batch(), LossSettings())
+    assert learner.consecutive_nan_steps == 0
+
+
+def test_state_dict_round_trip():
+    learner = PolicyLearner(tiny_model(), lr=1e-3, lr_schedule="linear", warmup_steps=2, total_steps=10)
+    learner.train_on_batch(toy_batch(), LossSettings())
+    state = learner.state_dict()
+    fresh = PolicyLearner(tiny_model(), lr=1e-3, lr_schedule="linear", warmup_steps=2, total_steps=10)
+    fresh.load_state_dict(state)
+    assert fresh.optimizer.param_groups[0]["lr"] == learner.optimizer.param_groups[0]["lr"]
+    assert fresh.scheduler.last_epoch == 1
+    first = next(iter(fresh.optimizer.state.values()))["exp_avg"]
+    assert torch.equal(first, next(iter(learner.optimizer.state.values()))["exp_avg"])
+
+
+# ----------------------------------------------------------------------------- LoRA
+def test_lora_trains_adapters_and_merges_under_base_names():
+    base_names = set(tiny_model().state_dict())
+    model = tiny_model()
+    learner = PolicyLearner(model, lr=1e-2, use_lora=True, lora_r=4)
+    trainable = [n for n, p in learner.trainable_model().named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen_before = {n: p.detach().clone() for n, p in learner.trainable_model().named_parameters()
+                     if not p.requires_grad}
+    batch = toy_batch()
+    initial = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids)
+    for _ in range(2):
+        learner.train_on_batch(batch, LossSettings())
+    for name, p in learner.trainable_model().named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, frozen_before[name]), name
+    assert set(learner.trainable_state_dict()) == set(trainable)
+
+    merged = learner.merged_state_dict_for_inference()
+    assert set(merged) == base_names  # includes the tied lm_head.weight
+    assert torch.equal(merged["lm_head.weight"], merged["model.embed_tokens.weight"])
+    plain = tiny_model()
+    plain.load_state_dict(merged)
+    plain_learner = PolicyLearner(plain, lr=1e-3)
+    trained = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids)
+    for a, b in zip(plain_learner.compute_logprobs(batch.prompt_ids, batch.completion_ids), trained):
+        assert torch.allclose(a, b, atol=1e-5)
+    # With adapters disabled the LoRA model is the frozen initial policy: the reference model.
+    reference = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids, disable_adapters=True)
+    assert all(torch.allclose(r, i, atol=1e-6) for r, i in zip(reference, initial))
+    assert not all(torch.allclose(t, i, atol=1e-3) for t, i in zip(trained, initial))

@@ -1,0 +1,147 @@
+"""SFT on the tiny Llama: the loss mask, packing, token-budget micro-batches, learning, LoRA, exact
+resume after an interruption, and skipping non-finite steps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1train import sft
+from r1train.config import recipe_from_dict
+from r1train.data import write_rows
+from r1train.prompts import render_prompt
+from r1train.sft import build_micro_batches, completion_nll_sum, run_sft, tokenize_example
+from r1train.tracking import read_metrics
+
+EXAMPLES = [
+    {"question": "What is 2 + 3?", "completion": "<think>\n2 plus 3 is 5.\n</think>\n<answer>5</answer>"},
+    {"question": "What is 7 - 4?", "completion": "<think>\n7 minus 4 is 3.\n</think>\n<answer>3</answer>"},
+    {"question": "What is 6 * 2?", "completion": "<think>\nsix twos make twelve\n</think>\n<answer>12</answer>"},
+    {"question": "What is 9 + 1?", "completion": "<think>\n9 + 1 = 10\n</think>\n<answer>10</answer>"},
+]
+
+
+def make_recipe(tmp_path: Path, model_dir: Path, rows=EXAMPLES, lora: bool = False, **training):
+    data_file = tmp_path / "sft.jsonl"
+    write_rows(rows, data_file)
+    settings = dict(steps=4, batch_size=4, learning_rate=1e-3, micro_batch_tokens=4096, max_seq_len=256,
+                    bf16=False, checkpoint_every=10)
+    settings.update(training)
+    return recipe_from_dict({
+        "seed": 1,
+        "model": {"name": str(model_dir), "lora": {"enabled": lora, "r": 4, "alpha": 8}},
+        "data": {"train": str(data_file)},
+        "training": settings,
+        "logging": {"tensorboard": False, "progress": False},
+    })
+
+
+def load_tiny(model_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
+def test_loss_mask_covers_exactly_the_completion_and_eos(tokenizer):
+    question, completion = EXAMPLES[0]["question"], EXAMPLES[0]["completion"]
+    example, truncated = tokenize_example(tokenizer, question, completion, "r1_chat", None, 256)
+    assert not truncated
+    prompt_ids, completion_ids = example.input_ids[:example.prompt_len], example.input_ids[example.prompt_len:]
+    # The unmasked part is exactly the prompt a rollout sees; the masked part the completion then EOS.
+    assert tokenizer.decode(prompt_ids) == render_prompt(tokenizer, question, "r1_chat")
+    assert completion_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(completion_ids[:-1]) == completion
+
+    batch = build_micro_batches([example], 4096, 256, False, tokenizer.pad_token_id)[0]
+    masked = batch.input_ids[batch.loss_mask].tolist()
+    assert masked == completion_ids  # token level: every completion token, nothing else
+    assert not batch.loss_mask[0, :example.prompt_len].any()
+
+
+def test_long_examples_are_truncated_or_dropped(tokenizer):
+    question, completion = EXAMPLES[0]["question"], EXAMPLES[0]["completion"] * 20
+    example, truncated = tokenize_example(tokenizer, question, completion, "r1_chat", None, 150)
+    assert truncated and len(example) == 150 and example.prompt_len < 150
+    prompt_len = example.prompt_len
+    dropped, truncated = tokenize_example(tokenizer, question, completion, "r1_chat", None, prompt_len)
+    assert dropped is None and truncated
+
+
+def test_packing_and_micro_batches_give_the_unpacked_loss(tiny_model_dir, tokenizer):
+    model = load_tiny(tiny_model_dir)
+    examples = [tokenize_example(tokenizer, r["question"], r["completion"], "r1_chat", None, 1024)[0] for r in EXAMPLES]
+    tokens = sum(len(e) - e.prompt_len for e in examples)
+
+    def step_loss(batches):
+        return sum(completion_nll_sum(model, b) for b in batches).item() / tokens
+
+    one_row_each = build_micro_batches(examples, 4096, 1024, False, tokenizer.pad_token_id)
+    packed = build_micro_batches(examples, 4096, 1024, True, tokenizer.pad_token_id)
+    small_budget = build_micro_batches(examples, 64, 1024, False, tokenizer.pad_token_id)
+    assert [b.input_ids.shape[0] for b in one_row_each] == [4]
+    assert [b.input_ids.shape[0] for b in packed] == [1]  # all four in one row
+    assert len(small_budget) == 4  # one example per micro-batch
+    reference = step_loss(one_row_each)
+    # Attention crossing examples in the packed row would change every later example's loss.
+    assert step_loss(packed) == pytest.approx(reference, rel=1e-5)
+    assert step_loss(small_budget) == pytest.approx(reference, rel=1e-5)
+
+
+def test_sft_learns_and_logs(tiny_model_dir, tmp_path):
+    # Half the data comes through extra_rows (the mix), two epochs of batch 2: 4 steps.
+    recipe = make_recipe(tmp_path, tiny_model_dir, rows=EXAMPLES[:2], batch_size=2, epochs=4.0, learning_rate=3e-3)
+    out = run_sft(recipe, tmp_path / "sft", str(tiny_model_dir), extra_rows=EXAMPLES[2:])
+    rows = read_metrics(tmp_path / "sft" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 9))  # 4 epochs x 4 examples / batch 2
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    for key in ("lr", "grad_norm", "throughput/learn_tokens_per_s", "nan_skipped_steps"):
+        assert key in rows[0]
+    trained = load_tiny(out)
+    base = load_tiny(tiny_model_dir)
+    assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_lora_saves_adapter_checkpoints_and_a_merged_model(tiny_model_dir, tmp_path):
+    recipe = make_recipe(tmp_path, tiny_model_dir, lora=True, steps=2, learning_rate=1e-2)
+    out = run_sft(recipe, tmp_path / "sft", str(tiny_model_dir))
+    weights = load_file(str(tmp_path / "sft" / "checkpoints" / "step-000002" / "weights.safetensors"))
+    assert weights and all("lora_" in name for name in weights)
+    assert not any("lora" in key for key in load_file(str(out / "model.safetensors")))  # plain HF folder
+    trained, base = load_tiny(out), load_tiny(tiny_model_dir)
+    assert not torch.equal(trained.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(trained.model.embed_tokens.weight, base.model.embed_tokens.weight)  # not a LoRA target
+
+
+def test_interrupted_sft_resumes_to_the_same_parameters(tiny_model_dir, tmp_path):
+    # Batch 3 of 4 examples: the resumed run must pick up mid-epoch, with warm-up and bf16 autocast on.
+    common = dict(batch_size=3, warmup_steps=2, bf16=True, lr_schedule="constant")
+    straight = run_sft(make_recipe(tmp_path, tiny_model_dir, steps=4, **common), tmp_path / "a", str(tiny_model_dir))
+    run_sft(make_recipe(tmp_path, tiny_model_dir, steps=2, **common), tmp_path / "b", str(tiny_model_dir))
+    resumed = run_sft(make_recipe(tmp_path, tiny_model_dir, steps=4, **common), tmp_path / "b", str(tiny_model_dir))
+
+    expected, got = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    a = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]  # no duplicate rows
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+    state = json.loads((tmp_path / "b" / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
+    assert state["sampler"] == {"epoch": 2, "position": 4}  # 12 examples drawn from 3 epochs of 4
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(sft, "completion_nll_sum", lambda model, batch: torch.tensor(float("nan")))
+    out = run_sft(make_recipe(tmp_path, tiny_model_dir, steps=2, max_nan_steps=3), tmp_path / "nan", str(tiny_model_dir))
+    rows = read_metrics(tmp_path / "nan" / "metrics.jsonl")
+    assert [r["nan_skipped_steps"] for r in rows] == [1, 2]
+    assert rows[0]["loss"] is None  # logged as null, not NaN
+    base, after = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(base[k], after[k]) for k in base)  # the optimiser never moved
+
+    with pytest.raises(FloatingPointError, match="consecutive"):
+        run_sft(make_recipe(tmp_path, tiny_model_dir, steps=5, max_nan_steps=2), tmp_path / "stop", str(tiny_model_dir))
