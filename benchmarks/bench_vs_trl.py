@@ -230,11 +230,13 @@ class PhaseClock:
             "gen_tokens_per_s": self.gen_tokens / generate if generate > 0 else None,
             "completion_len": c["completion_tokens"] / c["completions"] if c["completions"] else None,
         })
+        print("bench_vs_trl: trl step", json.dumps({k: round(v, 2) for k, v in self.steps[-1].items() if v is not None}),
+              flush=True)
 
 
 def trl_reward_functions(workload: dict, prefill: str) -> tuple[list, list[float]]:
     """The recipe's rewards, called the way r1train's scorer calls them (prefill + completion)."""
-    from rewards.registry import resolve_reward
+    from rewards import resolve_reward  # importing the package registers the built-in rewards
 
     specs = workload["recipe"].get("rewards", [])
     question_column = workload["recipe"].get("data", {}).get("question_column", "question")

@@ -9,7 +9,6 @@ the previous weight sync at no extra cost.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ from r1train.config import Recipe
 from r1train.data import PromptSampler, load_rows
 from r1train.runtime import engine_for, seed_everything, set_threads
 from r1train.engines.base import Completion, SamplingSettings
-from r1train.engines.sync_check import compare_logprobs, SYNC_WARN_MEAN_ABS_DIFF
+from r1train.engines.sync_check import compare_logprobs, sync_warning
 from r1train.evaluation import Evaluator, task_metrics
-from r1train.learner import PolicyLearner, TrainBatch
+from r1train.learner import LossSettings, PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.prompts import encode_all, prefill
 from r1train.run_state import RunState
@@ -54,11 +53,15 @@ class GRPOTrainer:
         self.model_dir = resolve_model_dir(model_name or cfg.model.name)
         self.tokenizer = load_tokenizer(self.model_dir)
         model = load_model(self.model_dir, cfg.model.gradient_checkpointing)
-        self.learner = PolicyLearner.from_recipe(model, cfg)
-        # beta = 0 loads no reference model at all (its memory and forward passes are saved).
+        self.learner = PolicyLearner.from_recipe(model, cfg, self.tokenizer.pad_token_id)
+        # beta = 0 loads no reference model at all (its memory and forward passes are saved); with
+        # LoRA the reference is the base model under the adapters, so no copy is loaded either.
         self.reference = None
-        if cfg.algorithm.beta > 0:
+        if cfg.algorithm.beta > 0 and not cfg.model.lora.enabled:
             self.reference = load_model(self.model_dir).eval().requires_grad_(False)
+        # Engines report raw (temperature-1) logprobs; the learner scores the tempered distribution
+        # it sampled from. They are comparable, for the sync check and TIS, only at temperature 1.
+        self.use_engine_logprobs = cfg.rollout.temperature == 1.0 and cfg.rollout.verify_sync
         self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
         self.scorer = build_scorer(cfg.rewards)
         rows = load_rows(cfg.data.train, (cfg.data.question_column,))
@@ -78,7 +81,6 @@ class GRPOTrainer:
         self.step_count = self.state.restore(self.learner, self.sampler)
         # The engine loaded the weights from disk; a resumed learner holds newer ones.
         self.engine.sync_weights(self.learner.model)
-        self._consecutive_nan = 0
 
     # -----------------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -134,17 +136,20 @@ class GRPOTrainer:
             prompt_ids=[c.prompt_token_ids for c in completions],
             completion_ids=[c.token_ids for c in completions],
             advantages=advantages,
-            engine_logprobs=_engine_logprobs(completions),
-            loss_weights=(~truncated).float() if cfg.algorithm.overlong == "mask" else None,
+            engine_logprobs=_engine_logprobs(completions) if self.use_engine_logprobs else None,
+            sample_mask=~truncated if cfg.algorithm.overlong == "mask" else None,
         )
         t0 = time.perf_counter()
-        if self.reference is not None:
-            batch.ref_logprobs = self.learner.compute_logprobs(batch, model=self.reference)
+        if cfg.algorithm.beta > 0:
+            batch.ref_logprobs = self.learner.compute_logprobs(
+                batch.prompt_ids, batch.completion_ids, disable_adapters=self.reference is None, model=self.reference
+            )
         timings["time/reference"] = time.perf_counter() - t0
 
-        # 4. Policy update(s).
+        # 4. Policy update(s). On GPU the engine frees its memory meanwhile.
         t0 = time.perf_counter()
-        learn_metrics, first_pass_logprobs = self.learner.train_on_batch(batch, self.loss_settings())
+        self.engine.sleep()
+        learn_metrics = self.learner.train_on_batch(batch, self.loss_settings())
         timings["time/learn"] = time.perf_counter() - t0
         self._check_finite(learn_metrics)
 
@@ -157,13 +162,8 @@ class GRPOTrainer:
         metrics.update(rollouts.metrics)
         metrics.update(adv_metrics)
         metrics.update(learn_metrics)
-        if batch.engine_logprobs is not None and first_pass_logprobs is not None:
-            diff = compare_logprobs(batch.engine_logprobs, first_pass_logprobs)
-            metrics["sync/logprob_abs_diff_mean"] = diff["mean_abs_diff"]
-            metrics["sync/logprob_abs_diff_max"] = diff["max_abs_diff"]
-            if diff["mean_abs_diff"] > SYNC_WARN_MEAN_ABS_DIFF:
-                log.warning("engine and learner log-probs differ by %.3f on average (more than bf16 explains): "
-                            "the engine's weights may not match the learner's", diff["mean_abs_diff"])
+        if batch.engine_logprobs is not None:
+            metrics.update(self._sync_metrics(batch.engine_logprobs, self.learner.pre_update_logprobs))
         lengths = [len(c.token_ids) for c in completions]
         gen_tokens = sum(lengths)
         metrics.update({
@@ -233,27 +233,41 @@ class GRPOTrainer:
         timings["time/score"] += time.perf_counter() - t0
         return Rollouts(rows, completions, texts, result.total, result.per_function, metrics)
 
-    def loss_settings(self) -> dict[str, Any]:
+    def loss_settings(self) -> LossSettings:
         a = self.recipe.algorithm
-        return dict(
+        return LossSettings(
             eps_low=a.epsilon_low, eps_high=a.epsilon_high, dual_clip=a.dual_clip,
             aggregation=a.loss_aggregation, max_completion_length=self.recipe.rollout.max_new_tokens,
             beta=a.beta, tis_cap=a.tis_cap, entropy_coef=a.entropy_coef,
-            updates_per_batch=a.updates_per_batch, mini_batches=a.mini_batches,
         )
 
+    @staticmethod
+    def _sync_metrics(engine_logprobs: list[torch.Tensor], learner_logprobs: list[torch.Tensor | None]) -> dict[str, float]:
+        """How far the engine's logprobs of its samples are from the learner's on the same weights.
+
+        The learner's first forward pass of a step runs on the weights last pushed to the engine,
+        so this checks the previous sync. Samples the learner skipped (zero advantage) are left out.
+        """
+        pairs = [(e, l) for e, l in zip(engine_logprobs, learner_logprobs) if l is not None]
+        if not pairs:
+            return {}
+        diff = compare_logprobs([e for e, _ in pairs], [l for _, l in pairs])
+        warning = sync_warning(diff)
+        if warning:
+            log.warning(warning)
+        return {"sync/logprob_abs_diff_mean": diff["mean_abs_diff"], "sync/logprob_abs_diff_max": diff["max_abs_diff"]}
+
     def _check_finite(self, metrics: dict[str, float]) -> None:
-        if metrics.get("skipped_nonfinite"):
-            self._consecutive_nan += 1
-            log.warning("non-finite loss or gradient: step skipped (%d in a row)", self._consecutive_nan)
-            if self._consecutive_nan >= self.recipe.training.max_nan_steps:
-                raise FloatingPointError(
-                    f"{self._consecutive_nan} consecutive steps with a non-finite loss or gradient; "
-                    f"stopping with the last good checkpoint kept in {self.run_dir / 'checkpoints'} "
-                    "(lower training.learning_rate or check the rewards)"
-                )
-        else:
-            self._consecutive_nan = 0
+        """Stop the run after `training.max_nan_steps` optimiser steps in a row were skipped."""
+        skipped_in_a_row = self.learner.consecutive_nan_steps
+        if metrics.get("nan_skipped_steps"):
+            log.warning("non-finite loss or gradient: step skipped (%d in a row)", skipped_in_a_row)
+        if skipped_in_a_row >= self.recipe.training.max_nan_steps:
+            raise FloatingPointError(
+                f"{skipped_in_a_row} consecutive steps with a non-finite loss or gradient; "
+                f"stopping with the last good checkpoint kept in {self.run_dir / 'checkpoints'} "
+                "(lower training.learning_rate or check the rewards)"
+            )
 
     def _samples(self, rollouts: Rollouts) -> list[dict[str, Any]]:
         n = min(self.recipe.logging.num_samples, len(rollouts.texts))

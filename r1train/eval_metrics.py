@@ -1,0 +1,149 @@
+"""Held-out evaluation scores from judged samples: pass@1, maj@k, pass@k, format rate, length.
+
+Pure functions over plain Python lists, no model and no I/O, so `evaluation.py` can stay about
+generating and judging while the arithmetic lives (and is tested) here.
+
+Deliberate simplifications:
+- maj@k votes over the extracted answer strings as they are, after stripping surrounding
+  whitespace: "4" and "4.0" are different votes even where the task's rule would accept both.
+  The vote winner counts as correct when any sample that gave that answer was judged correct, so
+  the rule itself still decides correctness.
+- pass@k uses the unbiased estimator of Chen et al. (2021, "Evaluating Large Language Models
+  Trained on Code"): with n >= k samples of which c are correct, 1 - C(n-c, k) / C(n, k). With
+  exactly k samples per question, which is what the evaluator draws, that is 1 when any sample is
+  correct and 0 otherwise.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from math import comb
+from typing import Mapping, Sequence
+
+# Column order of the evaluation table; the names are the evaluator's metrics without "eval/".
+TABLE_METRICS = ("accuracy", "pass@1", "maj@k", "pass@k", "greedy_accuracy", "format_rate", "completion_len")
+
+
+def estimate_pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased chance that at least one of k samples drawn from n (c of them correct) is correct.
+
+    Args:
+        n: samples drawn for the question (n >= k).
+        c: how many of them were judged correct (0 <= c <= n).
+        k: the budget whose success rate is estimated.
+
+    Returns:
+        1 - C(n-c, k) / C(n, k), a float in [0, 1].
+
+    Example: estimate_pass_at_k(4, 1, 2) == 1 - C(3, 2) / C(4, 2) == 1 - 3/6 == 0.5, and
+    estimate_pass_at_k(4, 1, 4) == 1.0 (with k = n it is "any sample correct").
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_vote_correct(correct: Sequence[float], answers: Sequence[str | None]) -> float:
+    """1.0 when the most common extracted answer of one question is a correct one, else 0.0.
+
+    Args:
+        correct: [k] 0/1 judgement per sample.
+        answers: [k] extracted final answer per sample, None where none could be extracted.
+
+    Returns:
+        1.0 or 0.0. None answers do not vote; a tie goes to the answer seen first; a question
+        where no sample has an answer scores 0.0.
+
+    Example: correct=[0, 1, 1, 0], answers=["5", "4", "4", None] -> "4" wins 2 to 1 -> 1.0;
+    correct=[0, 1], answers=["5", "4"] -> a 1-1 tie, "5" was seen first -> 0.0.
+    """
+    votes = Counter(a.strip() for a in answers if a is not None)
+    if not votes:
+        return 0.0
+    # Counter keeps first-insertion order and most_common sorts stably, so ties go to the first seen.
+    winner = votes.most_common(1)[0][0]
+    won = any(a is not None and a.strip() == winner and ok for a, ok in zip(answers, correct))
+    return 1.0 if won else 0.0
+
+
+def summarize(problems: Sequence[Mapping], formats: Sequence[float], lengths: Sequence[int], k: int) -> dict[str, float]:
+    """Summarise k judged samples per question into the evaluation scores.
+
+    Args:
+        problems: one entry per question, {"correct": [k] 0/1 floats, "answers": [k] str | None}.
+        formats: [num_questions * k] strict-format score (0/1) of every sample.
+        lengths: [num_questions * k] completion length in tokens of every sample.
+        k: samples per question (the k of maj@k and pass@k).
+
+    Returns:
+        {"pass@1": mean correctness over all samples,
+         "maj@k": share of questions whose majority answer is correct,
+         "pass@k": mean over questions of the unbiased pass@k estimate (see module docstring),
+         "format_rate": mean of `formats`, "completion_len": mean of `lengths`}.
+
+    Example with k = 2 and two questions:
+        problems = [{"correct": [1, 0], "answers": ["4", "5"]},   # tie, "4" seen first: maj right
+                    {"correct": [0, 0], "answers": [None, "7"]}]  # all wrong
+        summarize(problems, formats=[1, 1, 0, 1], lengths=[10, 20, 30, 40], k=2)
+        == {"pass@1": 0.25, "maj@k": 0.5, "pass@k": 0.5, "format_rate": 0.75, "completion_len": 25.0}
+    """
+    if not problems:
+        raise ValueError("summarize needs at least one question")
+    if not formats or not lengths:
+        raise ValueError("summarize needs the format score and length of every sample")
+    samples, majority, any_correct = [], [], []
+    for i, problem in enumerate(problems):
+        correct, answers = list(problem["correct"]), list(problem["answers"])
+        if len(correct) != len(answers) or len(correct) < k:
+            raise ValueError(f"question {i}: {len(correct)} judgements and {len(answers)} answers for k={k}")
+        samples.extend(correct)
+        majority.append(majority_vote_correct(correct, answers))
+        any_correct.append(estimate_pass_at_k(len(correct), sum(1 for ok in correct if ok), k))
+    return {
+        "pass@1": sum(samples) / len(samples),
+        "maj@k": sum(majority) / len(majority),
+        "pass@k": sum(any_correct) / len(any_correct),
+        "format_rate": sum(formats) / len(formats),
+        "completion_len": sum(lengths) / len(lengths),
+    }
+
+
+def format_eval_table(scores: Mapping[str, Mapping[str, float]]) -> str:
+    """An aligned plain-text table: one row per model, one column per evaluation metric present.
+
+    Args:
+        scores: {model name: metrics}, metrics keyed "eval/<name>" as the evaluator returns them
+            (plain "<name>" keys, as `summarize` returns them, are read too). Other keys (time,
+            model) are ignored.
+
+    Returns:
+        The table as one string, numbers to 3 decimals, "-" where a model lacks a metric that
+        another model has; columns in the order of TABLE_METRICS.
+
+    Example:
+        format_eval_table({"base": {"eval/accuracy": 0.02, "eval/format_rate": 0.0}})
+        ==  "model  accuracy  format_rate\\n"
+            "-----  --------  -----------\\n"
+            "base      0.020        0.000"
+    """
+    values = {model: {name: _lookup(metrics, name) for name in TABLE_METRICS} for model, metrics in scores.items()}
+    columns = [name for name in TABLE_METRICS if any(row[name] is not None for row in values.values())]
+    header = ["model", *columns]
+    body = [[str(model), *(_cell(row[name]) for name in columns)] for model, row in values.items()]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        # Model names read left-aligned, numbers right-aligned so their decimal points line up.
+        parts = [cells[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:])]
+        return "  ".join(parts).rstrip()
+
+    rule = ["-" * width for width in widths]
+    return "\n".join(render(line) for line in [header, rule, *body])
+
+
+def _lookup(metrics: Mapping[str, float], name: str) -> float | None:
+    value = metrics.get(f"eval/{name}", metrics.get(name))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,132 @@
+"""End to end: the GRPO trainer on a tiny model, through the same entry point as `r1train run`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1train.config import recipe_from_dict
+from r1train.grpo import GRPOTrainer, run_grpo
+from r1train.tracking import read_metrics
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture()
+def text_length_reward(tmp_path) -> dict:
+    """A custom reward (loaded from a file, as a user's would be) that varies within every group, so
+    a random tiny model still gets non-zero advantages."""
+    path = tmp_path / "text_length.py"
+    path.write_text("def text_length(completions, **columns):\n    return [len(t) / 100 for t in completions]\n")
+    return {"path": str(path), "function": "text_length"}
+
+
+@pytest.fixture()
+def addition_files(tmp_path):
+    rows = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(1, 5) for b in range(1, 4)]
+    return write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "test.jsonl", rows[:3])
+
+
+def tiny_recipe(tmp_path, model_dir, train, evaluation=None, **sections):
+    raw = {
+        "run_name": "tiny", "output_dir": str(tmp_path / "runs"), "seed": 0,
+        "model": {"name": str(model_dir)},
+        "data": {"train": train, "eval": evaluation, "max_prompt_tokens": 200},
+        "rollout": {"backend": "hf", "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 8},
+        "rewards": [{"name": "accuracy"}, {"name": "tag_count", "weight": 0.5}, {"name": "cosine_length", "weight": 0.1}],
+        "training": {"steps": 2, "learning_rate": 1e-3, "checkpoint_every": 1, "bf16": False},
+        "evaluation": {"max_examples": 3, "samples": 2, "greedy": True},
+        "logging": {"tensorboard": True, "progress": False},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe_from_dict(raw)
+
+
+def test_grpo_run_changes_parameters_and_logs_every_promised_metric(tmp_path, tiny_model_dir, addition_files,
+                                                                  text_length_reward):
+    train, test = addition_files
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, train, test,
+                         rewards=[{"name": "accuracy"}, {"name": "tag_count", "weight": 0.5}, text_length_reward])
+    run_dir = recipe.run_dir
+    final = run_grpo(recipe, run_dir)
+
+    before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    after = load_file(str(final / "model.safetensors"))
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed, "no parameter changed after two GRPO steps"
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2]  # evaluation before training, then one row per step
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
+    for key in ("reward/mean", "reward/std", "reward/accuracy", "reward/tag_count", "reward/text_length",
+                "accuracy", "format_rate",
+                "completion_len/mean", "completion_len/max", "completion_len/truncated_frac",
+                "groups/zero_variance_frac", "clip/low_frac", "clip/high_frac", "entropy", "ratio/mean",
+                "grad_norm", "lr", "time/generate", "time/score", "time/reference", "time/learn", "time/sync",
+                "time/step", "throughput/gen_tokens_per_s", "throughput/learn_tokens_per_s",
+                "sync/logprob_abs_diff_mean", "rewards/errors", "nan_skipped_steps"):
+        assert key in rows[1], key
+    # The HF engine generates with the learner's own weights: its logprobs agree up to fp32 noise.
+    assert rows[1]["sync/logprob_abs_diff_mean"] < 1e-3
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {1, 2}
+    assert {"prompt", "completion", "reward", "rewards", "answer"} <= set(samples[0])
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+
+
+def test_kl_and_lora_run_with_the_adapter_free_reference(tmp_path, tiny_model_dir, addition_files,
+                                                        text_length_reward):
+    train, _ = addition_files
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, train, algorithm={"beta": 0.1}, rewards=[text_length_reward],
+                         model={"name": str(tiny_model_dir), "lora": {"enabled": True, "r": 4}},
+                         training={"steps": 1, "learning_rate": 1e-2, "bf16": False})
+    trainer = GRPOTrainer(recipe, recipe.run_dir)
+    assert trainer.reference is None  # LoRA: the base model under disabled adapters is the reference
+    metrics, _ = trainer.step()
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step starts at the reference
+    assert metrics["time/reference"] > 0
+
+
+def test_always_rewarded_completion_becomes_more_likely(tmp_path, tiny_model_dir, make_tiny_model, tokenizer):
+    """A fixed toy task: one prompt, one-token completions, and only one token (the model's second
+    most likely first token) is ever rewarded. GRPO must make that token more probable."""
+    from rewards import register
+    from r1train.prompts import encode_prompt
+
+    question = "Say one word."
+    prompt = encode_prompt(tokenizer, question, "{question}")
+    with torch.no_grad():
+        first_token_logits = make_tiny_model(seed=0)(torch.tensor([prompt])).logits[0, -1]
+    target = first_token_logits.topk(2).indices[1].item()
+
+    @register("test_grpo_prefers_one_token")
+    def prefers_one_token(completions, **columns):
+        return [1.0 if text == tokenizer.decode([target], skip_special_tokens=True) else 0.0 for text in completions]
+
+    train = write_jsonl(tmp_path / "one.jsonl", [{"question": question}] * 4)
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, train,
+                         data={"train": train, "prompt_template": "{question}", "max_prompt_tokens": 200},
+                         rewards=[{"name": "test_grpo_prefers_one_token"}],
+                         rollout={"backend": "hf", "group_size": 8, "prompts_per_step": 2, "max_new_tokens": 1,
+                                  "top_k": 4, "stop": []},
+                         training={"steps": 8, "learning_rate": 1e-3, "bf16": False})
+    trainer = GRPOTrainer(recipe, recipe.run_dir)
+
+    def probability_of_target() -> float:
+        return trainer.learner.compute_logprobs([prompt], [[target]])[0].exp().item()
+
+    start = probability_of_target()
+    rewards = []
+    for _ in range(recipe.training.steps):
+        metrics, _ = trainer.step()
+        rewards.append(metrics["reward/mean"])
+    assert probability_of_target() > 2 * start
+    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2
