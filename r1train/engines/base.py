@@ -38,6 +38,18 @@ class Completion:
         return self.finish_reason == "length"
 
 
+def decode_completion(tokenizer, token_ids: list[int], stop: list[str]) -> str:
+    """A completion's text: its decoded tokens, cut right after the first stop string.
+
+    Generation ends on the token that completes a stop string, and that token can carry characters
+    past it (the token "></" completing "</answer>"). They were not meant as part of the answer, and
+    a strict format check would fail on them, so the text ends with the stop string.
+    """
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    ends = [text.find(s) + len(s) for s in stop if s and s in text]
+    return text[: min(ends)] if ends else text
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     def generate(

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from r1train.engines.base import Completion, SamplingSettings
+from r1train.engines.base import Completion, SamplingSettings, decode_completion
 
 
 class HFEngine:
@@ -189,7 +189,7 @@ class HFEngine:
                     prompt_index=prompt_index,
                     prompt_token_ids=list(prompt),
                     token_ids=token_ids,
-                    text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                    text=decode_completion(self.tokenizer, token_ids, sampling.stop),
                     logprobs=logprobs[row, :end].tolist(),
                     finish_reason=finish_reason,
                 )

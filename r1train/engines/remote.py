@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from r1train.engines.base import Completion, SamplingSettings
+from r1train.engines.base import Completion, SamplingSettings, decode_completion
 from r1train.engines.weights import checkpoint_weights
 
 
@@ -116,7 +116,7 @@ class RemoteVLLMEngine:
                         prompt_index=prompt_index,
                         prompt_token_ids=list(prompts[prompt_index]),
                         token_ids=token_ids,
-                        text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                        text=decode_completion(self.tokenizer, token_ids, sampling.stop),
                         logprobs=[float(x) for x in choice["logprobs"]["token_logprobs"]],
                         finish_reason=choice["finish_reason"],
                     )

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from r1train.engines.base import Completion, SamplingSettings
+from r1train.engines.base import Completion, SamplingSettings, decode_completion
 from r1train.engines.weights import checkpoint_weights
 
 _GIB = 1024**3
@@ -89,6 +89,9 @@ class VLLMEngine:
         eos_token_ids: list[int] | None = None,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # colocated: the engine lives in this process
+        # vLLM logs a line per weight and per sync at INFO/WARNING; keep the trainer's output readable
+        # unless the user asked for vLLM's logs.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
@@ -109,7 +112,13 @@ class VLLMEngine:
         self.sleep_mode = sleep_mode and not self.on_cpu
         if not self.on_cpu:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
+        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
         self.llm = vllm.LLM(**options)
+        # vLLM's CPU worker assumes it owns the process: it drops torch to one thread and replaces
+        # torch.set_num_threads with a no-op. Colocated, the learner shares this process and would
+        # train on one core; give it back every thread it had.
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
         self._sampling_params_cls = vllm.SamplingParams
         self._asleep = False
 
@@ -144,7 +153,7 @@ class VLLMEngine:
                         prompt_index=prompt_index,
                         prompt_token_ids=list(prompt),
                         token_ids=token_ids,
-                        text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                        text=decode_completion(self.tokenizer, token_ids, sampling.stop),
                         logprobs=[step[t].logprob for t, step in zip(token_ids, sample.logprobs)],
                         finish_reason=sample.finish_reason,
                     )
