@@ -5,7 +5,7 @@ Every reward is a plain function `fn(completions: list[str], **columns) -> list[
 reward does not judge that sample. Built-in rewards register themselves by name on import:
 
     accuracy, format, tag_count, language_consistency, cosine_length, repetition_penalty,
-    soft_overlong, countdown
+    soft_overlong, countdown, reward_model (a sequence-classification model folder)
 
     >>> from rewards import get_reward
     >>> fmt = get_reward("format", prefix="<think>")
@@ -25,6 +25,7 @@ from rewards.accuracy import accuracy_reward, get_accuracy_reward
 from rewards.countdown import countdown_reward
 from rewards.format import format_reward, get_format_reward, get_tag_count_reward, tag_count_reward
 from rewards.language import get_language_consistency_reward, language_consistency_reward
+from rewards.reward_model import get_reward_model_reward
 from rewards.shaping import (
     cosine_length_reward,
     get_cosine_length_reward,
@@ -47,6 +48,7 @@ __all__ = [
     "get_format_reward",
     "get_language_consistency_reward",
     "get_repetition_penalty_reward",
+    "get_reward_model_reward",
     "get_reward",
     "get_soft_overlong_reward",
     "get_tag_count_reward",

@@ -10,10 +10,13 @@ The path from cheapest to most expensive, so that most answers never reach sympy
 3. Per element: drop a "x =" in front, strip a trailing unit word ("5 apples") and a percent sign
    (a percentage reference accepts both 50 and 0.5; a percentage answer to a plain reference is
    read as either), then parse with `rewards.expression` (no eval) and refuse unsafe trees.
-4. Exact rational arithmetic in Python when both sides are plain numbers (0.5 == \\frac{1}{2}).
-5. Floating-point evaluation at fixed random points: a clear difference means "not equal", and
+4. A reference that is a plain number (an integer, a decimal or a fraction, maybe negative) only
+   accepts a plain number: an expression to evaluate is refused, or a model could restate the
+   question ("16 + 20" for 36) and be paid for arithmetic it never did.
+5. Exact rational arithmetic in Python when both sides are plain numbers (0.5 == \\frac{1}{2}).
+6. Floating-point evaluation at fixed random points: a clear difference means "not equal", and
    sympy is skipped.
-6. Only then sympy, in a separate process with a time limit (`rewards.sympy_client`).
+7. Only then sympy, in a separate process with a time limit (`rewards.sympy_client`).
 
 Deliberate simplifications: no numeric tolerance between different exact values (1.414 is not
 \\sqrt{2}); a single letter after a number is a symbol, not a unit ("5 m" is 5m, while "5 cm" and
@@ -270,12 +273,31 @@ def _elements_match(candidate: str, reference: str, context: _Context) -> bool:
         # Not maths we can parse: compare as text, where case does not matter ("Yes" == "yes").
         same_text = _squash(candidate_core, True) == _squash(reference_core, True)
         return same_text and candidate_percent == reference_percent
+    if _is_plain_number(reference_tree) and not _is_plain_number(candidate_tree):
+        return False
     pairs = [(candidate_tree, reference_tree)]
     if reference_percent and not candidate_percent:  # "0.5" for "50%"
         pairs.append((candidate_tree, _hundredth(reference_tree)))
     elif candidate_percent and not reference_percent:  # "50%" for "0.5"
         pairs.append((_hundredth(candidate_tree), reference_tree))
     return any(_trees_equal(a, b, False, context) for a, b in pairs)
+
+
+def _is_plain_number(tree) -> bool:
+    """A number as one writes a final answer: 36, -2.5, 3/4, \\frac{-1}{2}, 3 \\times 10^{2};
+    not 16 + 20, 2^{10} or \\sqrt[3]{8}."""
+    def signed_number(node) -> bool:
+        return node[0] == "num" or (node[0] == "neg" and node[1][0] == "num")
+
+    if tree[0] == "neg":
+        tree = tree[1]
+    if tree[0] == "div":
+        return signed_number(tree[1]) and signed_number(tree[2])
+    if tree[0] == "mul":  # scientific notation: a number times a power of ten
+        power = tree[2]
+        return (tree[1][0] == "num" and power[0] == "pow" and power[1] == ("num", 10, 1)
+                and signed_number(power[2]))
+    return tree[0] == "num"
 
 
 def _hundredth(tree):

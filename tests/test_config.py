@@ -6,7 +6,7 @@ import yaml
 
 from r1train.config import ConfigError, load_recipe, recipe_from_dict, stage_recipe, to_yaml
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml"))
+RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml"))  # recipes/accelerate/ holds launcher configs
 
 
 def write(tmp_path, data) -> Path:
