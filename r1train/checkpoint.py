@@ -2,8 +2,13 @@
 
 A checkpoint folder `step-000012/` holds the trainable weights (full model, or only the LoRA
 adapter), the optimiser and scheduler state, every RNG state and the trainer's own state (step,
-data position). The rename is atomic, so a crash while writing leaves a `.tmp-*` folder that is
-ignored and cleaned up, and the previous checkpoint stays usable.
+data position). Every file is flushed to disk before the folder is renamed, and the rename is
+atomic, so a crash at any point leaves either the old set of checkpoints or the new one: a crash
+while writing leaves a `.tmp-*` folder, which is ignored and cleaned up, and the previous
+checkpoint stays usable. Old checkpoints are renamed to `.del-*` before they are deleted, so a
+crash halfway through a deletion never leaves a half-deleted folder that looks complete.
+
+`trainer_state.json` is written last: a `step-*` folder without it is never loaded.
 """
 from __future__ import annotations
 
@@ -18,14 +23,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 _PREFIX = "step-"
+_TMP = ".tmp-"
+_DELETING = ".del-"
 
 
 def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict,
                     trainer_state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints.
+
+    Returns the checkpoint folder, `directory/step-NNNNNN`.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{_PREFIX}{step:06d}"
-    tmp = directory / f".tmp-{_PREFIX}{step:06d}"
+    tmp = directory / f"{_TMP}{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -34,17 +45,21 @@ def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tenso
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    for file in tmp.iterdir():
+        _fsync_file(file)
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # the same step saved again (e.g. a rerun with more steps): retire the old one
+        _retire(final)
     os.replace(tmp, final)
     _fsync_dir(directory)
     for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _retire(old)
+    _remove_retired(directory)
     return final
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -68,11 +83,31 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str
 
 
 def clean_partial(directory: Path) -> None:
-    """Remove folders left by a crash in the middle of a save."""
+    """Remove what a crash in the middle of a save or a deletion left behind."""
     directory = Path(directory)
-    if directory.is_dir():
-        for tmp in directory.glob(f".tmp-{_PREFIX}*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not directory.is_dir():
+        return
+    for tmp in directory.glob(f"{_TMP}{_PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for retired in directory.glob(f"{_DELETING}{_PREFIX}*"):
+        original = directory / retired.name[len(_DELETING):]
+        # A crash between retiring a checkpoint and renaming its replacement into place: the
+        # retired copy is complete (it was renamed whole), so put it back.
+        if not original.exists() and (retired / "trainer_state.json").is_file():
+            os.replace(retired, original)
+    _remove_retired(directory)
+
+
+def _retire(folder: Path) -> None:
+    target = folder.with_name(_DELETING + folder.name)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(folder, target)
+
+
+def _remove_retired(directory: Path) -> None:
+    for retired in directory.glob(f"{_DELETING}{_PREFIX}*"):
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -97,6 +132,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,7 +1,8 @@
 """The `r1train` command line: run, validate, eval, data, report.
 
 Every user error (bad recipe, missing file, unknown reward) ends in one line on stderr and exit
-code 2, before any work starts; training failures end with exit code 1.
+code 2, before any work starts; training failures end with exit code 1, and a run stopped by
+SIGINT/SIGTERM with a non-zero code and a line saying how to resume.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 USAGE_ERROR = 2
+INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except USER_ERRORS as exc:
-        print(f"r1train: error: {exc}", file=sys.stderr)
+        # One line, however the message was built (a YAML problem or a library's text may hold newlines).
+        print(f"r1train: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:  # a second Ctrl-C during a run, or one outside the training loop
+        hint = "; run the same command again to resume from the last checkpoint" if args.command == "run" else ""
+        print(f"r1train: interrupted{hint}", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe key, e.g. --set training.steps=10 (repeatable)")
     group = run.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="resume from the run folder's last checkpoint (the default when one exists)")
+    group.add_argument("--resume", action="store_true",
+                       help="resume from the run folder's last checkpoint (the default when one exists); "
+                            "fail if there is nothing to resume")
     group.add_argument("--fresh", action="store_true", help="delete the run folder and start over")
     run.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun the pipeline from this stage on")
     run.set_defaults(func=_cmd_run)
@@ -90,12 +99,22 @@ def _cmd_validate(args) -> int:
 
 def _cmd_run(args) -> int:
     from r1train.config import load_recipe
+    from r1train.errors import RunError
     from r1train.pipeline import run_recipe
     from r1train.validation import check_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     check_recipe(recipe)
+    if args.resume and not _has_progress(recipe.run_dir):
+        raise RunError(f"--resume: {recipe.run_dir} holds no checkpoint or finished stage to resume from; "
+                       "run without --resume to start the run")
     return run_recipe(recipe, fresh=args.fresh, from_stage=args.from_stage)
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether a run folder holds anything a resume starts from: a checkpoint or a finished stage."""
+    return run_dir.is_dir() and (any(run_dir.rglob("checkpoints/step-*/trainer_state.json"))
+                                 or any(run_dir.rglob("DONE.json")))
 
 
 def _cmd_eval(args) -> int:

@@ -65,15 +65,17 @@ class DataConfig:
     system_prompt: str | None = None
     max_prompt_tokens: int = 256
     shuffle: bool = True
-    # Second-stage RL: extra prompts scored by rewards marked `general` in the recipe.
+    # Second-stage RL: extra prompts scored by the rewards with `applies_to: general` (or all).
     general: str | None = None
     general_ratio: float = 0.0  # share of each batch drawn from `general`
+    # SFT and distill: more example files (or stage:<name> datasets) trained on together with `train`.
+    mix: list[str] = field(default_factory=list)
 
     def validate(self, at: str) -> None:
-        for key in ("train", "eval", "general"):
-            path = getattr(self, key)
+        named = [(f"{at}.{key}", getattr(self, key)) for key in ("train", "eval", "general")]
+        for key, path in named + [(f"{at}.mix[{i}]", path) for i, path in enumerate(self.mix)]:
             if path is not None and not path.startswith("stage:"):
-                _check(Path(path).is_file(), f"{at}.{key}", f"file not found: {path}")
+                _check(Path(path).is_file(), key, _file_not_found(path))
         _check(self.max_prompt_tokens >= 8, f"{at}.max_prompt_tokens", "must be at least 8")
         _check(0.0 <= self.general_ratio < 1.0, f"{at}.general_ratio", "must be in [0, 1)")
         _check(
@@ -147,6 +149,9 @@ class AlgorithmConfig:
         _check(self.entropy_coef >= 0, f"{at}.entropy_coef", "must be non-negative")
 
 
+REWARD_SCOPES = ("reasoning", "general", "all")
+
+
 @dataclass
 class RewardSpec:
     name: str | None = None  # registered name or "package.module:function"
@@ -154,6 +159,9 @@ class RewardSpec:
     function: str | None = None  # ...and its name
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # The prompts it judges: "reasoning" (data.train), "general" (data.general) or "all"; it gives
+    # None (no credit, no penalty) on the others.
+    applies_to: str = "reasoning"
 
     @property
     def label(self) -> str:
@@ -166,7 +174,9 @@ class RewardSpec:
             "give either `name` (registered or package.module:function) or `path` + `function`",
         )
         _check(self.path is None or self.function is not None, f"{at}.function", "is required with `path`")
-        _check(self.path is None or Path(self.path).is_file(), f"{at}.path", f"file not found: {self.path}")
+        if self.path is not None:
+            _check(Path(self.path).is_file(), f"{at}.path", _file_not_found(self.path))
+        _one_of(self.applies_to, REWARD_SCOPES, f"{at}.applies_to")
 
 
 @dataclass
@@ -255,6 +265,7 @@ class LoggingConfig:
 # Sections a stage may override; `stages` itself cannot nest.
 SECTIONS = ("model", "data", "rollout", "algorithm", "rewards", "training", "evaluation", "rejection", "logging")
 STAGE_TYPES = ("sft", "grpo", "rejection_sampling", "distill", "eval")
+STAGE_KEYS = ("name", "type", "model", "teacher", "student_layers")
 
 
 @dataclass
@@ -264,6 +275,7 @@ class StageConfig:
     # "base" (the recipe's model), "stage:<name>" (another stage's output) or a model name/folder.
     model: str = "base"
     teacher: str | None = None  # distill: model whose traces the student learns from
+    student_layers: int | None = None  # distill: the student keeps only the first N decoder layers of `model`
     # Other sections as partial overrides of the top-level ones (validated after merging).
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -296,6 +308,14 @@ class Recipe:
                     spec.validate(f"rewards[{i}]")
             else:
                 getattr(self, name).validate(name)
+        if self.data.general_ratio > 0:
+            _check(any(spec.applies_to in ("general", "all") for spec in self.rewards), "rewards",
+                   "data.general_ratio is set but no reward has `applies_to: general` (or all): "
+                   "the general prompts would get no reward")
+        if self.rewards:
+            _check(any(spec.applies_to in ("reasoning", "all") for spec in self.rewards), "rewards",
+                   "no reward has `applies_to: reasoning` (the default) or all: the prompts of data.train "
+                   "would get no reward")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,10 +349,14 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     names = [s.name for s in recipe.stages]
     for i, stage in enumerate(recipe.stages):
         _check(names.count(stage.name) == 1, f"stages[{i}].name", f"'{stage.name}' is used twice")
-        for ref in (stage.model, stage.teacher, stage.overrides.get("data", {}).get("train")):
+        data = stage.overrides.get("data") or {}
+        refs = [stage.model, stage.teacher] + [data.get(key) for key in ("train", "eval", "general")]
+        for ref in refs + list(data.get("mix") or []):
             if isinstance(ref, str) and ref.startswith("stage:"):
                 _check(ref[6:] in names[:i], f"stages[{i}]", f"'{ref}' must name an earlier stage")
-        stage_recipe(recipe, stage)  # validates the merged sections
+        merged = stage_recipe(recipe, stage)  # validates the merged sections
+        _check(not merged.data.mix or stage.type in ("sft", "distill"), f"stages[{i}] ({stage.name}).data.mix",
+               f"only sft and distill stages train on mixed example files, not {stage.type}")
     return recipe
 
 
@@ -355,14 +379,17 @@ def _build_stage(raw: Any, index: int) -> StageConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{at}: a stage must be a mapping with `name` and `type`")
     raw = dict(raw)
-    own = {k: raw.pop(k) for k in ("name", "type", "model", "teacher") if k in raw}
+    own = {k: raw.pop(k) for k in STAGE_KEYS if k in raw}
     stage = build(StageConfig, own, at)
     _check(bool(stage.name), f"{at}.name", "is required")
     _one_of(stage.type, STAGE_TYPES, f"{at}.type")
     _check(stage.type != "distill" or stage.teacher, f"{at}.teacher", "is required for a distill stage")
+    _check(stage.student_layers is None or stage.type == "distill", f"{at}.student_layers",
+           "is only for a distill stage")
+    _check(stage.student_layers is None or stage.student_layers >= 1, f"{at}.student_layers", "must be at least 1")
     for key in raw:
         if key not in SECTIONS:
-            raise ConfigError(_unknown(f"{at}.{key}", key, ("name", "type", "model", "teacher") + SECTIONS))
+            raise ConfigError(_unknown(f"{at}.{key}", key, STAGE_KEYS + SECTIONS))
     stage.overrides = raw
     return stage
 
@@ -467,6 +494,11 @@ def _unknown(dotted: str, key: str, valid: Any) -> str:
     return f"unknown key '{dotted}'{hint}"
 
 
+def _file_not_found(path: str) -> str:
+    where = "" if Path(path).is_absolute() else f" (relative paths start from {Path.cwd()})"
+    return f"file not found: {path}{where}; fix the path"
+
+
 def _check(ok: Any, key: str, reason: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {reason}")
@@ -483,7 +515,8 @@ def to_yaml(recipe: Recipe) -> str:
     """The effective config, as YAML a user could save and run again."""
     data = dataclasses.asdict(recipe)
     data["stages"] = [
-        {"name": s.name, "type": s.type, "model": s.model, **({"teacher": s.teacher} if s.teacher else {}), **s.overrides}
+        {"name": s.name, "type": s.type, "model": s.model, **({"teacher": s.teacher} if s.teacher else {}),
+         **({"student_layers": s.student_layers} if s.student_layers else {}), **s.overrides}
         for s in recipe.stages
     ]
     if not data["stages"]:

@@ -1,9 +1,10 @@
 """Held-out evaluation: k samples per question, scored by the task's rule, summarised as
 pass@1 / maj@k / pass@k / strict format rate / length, plus greedy accuracy.
 
-Used three ways: periodically inside GRPO (`Evaluator.run`), as a pipeline stage
-(`run_eval_stage`), and from the command line (`r1train eval`). The task rule is `countdown` when
-the data has `numbers` and `target` columns, else `accuracy` against the `answer` column.
+Used four ways: periodically inside GRPO (`Evaluator.run`), on a saved model at the end of SFT
+(`evaluate_model_dir`), as a pipeline stage (`run_eval_stage`), and from the command line
+(`r1train eval`). The task rule is `countdown` when the data has `numbers` and `target` columns,
+else `accuracy` against the `answer` column.
 """
 from __future__ import annotations
 
@@ -31,14 +32,19 @@ def correctness_function(columns: dict[str, list]) -> tuple[str, Callable] | Non
 
 
 def task_metrics(texts: list[str], columns: dict[str, list]) -> dict[str, float]:
-    """Accuracy (by the task's rule) and strict format rate of a batch, whatever the recipe weights."""
+    """Accuracy (by the task's rule) and strict format rate of a batch, whatever the recipe weights.
+
+    Accuracy is the mean over the samples the rule judges: prompts without a reference answer
+    (general prompts mixed into a batch) are left out rather than counted wrong.
+    """
     import rewards
 
     out = {"format_rate": sum(rewards.format_reward(texts)) / len(texts)}
     rule = correctness_function(columns)
     if rule is not None:
-        scores = rule[1](texts, **columns)
-        out["accuracy"] = sum(s or 0.0 for s in scores) / len(texts)
+        judged = [s for s in rule[1](texts, **columns) if s is not None]
+        if judged:
+            out["accuracy"] = sum(judged) / len(judged)
     return out
 
 
@@ -113,18 +119,24 @@ def _greedy(sampling: SamplingSettings) -> SamplingSettings:
     return SamplingSettings(max_new_tokens=sampling.max_new_tokens, temperature=0.0, stop=list(sampling.stop))
 
 
-def run_eval_stage(cfg: Recipe, stage_dir: Path, model_name: str) -> Path:
-    """Pipeline stage: evaluate a model on data.eval, write scores.json and details.jsonl."""
+def evaluate_model_dir(cfg: Recipe, model_name: str, details: list | None = None) -> dict[str, float]:
+    """Evaluate a saved model (folder or alias) on data.eval with the recipe's rollout backend."""
     from r1train.models import load_model, load_tokenizer, resolve_model_dir
     from r1train.runtime import engine_for
 
     model_dir = resolve_model_dir(model_name)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
-    engine = engine_for(cfg, model, model_dir, tokenizer)
+    engine = engine_for(cfg, load_model(model_dir).eval(), model_dir, tokenizer)
+    try:
+        return Evaluator.from_recipe(cfg, tokenizer).run(engine, details)
+    finally:
+        engine.close()
+
+
+def run_eval_stage(cfg: Recipe, stage_dir: Path, model_name: str) -> Path:
+    """Pipeline stage: evaluate a model on data.eval, write scores.json and details.jsonl."""
     details: list = []
-    scores = Evaluator.from_recipe(cfg, tokenizer).run(engine, details)
-    engine.close()
+    scores = evaluate_model_dir(cfg, model_name, details)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / "scores.json").write_text(json.dumps({"model": model_name, **scores}, indent=2))
     with (stage_dir / "details.jsonl").open("w") as f:

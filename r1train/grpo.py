@@ -5,10 +5,17 @@ optimisation in `learner.py`, generation behind the engine interface, and reward
 The learner's first forward pass over a batch gives its log-probs of the tokens the engine sampled
 with the weights it was last synced to, so comparing them with the engine's own log-probs verifies
 the previous weight sync at no extra cost.
+
+Under `accelerate launch` every process runs this loop on its own share of each step's prompts
+(whole groups, so advantages stay local) with its own rollout engine; the learner sums gradients
+across processes, metrics are combined across them, and only the main process writes files
+(`r1train/distributed.py`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +23,9 @@ from typing import Any
 
 import torch
 
-from r1train import algorithm
-from r1train.config import Recipe
+from r1train import algorithm, distributed
+from r1train.checkpoint import latest_checkpoint
+from r1train.config import ConfigError, Recipe
 from r1train.data import PromptSampler, load_rows
 from r1train.runtime import engine_for, seed_everything, set_threads
 from r1train.engines.base import Completion, SamplingSettings
@@ -27,7 +35,7 @@ from r1train.learner import LossSettings, PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.prompts import encode_all, prefill
 from r1train.run_state import RunState
-from r1train.scoring import build_scorer
+from r1train.prompt_mix import MixedPromptSampler, build_scoped_scorer, tag_sources
 from r1train.tracking import RunLogger
 
 log = logging.getLogger("r1train")
@@ -49,27 +57,46 @@ class GRPOTrainer:
         self.run_dir = Path(run_dir)
         cfg = recipe
         seed_everything(cfg.seed)
-        set_threads(cfg.training.threads)
+        # Data parallel under `accelerate launch`; None (and a world of one) otherwise.
+        self.accelerator = distributed.make_accelerator()
+        set_threads(cfg.training.threads)  # after accelerate, which sets its own thread count on CPU
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.is_main = distributed.is_main_process()
+        if cfg.rollout.prompts_per_step % self.world_size:
+            raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be a multiple of "
+                              f"the number of processes ({self.world_size})")
+        if self.world_size > 1 and cfg.rollout.placement == "remote":
+            raise ConfigError("rollout.placement: remote serves one learner process (every process would push "
+                              "its weights to the servers); use colocate under a multi-process launch")
         self.model_dir = resolve_model_dir(model_name or cfg.model.name)
         self.tokenizer = load_tokenizer(self.model_dir)
         model = load_model(self.model_dir, cfg.model.gradient_checkpointing)
-        self.learner = PolicyLearner.from_recipe(model, cfg, self.tokenizer.pad_token_id)
+        self.learner = PolicyLearner.from_recipe(model, cfg, self.tokenizer.pad_token_id, self.accelerator)
         # beta = 0 loads no reference model at all (its memory and forward passes are saved); with
         # LoRA the reference is the base model under the adapters, so no copy is loaded either.
         self.reference = None
         if cfg.algorithm.beta > 0 and not cfg.model.lora.enabled:
-            self.reference = load_model(self.model_dir).eval().requires_grad_(False)
+            self.reference = load_model(self.model_dir).eval().requires_grad_(False).to(self.learner.device)
         # Engines report raw (temperature-1) logprobs; the learner scores the tempered distribution
         # it sampled from. They are comparable, for the sync check and TIS, only at temperature 1.
         self.use_engine_logprobs = cfg.rollout.temperature == 1.0 and cfg.rollout.verify_sync
         self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
-        self.scorer = build_scorer(cfg.rewards)
+        self.scorer = build_scoped_scorer(cfg.rewards)
         rows = load_rows(cfg.data.train, (cfg.data.question_column,))
         context = getattr(model.config, "max_position_embeddings", None)
         encoded = encode_all(self.tokenizer, rows, cfg.data.question_column, cfg.data.prompt_template,
                              cfg.data.system_prompt, cfg.data.max_prompt_tokens, context, cfg.rollout.max_new_tokens)
         self._prompt_ids = {id(row): ids for row, ids in zip(rows, encoded)}
         self.sampler = PromptSampler(rows, cfg.seed, cfg.data.shuffle)
+        if cfg.data.general and cfg.data.general_ratio > 0:
+            # Second-stage RL: general prompts join every batch, drawn by a sampler of their own.
+            general = tag_sources(rows, load_rows(cfg.data.general, (cfg.data.question_column,), what="data.general"))
+            encoded = encode_all(self.tokenizer, general, cfg.data.question_column, cfg.data.prompt_template,
+                                 cfg.data.system_prompt, cfg.data.max_prompt_tokens, context,
+                                 cfg.rollout.max_new_tokens, what="data.general")
+            self._prompt_ids.update({id(row): ids for row, ids in zip(general, encoded)})
+            self.sampler = MixedPromptSampler(self.sampler, PromptSampler(general, cfg.seed, cfg.data.shuffle),
+                                              cfg.data.general_ratio)
         self.sampling = SamplingSettings(
             max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop),
@@ -78,7 +105,8 @@ class GRPOTrainer:
         if cfg.data.eval:
             self.evaluator = Evaluator.from_recipe(cfg, self.tokenizer)
         self.state = RunState(self.run_dir)
-        self.step_count = self.state.restore(self.learner, self.sampler)
+        with distributed.main_process_first():  # the main process cleans up a half-written checkpoint
+            self.step_count = self.state.restore(self.learner, self.sampler)
         # The engine loaded the weights from disk; a resumed learner holds newer ones.
         self.engine.sync_weights(self.learner.model)
 
@@ -86,12 +114,13 @@ class GRPOTrainer:
     def train(self) -> Path:
         cfg = self.recipe
         logger = RunLogger(self.run_dir, cfg.logging.tensorboard, cfg.logging.progress, cfg.training.steps,
-                           self.step_count, description=self.run_dir.name)
+                           self.step_count, description=self.run_dir.name) if self.is_main else distributed.NullLogger()
         try:
             if self.step_count == 0 and self.evaluator and cfg.evaluation.at_start:
                 logger.log(0, self.evaluator.run(self.engine))
             while self.step_count < cfg.training.steps:
-                self.state.stop_if_interrupted(self.step_count, self.learner, self.sampler)
+                if self.is_main:  # other processes end when the launcher sees the main one stop
+                    self.state.stop_if_interrupted(self.step_count, self.learner, self.sampler)
                 step = self.step_count + 1
                 metrics, samples = self.step()
                 self.step_count = step
@@ -104,12 +133,15 @@ class GRPOTrainer:
                     logger.log_samples(step, samples)
                 logger.progress(step, {"reward": metrics.get("reward/mean"), "acc": metrics.get("accuracy"),
                                        "fmt": metrics.get("format_rate"), "s/step": metrics.get("time/step")})
-                if step % cfg.training.checkpoint_every == 0 or step == cfg.training.steps:
+                if self.is_main and (step % cfg.training.checkpoint_every == 0 or step == cfg.training.steps):
                     self.state.save(step, self.learner, self.sampler, cfg.training.keep_checkpoints)
         finally:
             logger.close()
+            self.state.close()
         final_dir = self.run_dir / "model"
-        save_model(self.learner.model, self.tokenizer, final_dir)
+        if self.is_main:
+            save_model(self.learner.model, self.tokenizer, final_dir)
+        distributed.barrier()  # no process reports the run finished before the model is saved
         self.engine.close()
         return final_dir
 
@@ -175,19 +207,19 @@ class GRPOTrainer:
         metrics.update(timings)
         metrics["time/step"] = time.perf_counter() - t_step
         samples = self._samples(rollouts)
-        return metrics, samples
+        return distributed.gather_metrics(metrics), samples
 
     def collect_rollouts(self, timings: dict[str, float]) -> Rollouts:
         cfg = self.recipe
-        G, wanted = cfg.rollout.group_size, cfg.rollout.prompts_per_step
+        G, wanted = cfg.rollout.group_size, cfg.rollout.prompts_per_step // self.world_size  # this process's share
         attempts = 1 + (cfg.algorithm.max_sampling_retries if cfg.algorithm.dynamic_sampling else 0)
         kept: list[Rollouts] = []
         have, drawn, dropped = 0, 0, 0
         timings["time/generate"] = timings["time/score"] = 0.0
-        for _ in range(attempts):
-            rows = self.sampler.next_batch(wanted - have if kept else wanted)
+        for attempt in range(attempts):
+            rows = self._draw(wanted - have if kept else wanted)
             drawn += len(rows)
-            batch = self.generate_and_score(rows, timings)
+            batch = self.generate_and_score(rows, timings, draw=attempt)
             if cfg.algorithm.dynamic_sampling:
                 keep = algorithm.select_informative_groups(batch.rewards, G)
                 dropped += int((~keep).sum())
@@ -195,25 +227,36 @@ class GRPOTrainer:
             if batch.rows:
                 kept.append(batch)
                 have += len(batch.rows)
-            if have >= wanted:
+            if distributed.all_ranks(have >= wanted):
                 break
-        if not kept:
+        if not distributed.all_ranks(bool(kept)):
             # Every group was uninformative on every retry: train on the last draw anyway (its
             # advantages are all zero, so the step only moves the KL and entropy terms).
-            kept.append(self.generate_and_score(self.sampler.next_batch(wanted), timings))
+            rows = self._draw(wanted)
+            if not kept:
+                kept.append(self.generate_and_score(rows, timings, draw=attempts))
         # Metrics describe the first draw: the policy's own reward distribution, before filtering.
         merged = _merge(kept, wanted, G)
         merged.metrics["sampling/prompts_drawn"] = drawn
         merged.metrics["sampling/groups_dropped"] = dropped
         return merged
 
-    def generate_and_score(self, rows: list[dict[str, Any]], timings: dict[str, float]) -> Rollouts:
+    def _draw(self, count: int) -> list[dict[str, Any]]:
+        """`count` prompts for this process. All processes draw the same rows from identical
+        samplers (the largest count any of them asks for) and keep their own share, so the
+        samplers stay in step and the main process's checkpoint holds the data position of all."""
+        if self.world_size == 1:
+            return self.sampler.next_batch(count)
+        count = distributed.all_reduce_max(count)
+        return distributed.shard(self.sampler.next_batch(count * self.world_size), self.rank, self.world_size)
+
+    def generate_and_score(self, rows: list[dict[str, Any]], timings: dict[str, float], draw: int = 0) -> Rollouts:
         cfg = self.recipe
         G = cfg.rollout.group_size
         data = cfg.data
         prompts = [self._prompt_ids[id(r)] for r in rows]
         t0 = time.perf_counter()
-        completions = self.engine.generate(prompts, G, self.sampling)
+        completions = self.engine.generate(prompts, G, self._sampling_for(self.step_count + 1, draw))
         timings["time/generate"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -232,6 +275,20 @@ class GRPOTrainer:
         metrics["reward/std"] = result.total.std().item() if len(texts) > 1 else 0.0
         timings["time/score"] += time.perf_counter() - t0
         return Rollouts(rows, completions, texts, result.total, result.per_function, metrics)
+
+    def _sampling_for(self, step: int, draw: int) -> SamplingSettings:
+        """The sampling settings of one draw of `step`.
+
+        The HF engine's own random stream would start again from the seed when a killed run resumes;
+        a seed made of (seed, step, draw) gives each step the samples it would have had in an
+        uninterrupted run, so resuming is exact. vLLM applies a request seed to every prompt of a
+        call alike (correlated groups), so it keeps its engine-level stream instead.
+        """
+        if self.recipe.rollout.backend != "hf":
+            return self.sampling
+        rank = f"-{self.rank}" if self.world_size > 1 else ""  # processes sampling alike would correlate
+        seed = random.Random(f"{self.recipe.seed}-{step}-{draw}{rank}").getrandbits(63)
+        return dataclasses.replace(self.sampling, seed=seed)
 
     def loss_settings(self) -> LossSettings:
         a = self.recipe.algorithm
@@ -263,10 +320,12 @@ class GRPOTrainer:
         if metrics.get("nan_skipped_steps"):
             log.warning("non-finite loss or gradient: step skipped (%d in a row)", skipped_in_a_row)
         if skipped_in_a_row >= self.recipe.training.max_nan_steps:
+            # Skipped steps leave the weights as they were, so the newest checkpoint is a good one.
+            latest = latest_checkpoint(self.state.checkpoint_dir)
+            kept = f"the last good checkpoint kept is {latest}" if latest else "no checkpoint was written yet"
             raise FloatingPointError(
-                f"{skipped_in_a_row} consecutive steps with a non-finite loss or gradient; "
-                f"stopping with the last good checkpoint kept in {self.run_dir / 'checkpoints'} "
-                "(lower training.learning_rate or check the rewards)"
+                f"{skipped_in_a_row} consecutive steps with a non-finite loss or gradient; stopping, "
+                f"{kept} (lower training.learning_rate or check the rewards)"
             )
 
     def _samples(self, rollouts: Rollouts) -> list[dict[str, Any]]:

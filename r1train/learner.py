@@ -13,9 +13,18 @@ no forward pass at all for samples whose loss is identically zero (advantage 0 w
 entropy terms; they still count in the normalisers), and bf16 autocast where the hardware has
 native bf16 (AMX or AVX512-BF16 on CPU; most GPUs). Master weights stay fp32.
 
+Data parallelism: given an `accelerate.Accelerator` from a multi-process launch, each process
+holds its own share of the batch; the model and optimiser go through `accelerator.prepare` (DDP,
+FSDP or DeepSpeed, as the accelerate config says). The normalisers are counted over all processes
+and the gradients summed rather than averaged, so N processes holding 1/N of a batch each take
+exactly the optimiser step one process takes on the whole batch; gradients are exchanged once per
+optimiser step, not per micro-batch. A process with nothing to learn from in a step still joins
+that exchange with a zero loss.
+
 Deliberate simplifications: mini-batches are contiguous slices of the batch, not reshuffled per
-pass; old logprobs for mu > 1 (or several mini-batches) come from one extra no-grad forward pass
-before the first update.
+pass (with several processes, mini-batch k is the union of every process's k-th slice); old
+logprobs for mu > 1 (or several mini-batches) come from one extra no-grad forward pass before the
+first update.
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import torch
 
 from r1train.algorithm import compute_policy_loss
 from r1train.batching import collate, pad_token_values, plan_micro_batches
+from r1train.distributed import all_reduce_sum
 from r1train.logprobs import compute_token_logprobs
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -86,6 +96,22 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: s
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class _TokenLogprobs(torch.nn.Module):
+    """The policy with `compute_token_logprobs` as its forward pass.
+
+    Data-parallel wrappers (DDP, FSDP, DeepSpeed) hook a module's `forward`; the learner's pass
+    reaches the decoder and output embedding directly, so it is made the forward of this module,
+    which is what gets wrapped.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, completion_mask, **options):
+        return compute_token_logprobs(self.model, input_ids, attention_mask, completion_mask, **options)
+
+
 class PolicyLearner:
     def __init__(
         self,
@@ -110,13 +136,16 @@ class PolicyLearner:
         temperature: float = 1.0,
         logprob_chunk_size: int = 1024,
         pad_token_id: int = 0,
+        accelerator=None,
     ):
         """Wrap `model` (an HF causal LM, fp32) for training.
 
         `total_steps` counts optimiser steps (batches * updates_per_batch * mini_batches) and is
         needed by the decaying schedules. `temperature` is the rollout sampling temperature: the
         learner scores tokens under the same tempered distribution. LoRA target modules default
-        to every linear projection except the output layer.
+        to every linear projection except the output layer. `accelerator` (an
+        `accelerate.Accelerator` of a multi-process launch) makes training data-parallel and
+        places the model on the process's device.
         """
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}")
@@ -131,10 +160,8 @@ class PolicyLearner:
                 r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                 target_modules=lora_target_modules, task_type="CAUSAL_LM",
             ))
-        self.model = model
+        self.model = model  # unwrapped: what engines generate with and checkpoints save
         self.use_lora = use_lora
-        self.device = next(model.parameters()).device
-        self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
         self.max_grad_norm = max_grad_norm
         self.micro_batch_tokens = micro_batch_tokens
         self.mini_batches = mini_batches
@@ -144,6 +171,15 @@ class PolicyLearner:
         self.pad_token_id = pad_token_id
         self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable_parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.accelerator = accelerator
+        self.world_size = accelerator.num_processes if accelerator is not None else 1
+        # Every forward pass of the policy goes through this module (wrapped when data-parallel).
+        self.policy = _TokenLogprobs(model)
+        if accelerator is not None:
+            # The schedule is not prepared: accelerate would step it once per process.
+            self.policy, self.optimizer = accelerator.prepare(self.policy, self.optimizer)
+        self.device = next(model.parameters()).device
+        self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, lr_schedule)
         )
@@ -156,7 +192,7 @@ class PolicyLearner:
         self.pre_update_logprobs: list[torch.Tensor | None] = []
 
     @classmethod
-    def from_recipe(cls, model: torch.nn.Module, recipe, pad_token_id: int = 0) -> "PolicyLearner":
+    def from_recipe(cls, model: torch.nn.Module, recipe, pad_token_id: int = 0, accelerator=None) -> "PolicyLearner":
         """A learner configured by a recipe's training, algorithm, LoRA and rollout sections."""
         t, a, lora = recipe.training, recipe.algorithm, recipe.model.lora
         return cls(
@@ -167,7 +203,7 @@ class PolicyLearner:
             updates_per_batch=a.updates_per_batch, bf16=t.bf16,
             use_lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             lora_target_modules=list(lora.target_modules), temperature=recipe.rollout.temperature,
-            pad_token_id=pad_token_id,
+            pad_token_id=pad_token_id, accelerator=accelerator,
         )
 
     # ----------------------------------------------------------------------------- logprobs
@@ -177,8 +213,8 @@ class PolicyLearner:
     def _logprobs(self, prompt_ids, completion_ids, with_entropy, model=None):
         input_ids, attention_mask, completion_mask = collate(prompt_ids, completion_ids, self.pad_token_id, self.device)
         with self._autocast():
-            return compute_token_logprobs(
-                self.model if model is None else model, input_ids, attention_mask, completion_mask,
+            return (self.policy if model is None else _TokenLogprobs(model))(
+                input_ids, attention_mask, completion_mask,
                 chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,
             )
 
@@ -196,16 +232,17 @@ class PolicyLearner:
         Returns:
             N CPU tensors (float32; float64 for a float64 model), each [len(completion_ids[i])].
         """
-        scorer = self.model if model is None else model
+        scorer = self.policy if model is None else model
         was_training = scorer.training
         scorer.eval()
         results: list[torch.Tensor | None] = [None] * len(prompt_ids)
         lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
         try:
             for group in plan_micro_batches(lengths, self.micro_batch_tokens):
-                with scorer.disable_adapter() if disable_adapters else contextlib.nullcontext():
+                adapters_off = (self.model if model is None else model).disable_adapter() if disable_adapters else None
+                with adapters_off or contextlib.nullcontext():
                     logprobs, _ = self._logprobs([prompt_ids[i] for i in group], [completion_ids[i] for i in group],
-                                                 False, scorer)
+                                                 False, model)
                 for row, index in enumerate(group):
                     results[index] = logprobs[row, : len(completion_ids[index])].cpu()
         finally:
@@ -219,10 +256,11 @@ class PolicyLearner:
         Returns metrics: loss, grad_norm (mean over the steps taken), lr (of the last step taken),
         nan_skipped_steps,
         throughput/learn_tokens_per_s (tokens forwarded and back-propagated per second) and the
-        token-weighted means of `compute_policy_loss`'s metrics (ratio/max: their max).
+        token-weighted means of `compute_policy_loss`'s metrics (ratio/max: their max). With several
+        processes, loss and grad_norm are those of the whole batch, the others this process's.
         """
         start_time = time.perf_counter()
-        self.model.train()
+        self.policy.train()
         if batch.sample_mask is None:
             keep = list(range(len(batch)))
         else:
@@ -233,8 +271,11 @@ class PolicyLearner:
             old_logprobs = self.compute_logprobs(batch.prompt_ids, batch.completion_ids)
         self.pre_update_logprobs = list(old_logprobs) if old_logprobs is not None else [None] * len(batch)
         totals = _MetricTotals()
+        mini_batches = _split(keep, self.mini_batches)
+        if self.world_size > 1:  # every process takes the same optimiser steps, some on no samples
+            mini_batches += [[]] * (self.mini_batches - len(mini_batches))
         for _ in range(self.updates_per_batch):
-            for indices in _split(keep, self.mini_batches):
+            for indices in mini_batches:
                 self._optimiser_step(batch, indices, old_logprobs, loss_settings, totals)
         metrics = totals.result()
         metrics["throughput/learn_tokens_per_s"] = totals.tokens / max(time.perf_counter() - start_time, 1e-9)
@@ -242,19 +283,31 @@ class PolicyLearner:
 
     def _optimiser_step(self, batch: TrainBatch, indices: list[int], old_logprobs, settings: LossSettings,
                         totals: "_MetricTotals") -> None:
-        # Normalisers of the whole mini-batch make the micro-batch losses add up to its loss.
+        # Normalisers of the whole mini-batch (on every process) make the micro-batch losses add up
+        # to its loss.
         batch_sequences = len(indices)
         batch_tokens = sum(len(batch.completion_ids[i]) for i in indices)
         # A zero advantage gives a zero loss unless a KL or entropy term is on: skip the forward.
         contributes = settings.beta > 0 or settings.entropy_coef > 0
         work = [i for i in indices if contributes or batch.advantages[i].item() != 0.0]
+        any_work = len(work)
+        if self.world_size > 1:
+            batch_sequences, batch_tokens, any_work = (int(v) for v in all_reduce_sum(
+                [batch_sequences, batch_tokens, len(work)]))
         lengths = [len(batch.prompt_ids[i]) + len(batch.completion_ids[i]) for i in work]
+        micro_batches = plan_micro_batches(lengths, self.micro_batch_tokens)
         step_loss = 0.0
-        for group in plan_micro_batches(lengths, self.micro_batch_tokens):
+        for number, group in enumerate(micro_batches):
             samples = [work[j] for j in group]
-            step_loss += self._micro_batch_backward(batch, samples, old_logprobs, settings, batch_sequences,
-                                                    batch_tokens, totals)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.max_grad_norm).item()
+            with self._gradient_sync(last=number == len(micro_batches) - 1):
+                step_loss += self._micro_batch_backward(batch, samples, old_logprobs, settings, batch_sequences,
+                                                        batch_tokens, totals)
+        if any_work and not micro_batches:  # another process has samples: join its gradient exchange
+            with self._gradient_sync(last=True):
+                self._backward(self._zero_loss())
+        grad_norm = self._clip_gradients()
+        if self.world_size > 1:  # the loss is the sum over processes; skipping is decided alike
+            step_loss = all_reduce_sum([step_loss])[0]
         if math.isfinite(step_loss) and math.isfinite(grad_norm):
             totals.lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
@@ -290,10 +343,40 @@ class PolicyLearner:
             entropy=entropy if settings.entropy_coef > 0 else entropy.detach(), entropy_coef=settings.entropy_coef,
             batch_sequences=batch_sequences, batch_tokens=batch_tokens,
         )
-        loss.backward()
+        self._backward(loss)
         totals.add_micro_batch(metrics, completion_tokens=int(lengths.sum()),
                                tokens=sum(len(batch.prompt_ids[i]) + len(batch.completion_ids[i]) for i in samples))
         return loss.item()
+
+    # ----------------------------------------------------------------------------- data parallelism
+    def _gradient_sync(self, last: bool):
+        """Context of one micro-batch's backward: gradients are exchanged after the last one only."""
+        if self.accelerator is None:
+            return contextlib.nullcontext()
+        self.accelerator.sync_gradients = last  # DeepSpeed reads its accumulation boundary from this
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.policy)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is None:
+            loss.backward()
+        else:
+            # The wrappers average gradients over processes; the loss is already normalised by the
+            # counts of all processes, so the sum is what makes the whole batch's gradient.
+            self.accelerator.backward(loss * self.world_size)
+
+    def _zero_loss(self) -> torch.Tensor:
+        """A zero loss that reaches every parameter: one pad token scored after another."""
+        tokens = [[self.pad_token_id]]
+        logprobs, _ = self._logprobs(tokens, tokens, False)
+        return logprobs.sum() * 0.0
+
+    def _clip_gradients(self) -> float:
+        """Clip to `max_grad_norm`; returns the norm before clipping (of the summed gradients)."""
+        if self.accelerator is None:
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.max_grad_norm)
+        else:  # the wrapped parameters: FSDP computes the norm over its shards
+            norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        return float(norm)
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict:

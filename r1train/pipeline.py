@@ -5,6 +5,12 @@ what it produced: a model folder or a dataset file). Running the recipe again sk
 stages and lets an interrupted one resume from its own checkpoints; `--from STAGE` deletes that
 stage's folder and those after it, and reruns them. A recipe without stages is a single GRPO run
 written directly into `runs/<run>/`.
+
+A stage names its inputs: `model:` (and a distill stage's `teacher:`) is `base` (the recipe's
+model.name), `stage:<name>` (the model an earlier stage saved) or a model folder or alias; in its
+`data:` section, `train`, `eval`, `general` and the entries of `mix` may be `stage:<name>` (the
+dataset an earlier stage wrote, e.g. a rejection sample). The recipe loader checks that every
+reference names an earlier stage; here they become the paths recorded in that stage's DONE.json.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from r1train import distributed
 from r1train.config import Recipe, StageConfig, stage_recipe, to_yaml
 from r1train.errors import USER_ERRORS, RunError
 from r1train.run_state import TrainingInterrupted
@@ -22,14 +29,20 @@ DONE = "DONE.json"
 
 def run_recipe(recipe: Recipe, fresh: bool = False, from_stage: str | None = None) -> int:
     run_dir = recipe.run_dir
-    if fresh and run_dir.exists():
-        print(f"r1train: --fresh: deleting {run_dir}", flush=True)
-        shutil.rmtree(run_dir)
-    if from_stage is not None:
-        _reset_from(recipe, run_dir, from_stage)
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(recipe, run_dir)
+    if recipe.stages and distributed.world_size() > 1:
+        raise RunError("a multi-process launch runs one GRPO recipe (no `stages:`): SFT, rejection sampling and "
+                       "distillation are not data-parallel; run the pipeline in one process")
+    main = distributed.is_main_process()  # under `accelerate launch`, one process keeps the folder
+    with distributed.main_process_first():
+        if main and fresh and run_dir.exists():
+            print(f"r1train: --fresh: deleting {run_dir}", flush=True)
+            shutil.rmtree(run_dir)
+        if main and from_stage is not None:
+            _reset_from(recipe, run_dir, from_stage)
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            _write_config(recipe, run_dir)
     try:
         if recipe.stages:
             _run_stages(recipe, run_dir)
@@ -37,7 +50,7 @@ def run_recipe(recipe: Recipe, fresh: bool = False, from_stage: str | None = Non
             _run_single(recipe, run_dir)
     except USER_ERRORS:
         # Bad input found while setting up (e.g. a prompt too long): leave nothing half-made.
-        if created and not _has_progress(run_dir):
+        if main and created and not _has_progress(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     except TrainingInterrupted as exc:
@@ -55,9 +68,13 @@ def _run_single(recipe: Recipe, run_dir: Path) -> None:
     if (run_dir / DONE).is_file():
         print(f"r1train: {run_dir} is already finished ({_done(run_dir)['output']}); use --fresh to start over")
         return
+    if recipe.data.mix:
+        raise RunError("data.mix: only sft and distill stages train on mixed example files; a recipe without "
+                       "stages is one GRPO run")
     output = run_grpo(recipe, run_dir)
-    _mark_done(run_dir, output)
-    _finish(run_dir)
+    if distributed.is_main_process():
+        _mark_done(run_dir, output)
+        _finish(run_dir)
 
 
 def _run_stages(recipe: Recipe, run_dir: Path) -> None:
@@ -94,7 +111,8 @@ def _run_stage(recipe: Recipe, stage: StageConfig, stage_dir: Path, outputs: dic
     if stage.type == "distill":
         from r1train.distill import run_distill
 
-        return run_distill(cfg, stage_dir, model, _resolve_model_ref(stage.teacher, recipe, outputs))
+        return run_distill(cfg, stage_dir, model, _resolve_model_ref(stage.teacher, recipe, outputs),
+                           stage.student_layers)
     if stage.type == "eval":
         from r1train.evaluation import run_eval_stage
 
@@ -114,13 +132,19 @@ def _resolve_model_ref(ref: str, recipe: Recipe, outputs: dict[str, str]) -> str
 
 
 def _resolve_data_refs(cfg: Recipe, outputs: dict[str, str]) -> Recipe:
+    """Replace `stage:<name>` in data.train/eval/general/mix by the dataset file that stage wrote."""
+
+    def resolve(key: str, ref: str | None) -> str | None:
+        if not (ref and ref.startswith("stage:")):
+            return ref
+        produced = outputs[ref[6:]]
+        if Path(produced).is_dir():
+            raise RunError(f"{key} '{ref}' names a stage that produced a model, not a dataset")
+        return produced
+
     for key in ("train", "eval", "general"):
-        ref = getattr(cfg.data, key)
-        if ref and ref.startswith("stage:"):
-            produced = outputs[ref[6:]]
-            if Path(produced).is_dir():
-                raise RunError(f"data.{key} '{ref}' names a stage that produced a model, not a dataset")
-            setattr(cfg.data, key, produced)
+        setattr(cfg.data, key, resolve(f"data.{key}", getattr(cfg.data, key)))
+    cfg.data.mix = [resolve(f"data.mix[{i}]", ref) for i, ref in enumerate(cfg.data.mix)]
     return cfg
 
 
@@ -177,8 +201,9 @@ def _write_scores_table(recipe: Recipe, run_dir: Path) -> None:
         scores = {}
         if (stage_dir / "scores.json").is_file():
             scores = json.loads((stage_dir / "scores.json").read_text())
-        else:
-            evals = [row for row in read_metrics(stage_dir / "metrics.jsonl") if "eval/accuracy" in row]
+        else:  # a distill stage's student trains in a folder of its own
+            metrics_file = stage_dir / ("student" if stage.type == "distill" else "") / "metrics.jsonl"
+            evals = [row for row in read_metrics(metrics_file) if "eval/accuracy" in row]
             scores = evals[-1] if evals else {}
         cells = [_fmt(scores.get(k)) for k in ("eval/accuracy", "eval/format_rate", "eval/pass@1", "eval/completion_len")]
         lines.append(f"| {stage.name} | {stage.type} | " + " | ".join(cells) + " |")

@@ -46,11 +46,12 @@ def chat_messages(question: str, template: str, system_prompt: str | None) -> li
     return messages + [{"role": "user", "content": user}]
 
 
-def require_chat_template(tokenizer) -> None:
+def require_chat_template(tokenizer, model_dir: str | None = None) -> None:
     if not getattr(tokenizer, "chat_template", None):
+        whose = f"the tokenizer of {model_dir}" if model_dir else "the tokenizer"
         raise PromptError(
-            "the tokenizer has no chat template: use a chat model, or set one "
-            "(tokenizer.chat_template) in the model folder's tokenizer_config.json"
+            f"{whose} has no chat template, which every prompt template needs: use a chat (instruct) "
+            "model, or add a `chat_template` to the model folder's tokenizer_config.json"
         )
 
 

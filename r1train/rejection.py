@@ -16,7 +16,9 @@ Each kept row holds the source row's columns, `question`, `answer`, `completion`
 assistant response: the template's prefill, e.g. `<think>\\n` for r1_zero, plus what the model
 wrote, so that SFT with the r1_chat template reproduces it), `source_prompt` (the rendered prompt),
 `rewards` (every reward's score) and `stage`. stats.json reports the acceptance rate overall and
-by difficulty: the share of a prompt's k samples that pass the `require` rewards.
+by difficulty: the share of a prompt's k samples that pass the `require` rewards. When no sample
+passes, the dataset is still written, empty, and the stage says so: an SFT stage after it then
+trains on the other files of its data.mix, or stops with a one-line error when there are none.
 
 Work is saved prompt chunk by prompt chunk (`progress.jsonl`), so an interrupted stage continues
 where it stopped; chunks written under other settings are ignored. Deliberate simplification:
@@ -87,7 +89,7 @@ def judge_group(texts: list[str], tokens: list[int], failed: list[str | None],
 
 def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, stage_name: str | None = None) -> Path:
     """Sample, filter and write the dataset; returns its path (stage_dir/dataset.jsonl or .parquet)."""
-    from r1train.scoring import build_scorer
+    from r1train.prompt_mix import build_scoped_scorer
 
     cfg, rj, data = recipe, recipe.rejection, recipe.data
     stage_dir = Path(stage_dir)
@@ -97,7 +99,7 @@ def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, sta
     rows = load_rows(data.train, (data.question_column,))
     count = min(rj.max_prompts or len(rows), len(rows))
     rows = PromptSampler(rows, cfg.seed, data.shuffle).next_batch(count)
-    scorer = build_scorer(cfg.rewards)  # before loading the model: a bad reward fails fast
+    scorer = build_scoped_scorer(cfg.rewards)  # before loading the model: a bad reward fails fast
     language_fn = _language_reward(rj.language) if rj.language else None
 
     size = cfg.rollout.prompts_per_step
@@ -143,8 +145,9 @@ def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, sta
     (stage_dir / "stats.json").write_text(json.dumps(stats, indent=2))
     print(format_stats(stats), flush=True)
     if not kept_rows:
-        raise RunError(f"rejection sampling kept no sample (see {stage_dir / 'stats.json'}): raise rejection.samples "
-                       "or rejection.max_prompts, or relax rejection.require")
+        print(f"r1train: rejection sampling kept no sample: {output} is an empty dataset. An SFT stage that trains "
+              "on it uses only the other files of its data.mix; to keep samples, raise rejection.samples or "
+              "rejection.max_prompts, or relax rejection.require", flush=True)
     write_rows(kept_rows, output)
     return output
 

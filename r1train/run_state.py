@@ -1,15 +1,24 @@
 """A run's durable state: checkpoint restore and save, and a clean stop on SIGINT/SIGTERM.
 
 A signal only sets a flag; the trainer checks it between steps, so a stop never leaves a step
-half-applied. The stop writes a checkpoint of the last finished step and exits with a message
-that says how to resume.
+half-applied. The stop writes a checkpoint of the last finished step and raises
+`TrainingInterrupted` with a message that says how to resume. A second signal stops at once
+(KeyboardInterrupt); the last checkpoint written is then the one a resume starts from.
+
+The handlers are installed when the training loop first checks for a stop and put back by
+`close()`, so building a trainer (in a test, a notebook) leaves the process's signal handling
+alone, and one stage's handler never outlives it.
 """
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 
 from r1train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+from r1train.errors import RunError
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -17,16 +26,31 @@ class TrainingInterrupted(RuntimeError):
 
 
 class RunState:
+    """Checkpoints of one run folder (`run_dir/checkpoints/`) and the stop flag of its loop.
+
+    `learner` is anything with trainable_state(), load_trainable_state(weights), state_dict() and
+    load_state_dict(state); `sampler` anything with state_dict() and load_state_dict(state).
+    """
+
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self._signal: int | None = None
         self._last_saved = -1
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                signal.signal(sig, self._on_signal)
-            except ValueError:  # not the main thread: leave signal handling to the caller
-                pass
+        self._previous_handlers: dict[int, object] | None = None
+
+    def _install_handlers(self) -> None:
+        if self._previous_handlers is not None or threading.current_thread() is not threading.main_thread():
+            return  # already installed, or not the main thread: signal handling is the caller's
+        self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in _SIGNALS}
+
+    def close(self) -> None:
+        """Put back the signal handlers that were there before training started."""
+        if self._previous_handlers is None:
+            return
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = None
 
     def _on_signal(self, signum, frame) -> None:
         if self._signal is not None:  # a second Ctrl-C means "now"
@@ -40,9 +64,16 @@ class RunState:
         if path is None:
             return 0
         weights, optimizer_state, trainer_state = load_checkpoint(path)
-        learner.load_trainable_state(weights)
-        learner.load_state_dict(optimizer_state)
-        sampler.load_state_dict(trainer_state["sampler"])
+        try:
+            learner.load_trainable_state(weights)
+            learner.load_state_dict(optimizer_state)
+            sampler.load_state_dict(trainer_state["sampler"])
+        except (KeyError, ValueError, RuntimeError) as exc:  # another model, LoRA setting or optimiser
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RunError(
+                f"{path} does not fit this recipe ({reason}); run with the recipe it was written with, "
+                "or start over with --fresh"
+            ) from None
         self._last_saved = trainer_state["step"]
         print(f"r1train: resuming {self.run_dir} from step {trainer_state['step']} ({path.name})", flush=True)
         return trainer_state["step"]
@@ -54,12 +85,15 @@ class RunState:
         return path
 
     def stop_if_interrupted(self, step: int, learner, sampler, keep: int = 2) -> None:
+        """Called between steps: after a signal, checkpoint `step` and raise TrainingInterrupted."""
+        self._install_handlers()
         if self._signal is None:
             return
         if self._last_saved != step and step > 0:
             self.save(step, learner, sampler, keep)
         name = signal.Signals(self._signal).name
+        latest = latest_checkpoint(self.checkpoint_dir)
+        kept = f"checkpoint {latest} kept" if latest else "no step finished, nothing to keep"
         raise TrainingInterrupted(
-            f"stopped by {name} after step {step}; checkpoint kept in {self.checkpoint_dir}. "
-            "Run the same command again to resume."
+            f"stopped by {name} after step {step}; {kept}. Run the same command again to resume."
         )

@@ -1,16 +1,19 @@
 """Supervised fine-tuning: the cold-start stage, SFT on rejection-sampled data, and distillation.
 
-Each example is a question and a completion. The prompt is rendered exactly as a rollout would see
-it (the model's chat template, the R1 instruction as system turn, the question as user turn), the
-completion is tokenised on its own and followed by the tokenizer's EOS token, so the model learns
-to write the completion and then stop, on the very token boundary generation will use. Only
-completion tokens (EOS included) carry loss.
+Each example is a question and a completion, read from data.train and every file of data.mix (the
+second SFT stage of R1 mixes rejection-sampled reasoning with other data). A file without rows,
+such as a rejection sample that kept nothing, is reported and skipped. The prompt is rendered
+exactly as a rollout would see it (the model's chat template, the R1 instruction as system turn,
+the question as user turn), the completion is tokenised on its own and followed by the
+tokenizer's EOS token, so the model learns to write the completion and then stop, on the very
+token boundary generation will use. Only completion tokens (EOS included) carry loss.
 
 An optimiser step takes `training.batch_size` examples. They are laid out as rows (one example per
 row, or several packed into one row with `training.packing`), rows are grouped into micro-batches
 of at most `training.micro_batch_tokens` tokens (padding included) and gradients accumulate over
 the micro-batches. The loss is the mean over every completion token of the step, so accumulation
-and packing change the numerics only at rounding level.
+and packing change the numerics only at rounding level. With data.eval set (and evaluation.at_end),
+the saved model is evaluated and its scores logged as a row of the last step.
 
 Packing. Packed examples restart their `position_ids` at 0; given no attention mask, transformers
 reads those restarts as sequence boundaries and builds a block-diagonal causal mask, so attention
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
 from r1train.data import DataError, PromptSampler, load_rows
+from r1train.evaluation import evaluate_model_dir
 from r1train.learner import bf16_autocast_supported, lr_factor
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.prompts import BUILT_IN, encode_prompt
@@ -132,7 +136,7 @@ def completion_nll_sum(model, batch: MicroBatch) -> torch.Tensor:
 class SFTTrainer:
     """Owns the model, optimiser, data order and checkpoints of one SFT stage."""
 
-    def __init__(self, recipe: Recipe, stage_dir: Path, model_name: str, extra_rows: list[dict] | None = None):
+    def __init__(self, recipe: Recipe, stage_dir: Path, model_name: str):
         self.recipe = cfg = recipe
         self.stage_dir = Path(stage_dir)
         seed_everything(cfg.seed)
@@ -144,7 +148,7 @@ class SFTTrainer:
         self.model = _with_lora(model, cfg) if cfg.model.lora.enabled else model
         self.model.to(self.device).train()
 
-        self.examples, counts = self._load_examples(extra_rows or [])
+        self.examples, counts = self._load_examples()
         t = cfg.training
         self.total_steps = math.ceil(t.epochs * len(self.examples) / t.batch_size) if t.epochs else t.steps
         self.sampler = PromptSampler(self.examples, cfg.seed, cfg.data.shuffle)
@@ -162,17 +166,22 @@ class SFTTrainer:
         self.state = RunState(self.stage_dir)
         self.step_count = self.state.restore(self, self.sampler)
 
-    def _load_examples(self, extra_rows: list[dict]) -> tuple[list[SFTExample], dict[str, int]]:
+    def _load_examples(self) -> tuple[list[SFTExample], dict[str, int]]:
         data, t = self.recipe.data, self.recipe.training
         columns = (data.question_column, data.completion_column)
-        rows = load_rows(data.train, columns) if data.train else []
-        for i, row in enumerate(extra_rows):
-            missing = [c for c in columns if c not in row]
-            if missing:
-                raise DataError(f"extra SFT rows: row {i} lacks column(s) {', '.join(missing)}")
-        rows += extra_rows
+        sources = ([("data.train", data.train)] if data.train else []) + [
+            (f"data.mix[{i}]", path) for i, path in enumerate(data.mix)]
+        rows = []
+        for key, path in sources:
+            found = [] if holds_no_rows(path) else load_rows(path, columns, what=key)
+            if not found:
+                print(f"r1train: sft: {key} {path} holds no rows (a rejection sample that kept nothing?); "
+                      "training on the other files", flush=True)
+            rows += found
         if not rows:
-            raise DataError("sft: no examples: set data.train to a file with question and completion columns")
+            named = ", ".join(f"{key} {path}" for key, path in sources) or "data.train is not set"
+            raise DataError(f"sft: no examples to train on ({named}): give data.train or data.mix a file with "
+                            f"{' and '.join(columns)} columns, or relax the rejection filters that emptied it")
         template = "r1_chat" if data.prompt_template in BUILT_IN else data.prompt_template
         examples, counts = [], {"truncated": 0, "dropped": 0}
         for row in rows:
@@ -214,6 +223,7 @@ class SFTTrainer:
         cfg = self.recipe
         logger = RunLogger(self.stage_dir, cfg.logging.tensorboard, cfg.logging.progress, self.total_steps,
                            self.step_count, description=self.stage_dir.name)
+        final_dir = self.stage_dir / "model"
         try:
             while self.step_count < self.total_steps:
                 self.state.stop_if_interrupted(self.step_count, self, self.sampler, cfg.training.keep_checkpoints)
@@ -225,10 +235,13 @@ class SFTTrainer:
                                        "tok/s": metrics["throughput/learn_tokens_per_s"]})
                 if step % cfg.training.checkpoint_every == 0 or step == self.total_steps:
                     self.state.save(step, self, self.sampler, cfg.training.keep_checkpoints)
+            save_model(self.model, self.tokenizer, final_dir)
+            if cfg.data.eval and cfg.evaluation.at_end:
+                # A row of its own at the last step, as GRPO's evaluation before training has.
+                logger.log(self.total_steps, evaluate_model_dir(cfg, str(final_dir)))
         finally:
             logger.close()
-        final_dir = self.stage_dir / "model"
-        save_model(self.model, self.tokenizer, final_dir)
+            self.state.close()
         return final_dir
 
     def step(self, examples: list[SFTExample]) -> dict[str, float]:
@@ -291,9 +304,23 @@ def _with_lora(model, cfg: Recipe):
                                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
 
 
-def run_sft(recipe: Recipe, stage_dir: Path, model_name: str, extra_rows: list[dict] | None = None) -> Path:
-    """Fine-tune `model_name` on data.train (plus `extra_rows`); returns the saved model folder.
+def holds_no_rows(path: str | Path) -> bool:
+    """Whether a data file exists and holds no rows (0 bytes, or a Parquet file of 0 rows)."""
+    path = Path(path)
+    if not path.is_file():
+        return False  # load_rows reports a missing file
+    if path.stat().st_size == 0:
+        return True
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows == 0
+    return False
+
+
+def run_sft(recipe: Recipe, stage_dir: Path, model_name: str) -> Path:
+    """Fine-tune `model_name` on data.train and data.mix; returns the saved model folder.
 
     Resumes from the newest checkpoint in `stage_dir/checkpoints` when there is one.
     """
-    return SFTTrainer(recipe, stage_dir, model_name, extra_rows).train()
+    return SFTTrainer(recipe, stage_dir, model_name).train()

@@ -1,7 +1,8 @@
 """Where a run's numbers go: metrics.jsonl, TensorBoard, sample completions, a progress bar.
 
 metrics.jsonl holds one JSON object per step. On resume, rows past the resumed step are dropped
-first, so a run killed after logging but before checkpointing writes no duplicate rows.
+first, so a run killed after logging but before checkpointing writes no duplicate rows; a run that
+starts at step 0 (nothing to resume) starts its logs afresh, evaluation-at-start row included.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+            # purge_step hides events a killed run logged past the checkpoint it resumes from.
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                         purge_step=start_step + 1 if start_step else 0)
         self._bar = None
         if progress and total_steps:
             from tqdm.auto import tqdm
@@ -79,9 +82,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def _truncate_after_step(path: Path, step: int) -> None:
+    """Keep the rows of steps up to `step` (none when starting at 0), and drop a cut-short last line."""
     if not path.is_file():
         return
-    kept = [json.dumps(row) for row in read_metrics(path) if row.get("step", 0) <= step]
+    kept = [json.dumps(row) for row in read_metrics(path) if step > 0 and row.get("step", 0) <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)

@@ -1,5 +1,6 @@
-"""SFT on the tiny Llama: the loss mask, packing, token-budget micro-batches, learning, LoRA, exact
-resume after an interruption, and skipping non-finite steps."""
+"""SFT on the tiny Llama: the loss mask, packing, token-budget micro-batches, learning on mixed files,
+empty files, evaluation at the end, LoRA, exact resume after an interruption, and skipping
+non-finite steps."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 
 from r1train import sft
 from r1train.config import recipe_from_dict
-from r1train.data import write_rows
+from r1train.data import DataError, write_rows
 from r1train.prompts import render_prompt
 from r1train.sft import build_micro_batches, completion_nll_sum, run_sft, tokenize_example
 from r1train.tracking import read_metrics
@@ -24,17 +25,27 @@ EXAMPLES = [
 ]
 
 
-def make_recipe(tmp_path: Path, model_dir: Path, rows=EXAMPLES, lora: bool = False, **training):
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The recipes here run torch on one thread (much faster on a shared, busy CPU); put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_recipe(tmp_path: Path, model_dir: Path, rows=EXAMPLES, lora: bool = False, data=None, **training):
     data_file = tmp_path / "sft.jsonl"
     write_rows(rows, data_file)
     settings = dict(steps=4, batch_size=4, learning_rate=1e-3, micro_batch_tokens=4096, max_seq_len=256,
-                    bf16=False, checkpoint_every=10)
+                    bf16=False, checkpoint_every=10, threads=1)
     settings.update(training)
     return recipe_from_dict({
         "seed": 1,
         "model": {"name": str(model_dir), "lora": {"enabled": lora, "r": 4, "alpha": 8}},
-        "data": {"train": str(data_file)},
+        "data": {"train": str(data_file), **(data or {})},
         "training": settings,
+        "evaluation": {"max_examples": 2, "samples": 2, "greedy": True},
+        "rollout": {"max_new_tokens": 4},
         "logging": {"tensorboard": False, "progress": False},
     })
 
@@ -90,10 +101,14 @@ def test_packing_and_micro_batches_give_the_unpacked_loss(tiny_model_dir, tokeni
     assert step_loss(small_budget) == pytest.approx(reference, rel=1e-5)
 
 
-def test_sft_learns_and_logs(tiny_model_dir, tmp_path):
-    # Half the data comes through extra_rows (the mix), two epochs of batch 2: 4 steps.
-    recipe = make_recipe(tmp_path, tiny_model_dir, rows=EXAMPLES[:2], batch_size=2, epochs=4.0, learning_rate=3e-3)
-    out = run_sft(recipe, tmp_path / "sft", str(tiny_model_dir), extra_rows=EXAMPLES[2:])
+def test_sft_learns_and_logs(tiny_model_dir, tmp_path, capsys):
+    # Half the data comes through data.mix, four epochs of batch 2.
+    mixed = tmp_path / "mix.jsonl"
+    write_rows(EXAMPLES[2:], mixed)
+    recipe = make_recipe(tmp_path, tiny_model_dir, rows=EXAMPLES[:2], data={"mix": [str(mixed)]}, batch_size=2,
+                         epochs=4.0, learning_rate=3e-3)
+    out = run_sft(recipe, tmp_path / "sft", str(tiny_model_dir))
+    assert "sft on 4 examples" in capsys.readouterr().out
     rows = read_metrics(tmp_path / "sft" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 9))  # 4 epochs x 4 examples / batch 2
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
@@ -102,6 +117,32 @@ def test_sft_learns_and_logs(tiny_model_dir, tmp_path):
     trained = load_tiny(out)
     base = load_tiny(tiny_model_dir)
     assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_an_empty_file_is_skipped_and_nothing_at_all_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+    # An empty file is what a rejection sample that kept nothing writes.
+    empty, examples = tmp_path / "empty.jsonl", tmp_path / "examples.jsonl"
+    empty.write_text("")
+    write_rows(EXAMPLES[:2], examples)
+    recipe = make_recipe(tmp_path, tiny_model_dir, data={"train": str(empty), "mix": [str(examples)]}, steps=1)
+    run_sft(recipe, tmp_path / "mixed", str(tiny_model_dir))
+    printed = capsys.readouterr().out
+    assert f"data.train {empty} holds no rows" in printed and "sft on 2 examples" in printed
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, data={"train": str(empty)}, steps=1)
+    with pytest.raises(DataError, match="no examples to train on") as error:
+        run_sft(recipe, tmp_path / "nothing", str(tiny_model_dir))
+    assert "\n" not in str(error.value) and str(empty) in str(error.value)
+
+
+def test_the_saved_model_is_evaluated_when_data_eval_is_set(tiny_model_dir, tmp_path):
+    held_out = tmp_path / "test.jsonl"
+    write_rows([{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 3 + 1?", "answer": "4"}], held_out)
+    recipe = make_recipe(tmp_path, tiny_model_dir, data={"eval": str(held_out)}, steps=2)
+    run_sft(recipe, tmp_path / "sft", str(tiny_model_dir))
+    rows = read_metrics(tmp_path / "sft" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 2]  # the evaluation is a row of the last step
+    assert "loss" not in rows[-1] and {"eval/accuracy", "eval/format_rate", "eval/greedy_accuracy"} <= set(rows[-1])
 
 
 def test_lora_saves_adapter_checkpoints_and_a_merged_model(tiny_model_dir, tmp_path):
