@@ -3,7 +3,7 @@
 Everything here is a pure function of tensors and scalars that returns tensors and a dict of
 plain-float metrics: no model, no I/O, no config objects. The learner (`r1train/learner.py`) calls
 these functions; tests check them against hand-computed cases and slow loop implementations.
-`docs/algorithm.md` has one table of every option, its default and its paper.
+README.md ("GRPO: every algorithm option") has one table of every option, its default and its paper.
 
 Layout: N completions come grouped, the G completions of one prompt contiguous (N = prompts * G).
 Token tensors are [B, T]: row b holds the completion tokens of sample b left-aligned, `mask` is 1

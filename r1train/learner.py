@@ -60,7 +60,7 @@ class TrainBatch:
 
 @dataclass
 class LossSettings:
-    """Arguments of `compute_policy_loss`; see docs/algorithm.md for what each one does."""
+    """Arguments of `compute_policy_loss`; README.md lists what each one does."""
 
     eps_low: float = 0.2
     eps_high: float = 0.2

@@ -26,7 +26,7 @@ posts `/start_weight_update`, posts `/update_weights` (parameter names, dtypes, 
 server at once while the learner broadcasts the tensors, and posts `/finish_weight_update`.
 
 What is tested and what is not. Generation against a real `vllm serve` (CPU build, tiny model) is
-covered by tests/engines/test_remote.py. The weight-transfer path needs NCCL, hence CUDA GPUs on
+covered by tests/engines/test_remote_engine.py. The weight-transfer path needs NCCL, hence CUDA GPUs on
 both sides, and has not been run by this project: it follows the installed vLLM 0.32 source
 (`weight_transfer/nccl_engine.py`, `clients.py`, `entrypoints/rl/online/api_router.py`), but its
 rendezvous, the rank offsets given to several servers, and the logprob agreement after a sync are
