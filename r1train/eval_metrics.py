@@ -15,12 +15,15 @@ Deliberate simplifications:
 """
 from __future__ import annotations
 
+import re
+
 from collections import Counter
 from math import comb
 from typing import Mapping, Sequence
 
 # Column order of the evaluation table; the names are the evaluator's metrics without "eval/".
-TABLE_METRICS = ("accuracy", "pass@1", "maj@k", "pass@k", "greedy_accuracy", "format_rate", "completion_len")
+TABLE_METRICS = ("accuracy", "pass@1", "maj@k", "pass@k", "greedy_accuracy", "last_number_accuracy", "format_rate",
+                 "completion_len")
 
 
 def estimate_pass_at_k(n: int, c: int, k: int) -> float:
@@ -147,3 +150,32 @@ def _lookup(metrics: Mapping[str, float], name: str) -> float | None:
 
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number_correct(texts: list[str], references: list) -> list[float] | None:
+    """Answer accuracy with the format set aside: is the last number anywhere in the text equal to
+    the reference? It tells whether a model knows the answer before it has learned the template
+    (a model that never writes `<answer>` scores 0 on `accuracy` however good its arithmetic).
+
+    Args:
+        texts: N completion texts.
+        references: N reference answers.
+    Returns:
+        N floats in {0.0, 1.0}, or None when a reference is not a plain number (the check would
+        mean nothing there).
+
+    Example: last_number_correct(["7 + 5 is 12.", "<answer>13</answer>"], ["12", "12"]) == [1.0, 0.0]
+    """
+    values = []
+    for reference in references:
+        if reference is None or not _NUMBER.fullmatch(str(reference).strip()):
+            return None
+        values.append(float(str(reference)))
+    scores = []
+    for text, value in zip(texts, values):
+        numbers = _NUMBER.findall(text)
+        scores.append(float(bool(numbers) and float(numbers[-1]) == value))
+    return scores

@@ -87,6 +87,10 @@ class Evaluator:
         summary = eval_metrics.summarize(problems, formats, lengths, k)
         out = {f"eval/{name}": value for name, value in summary.items()}
         out["eval/accuracy"] = out["eval/pass@1"]
+        format_aside = eval_metrics.last_number_correct(texts, [self.rows[c.prompt_index].get(self.answer_column)
+                                                                for c in sampled])
+        if format_aside is not None:
+            out["eval/last_number_accuracy"] = sum(format_aside) / len(format_aside)
         if self.greedy:
             greedy = engine.generate(prompts, 1, _greedy(self.sampling))
             _, greedy_correct, _, _ = self._judge(greedy)

@@ -42,6 +42,7 @@ _REFLECTIVE = re.compile(
 )
 CORRECTNESS_REWARDS = ("accuracy", "countdown")
 EVAL_TABLE = (("accuracy", "eval/accuracy"), ("greedy accuracy", "eval/greedy_accuracy"),
+              ("last-number accuracy (format aside)", "eval/last_number_accuracy"),
               ("format rate", "eval/format_rate"), ("pass@1", "eval/pass@1"), ("maj@k", "eval/maj@k"),
               ("pass@k", "eval/pass@k"), ("completion length", "eval/completion_len"))
 TRAIN_TABLE = (("reward", "reward/mean"), ("accuracy", "accuracy"), ("format rate", "format_rate"),

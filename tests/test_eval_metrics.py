@@ -123,3 +123,18 @@ def test_format_eval_table_reads_unprefixed_summary_keys():
     lines = format_eval_table({"m": scores}).splitlines()
     assert lines[0].split() == ["model", "pass@1", "maj@k", "pass@k", "format_rate", "completion_len"]
     assert lines[2].split() == ["m", "0.500", "1.000", "1.000", "0.500", "20.000"]
+
+
+@pytest.mark.parametrize("texts, references, expected", [
+    (["7 + 5 is 12."], ["12"], [1.0]),  # the answer in prose, no template
+    (["<answer>13</answer>"], ["12"], [0.0]),  # a wrong number
+    (["12, no wait, 13"], ["12"], [0.0]),  # the last number counts, not any number
+    (["no digits at all"], ["12"], [0.0]),  # nothing to read
+    (["it is -3"], ["-3"], [1.0]),  # signs
+    (["2.50"], ["2.5"], [1.0]),  # numerically equal decimals
+    (["x"], ["\\frac{1}{2}"], None),  # not a plain-number reference: no verdict at all
+])
+def test_last_number_correct(texts, references, expected):
+    from r1train.eval_metrics import last_number_correct
+
+    assert last_number_correct(texts, references) == expected
