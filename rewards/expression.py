@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import cmath
 import math
+import operator
 import re
 from fractions import Fraction
 
@@ -323,19 +324,16 @@ def _exact(tree) -> Fraction:
         return Fraction(math.factorial(int(argument)))
     if kind in ("add", "sub", "mul", "div", "pow"):
         left, right = _exact(tree[1]), _exact(tree[2])
-        if kind == "add":
-            return left + right
-        if kind == "sub":
-            return left - right
-        if kind == "mul":
-            return left * right
-        if kind == "div":
-            return left / right
+        if kind in _ARITHMETIC:
+            return _ARITHMETIC[kind](left, right)
         if right.denominator != 1 or abs(right) > MAX_EXPONENT:
             raise _NotRational
         return left ** int(right)
     raise _NotRational
 
+
+# The binary operators whose exact and floating-point meaning is Python's own.
+_ARITHMETIC = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
 
 _FLOAT_FUNCTIONS = {
     "sqrt": cmath.sqrt, "sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan,
@@ -378,14 +376,8 @@ def _float(tree, symbols) -> complex:
     if kind == "call":
         return _FLOAT_FUNCTIONS[tree[1]](_float(tree[2], symbols))
     left, right = _float(tree[1], symbols), _float(tree[2], symbols)
-    if kind == "add":
-        return left + right
-    if kind == "sub":
-        return left - right
-    if kind == "mul":
-        return left * right
-    if kind == "div":
-        return left / right
+    if kind in _ARITHMETIC:
+        return _ARITHMETIC[kind](left, right)
     if left == 0 and right.real <= 0:
         raise ZeroDivisionError
     return left ** right
