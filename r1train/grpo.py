@@ -79,7 +79,7 @@ class GRPOTrainer:
             self.reference = load_model(self.model_dir).eval().requires_grad_(False).to(self.learner.device)
         # Engines report raw (temperature-1) logprobs; the learner scores the tempered distribution
         # it sampled from. They are comparable, for the sync check and TIS, only at temperature 1.
-        self.use_engine_logprobs = cfg.rollout.temperature == 1.0 and cfg.rollout.verify_sync
+        self.use_engine_logprobs = cfg.rollout.temperature == 1.0
         self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
         self.scorer = build_scoped_scorer(cfg.rewards)
         rows = load_rows(cfg.data.train, (cfg.data.question_column,))
@@ -194,7 +194,7 @@ class GRPOTrainer:
         metrics.update(rollouts.metrics)
         metrics.update(adv_metrics)
         metrics.update(learn_metrics)
-        if batch.engine_logprobs is not None:
+        if batch.engine_logprobs is not None and cfg.rollout.verify_sync:
             metrics.update(self._sync_metrics(batch.engine_logprobs, self.learner.pre_update_logprobs))
         lengths = [len(c.token_ids) for c in completions]
         gen_tokens = sum(lengths)
