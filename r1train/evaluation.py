@@ -19,6 +19,7 @@ from r1train.config import Recipe
 from r1train.data import load_rows
 from r1train.engines.base import SamplingSettings
 from r1train.prompts import encode_prompt, prefill
+from r1train.scoring import reward_columns
 
 
 def correctness_function(columns: dict[str, list]) -> tuple[str, Callable] | None:
@@ -105,10 +106,7 @@ class Evaluator:
     def _judge(self, completions):
         head = prefill(self.template)
         texts = [head + c.text for c in completions]
-        expanded = [self.rows[c.prompt_index] for c in completions]
-        columns = {key: [r.get(key) for r in expanded] for key in self.rows[0]}
-        if self.answer_column != "answer" and self.answer_column in columns:
-            columns["answer"] = columns[self.answer_column]
+        columns = reward_columns(self.rows, completions, self.answer_column)
         rule = correctness_function(columns)
         if rule is None:
             raise ValueError("evaluation data needs an `answer` column (or `numbers` and `target` for countdown)")

@@ -35,6 +35,7 @@ from r1train.learner import LossSettings, PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.prompts import encode_all, prefill
 from r1train.run_state import RunState
+from r1train.scoring import reward_columns
 from r1train.prompt_mix import MixedPromptSampler, build_scoped_scorer, tag_sources
 from r1train.tracking import RunLogger
 
@@ -262,12 +263,8 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         head = prefill(data.prompt_template)
         texts = [head + c.text for c in completions]
-        expanded = [rows[c.prompt_index] for c in completions]
-        columns = {key: [r.get(key) for r in expanded] for key in rows[0].keys()}
-        columns["completion_tokens"] = [len(c.token_ids) for c in completions]
-        if data.answer_column != "answer" and data.answer_column in columns:
-            columns["answer"] = columns[data.answer_column]
-        prompts_text = [r[data.question_column] for r in expanded]
+        columns = reward_columns(rows, completions, data.answer_column)
+        prompts_text = [rows[c.prompt_index][data.question_column] for c in completions]
         result = self.scorer.score(texts, prompts_text, columns)
         metrics = dict(result.metrics)
         metrics.update(task_metrics(texts, columns))

@@ -40,6 +40,7 @@ from r1train.engines.base import SamplingSettings
 from r1train.errors import RunError
 from r1train.prompts import encode_all, prefill, render_prompt
 from r1train.runtime import engine_for, seed_everything, set_threads
+from r1train.scoring import reward_columns
 
 LANGUAGE_THRESHOLD = 0.9
 # Difficulty buckets by the share of a prompt's samples that are correct: (upper bound, label).
@@ -160,13 +161,9 @@ def _sample_chunk(cfg: Recipe, rows: list[dict[str, Any]], prompt_ids: list[list
                     for r in rows]
     completions = engine.generate(prompt_ids, k, sampling)
     texts = [prefill(data.prompt_template) + c.text for c in completions]
-    tokens = [len(c.token_ids) for c in completions]
-    expanded = [rows[c.prompt_index] for c in completions]
-    columns = {key: [r.get(key) for r in expanded] for key in rows[0]}
-    columns["completion_tokens"] = tokens
-    if data.answer_column != "answer" and data.answer_column in columns:
-        columns["answer"] = columns[data.answer_column]
-    result = scorer.score(texts, [r[data.question_column] for r in expanded], columns)
+    columns = reward_columns(rows, completions, data.answer_column)
+    tokens = columns["completion_tokens"]
+    result = scorer.score(texts, [rows[c.prompt_index][data.question_column] for c in completions], columns)
     missing = [name for name in rj.require if name not in result.per_function]
     if missing:
         raise RunError(f"rejection.require names {', '.join(missing)}, which the recipe's rewards do not "

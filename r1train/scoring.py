@@ -182,6 +182,25 @@ class RewardScorer:
         return text
 
 
+def reward_columns(rows: list[dict[str, Any]], completions: list, answer_column: str = "answer") -> dict[str, list]:
+    """The keyword columns reward functions receive, aligned with `completions`.
+
+    Every dataset column of each completion's prompt row, `completion_tokens` (its length in
+    tokens), and `answer` taken from `answer_column` when the dataset names it otherwise.
+
+    Args:
+        rows: the prompt rows; completion i belongs to rows[completions[i].prompt_index].
+        completions: engine completions (`prompt_index`, `token_ids`).
+        answer_column: the dataset column holding reference answers.
+    """
+    expanded = [rows[c.prompt_index] for c in completions]
+    columns = {key: [r.get(key) for r in expanded] for key in rows[0]}
+    columns["completion_tokens"] = [len(c.token_ids) for c in completions]
+    if answer_column != "answer" and answer_column in columns:
+        columns["answer"] = columns[answer_column]
+    return columns
+
+
 def build_scorer(specs: Iterable[Any], timeout_s: float = 30.0) -> RewardScorer:
     """A RewardScorer for the recipe's reward entries.
 
