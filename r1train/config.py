@@ -100,6 +100,8 @@ class RolloutConfig:
     vllm_kv_cache_gib: float = 2.0
     vllm_sleep: bool = True  # GPU only: free vLLM's memory while the learner trains
     verify_sync: bool = True  # compare engine and learner logprobs after each sync
+    # One-step off-policy: sample the next batch while the learner trains on this one (r1train/async_rollouts.py).
+    async_generation: bool = False
 
     def validate(self, at: str) -> None:
         _one_of(self.backend, ("hf", "vllm"), f"{at}.backend")
@@ -316,6 +318,14 @@ class Recipe:
             _check(any(spec.applies_to in ("reasoning", "all") for spec in self.rewards), "rewards",
                    "no reward has `applies_to: reasoning` (the default) or all: the prompts of data.train "
                    "would get no reward")
+        if self.rollout.async_generation:
+            # The stale policy is corrected with the engine's log-probs, which are raw (temperature 1).
+            _check(self.rollout.temperature == 1.0, "rollout.async_generation",
+                   "corrects for the one-step-stale policy with the engine's log-probs, which match the "
+                   "learner's only at rollout.temperature: 1.0; set it, or turn async_generation off")
+            _check(self.algorithm.tis_cap is not None, "rollout.async_generation",
+                   "needs algorithm.tis_cap (the importance weight that corrects for the one-step-stale "
+                   "policy); set it (2.0 is usual), or turn async_generation off")
 
 
 # ---------------------------------------------------------------------------------------------

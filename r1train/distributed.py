@@ -43,6 +43,14 @@ def make_accelerator():
     """
     if not launched_distributed():
         return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):  # set by `accelerate launch`
+        from r1train.config import ConfigError
+
+        raise ConfigError(
+            "the accelerate config uses FSDP, which r1train does not support: FSDP leaves each process a "
+            "shard of the weights that generation, the weight push to vLLM and checkpoints read whole; launch "
+            "with recipes/accelerate/ddp_2gpu.yaml or deepspeed_zero2_8gpu.yaml (ZeRO-2 shards gradients and "
+            "optimiser state)")
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # torch deprecates broadcast_buffers=False for forward_sync_buffers, which accelerate does not

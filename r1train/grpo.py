@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from r1train import algorithm, distributed
+from r1train.async_rollouts import RolloutPrefetcher
 from r1train.checkpoint import latest_checkpoint
 from r1train.config import ConfigError, Recipe
 from r1train.data import PromptSampler, load_rows
@@ -50,6 +51,8 @@ class Rollouts:
     rewards: torch.Tensor  # [N] weighted total
     per_function: dict[str, list[float | None]]
     metrics: dict[str, float]
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # generate and score seconds
+    policy_step: int = 0  # the optimiser step whose weights sampled these completions
 
 
 class GRPOTrainer:
@@ -66,6 +69,10 @@ class GRPOTrainer:
         if cfg.rollout.prompts_per_step % self.world_size:
             raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be a multiple of "
                               f"the number of processes ({self.world_size})")
+        if self.world_size > 1 and cfg.rollout.async_generation:
+            raise ConfigError("rollout.async_generation runs with one learner process (the background thread "
+                              "would interleave collectives with the gradient all-reduce); launch one process "
+                              "or turn it off")
         if self.world_size > 1 and cfg.rollout.placement == "remote":
             raise ConfigError("rollout.placement: remote serves one learner process (every process would push "
                               "its weights to the servers); use colocate under a multi-process launch")
@@ -110,6 +117,8 @@ class GRPOTrainer:
             self.step_count = self.state.restore(self.learner, self.sampler)
         # The engine loaded the weights from disk; a resumed learner holds newer ones.
         self.engine.sync_weights(self.learner.model)
+        self._engine_step = self.step_count  # the optimiser step whose weights the engine holds
+        self.prefetcher = RolloutPrefetcher(self.collect_rollouts, self.sampler) if cfg.rollout.async_generation else None
 
     # -----------------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -121,22 +130,23 @@ class GRPOTrainer:
                 logger.log(0, self.evaluator.run(self.engine))
             while self.step_count < cfg.training.steps:
                 if self.is_main:  # other processes end when the launcher sees the main one stop
-                    self.state.stop_if_interrupted(self.step_count, self.learner, self.sampler)
+                    self.state.stop_if_interrupted(self.step_count, self.learner, self._sampler_to_save())
                 step = self.step_count + 1
-                metrics, samples = self.step()
-                self.step_count = step
+                metrics, samples = self.step()  # advances self.step_count
                 if self.evaluator and cfg.evaluation.every and step % cfg.evaluation.every == 0 and step < cfg.training.steps:
-                    metrics.update(self.evaluator.run(self.engine))
+                    metrics.update(self.evaluate())
                 if step == cfg.training.steps and self.evaluator and cfg.evaluation.at_end:
-                    metrics.update(self.evaluator.run(self.engine))
+                    metrics.update(self.evaluate())
                 logger.log(step, metrics)
                 if step % cfg.logging.samples_every == 0:
                     logger.log_samples(step, samples)
                 logger.progress(step, {"reward": metrics.get("reward/mean"), "acc": metrics.get("accuracy"),
                                        "fmt": metrics.get("format_rate"), "s/step": metrics.get("time/step")})
                 if self.is_main and (step % cfg.training.checkpoint_every == 0 or step == cfg.training.steps):
-                    self.state.save(step, self.learner, self.sampler, cfg.training.keep_checkpoints)
+                    self.state.save(step, self.learner, self._sampler_to_save(), cfg.training.keep_checkpoints)
         finally:
+            if self.prefetcher:
+                self.prefetcher.close()
             logger.close()
             self.state.close()
         final_dir = self.run_dir / "model"
@@ -146,15 +156,36 @@ class GRPOTrainer:
         self.engine.close()
         return final_dir
 
+    def evaluate(self) -> dict[str, float]:
+        """Score the learner's current weights on the held-out set."""
+        self._sync_engine()
+        return self.evaluator.run(self.engine)
+
+    def _sync_engine(self) -> float:
+        """Push the learner's weights into the engine unless it already holds them; returns seconds taken."""
+        if self._engine_step == self.step_count:
+            return 0.0
+        if self.prefetcher:
+            self.prefetcher.wait()  # never swap weights under a batch being sampled
+        t0 = time.perf_counter()
+        self.engine.sync_weights(self.learner.model)
+        self._engine_step = self.step_count
+        return time.perf_counter() - t0
+
+    def _sampler_to_save(self):
+        return self.prefetcher.sampler_for_checkpoint() if self.prefetcher else self.sampler
+
     # -----------------------------------------------------------------------------------------
     def step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
         cfg = self.recipe
         t_step = time.perf_counter()
+        step = self.step_count + 1
         timings: dict[str, float] = {}
 
         # 1. Sample G completions per prompt (and, with dynamic sampling, keep drawing prompts
-        #    until the batch holds enough groups whose rewards differ).
-        rollouts = self.collect_rollouts(timings)
+        #    until the batch holds enough groups whose rewards differ). In async mode the batch was
+        #    sampled in the background during the previous step, and the next one starts now.
+        rollouts = self.next_rollouts(step, timings)
         completions = rollouts.completions
         G = cfg.rollout.group_size
 
@@ -179,24 +210,30 @@ class GRPOTrainer:
             )
         timings["time/reference"] = time.perf_counter() - t0
 
-        # 4. Policy update(s). On GPU the engine frees its memory meanwhile.
+        # 4. Policy update(s). On GPU the engine frees its memory meanwhile (unless it is sampling
+        #    the next batch).
         t0 = time.perf_counter()
-        self.engine.sleep()
+        if not self.prefetcher:
+            self.engine.sleep()
         learn_metrics = self.learner.train_on_batch(batch, self.loss_settings())
         timings["time/learn"] = time.perf_counter() - t0
         self._check_finite(learn_metrics)
+        staleness = self.step_count - rollouts.policy_step  # optimiser steps between sampling and learning
+        self.step_count = step  # the learner now holds step `step`'s weights
 
-        # 5. Push the new weights into the engine; the next batch's first pass verifies it.
-        t0 = time.perf_counter()
-        self.engine.sync_weights(self.learner.model)
-        timings["time/sync"] = time.perf_counter() - t0
+        # 5. Push the new weights into the engine; the next batch's first pass verifies it. In async
+        #    mode this happens at the start of the next step, once the batch in flight is sampled.
+        if not self.prefetcher:
+            timings["time/sync"] = self._sync_engine()
 
         metrics: dict[str, float] = {}
         metrics.update(rollouts.metrics)
         metrics.update(adv_metrics)
         metrics.update(learn_metrics)
+        if self.prefetcher:
+            metrics["async/staleness"] = staleness
         if batch.engine_logprobs is not None and cfg.rollout.verify_sync:
-            metrics.update(self._sync_metrics(batch.engine_logprobs, self.learner.pre_update_logprobs))
+            metrics.update(self._sync_metrics(batch.engine_logprobs, self.learner.pre_update_logprobs, staleness))
         lengths = [len(c.token_ids) for c in completions]
         gen_tokens = sum(lengths)
         metrics.update({
@@ -210,17 +247,35 @@ class GRPOTrainer:
         samples = self._samples(rollouts)
         return distributed.gather_metrics(metrics), samples
 
-    def collect_rollouts(self, timings: dict[str, float]) -> Rollouts:
+    def next_rollouts(self, step: int, timings: dict[str, float]) -> Rollouts:
+        """The rollouts step `step` trains on; in async mode also starts sampling step `step + 1`'s."""
+        if not self.prefetcher:
+            rollouts = self.collect_rollouts(step)
+        else:
+            rollouts, timings["time/rollout_wait"] = self.prefetcher.take(step)
+            # Nothing is in flight now, so the engine can take the learner's latest weights: the
+            # next batch is sampled with them (and this one too, when nothing was prefetched).
+            timings["time/sync"] = self._sync_engine()
+            if rollouts is None:  # the first step after a start or a resume
+                rollouts = self.collect_rollouts(step)
+            if step < self.recipe.training.steps:
+                self.prefetcher.start(step + 1)
+        timings.update(rollouts.timings)
+        return rollouts
+
+    def collect_rollouts(self, step: int) -> Rollouts:
+        """Sample and score the rollouts of `step` with the weights the engine holds."""
         cfg = self.recipe
+        policy_step = self._engine_step
+        timings = {"time/generate": 0.0, "time/score": 0.0}
         G, wanted = cfg.rollout.group_size, cfg.rollout.prompts_per_step // self.world_size  # this process's share
         attempts = 1 + (cfg.algorithm.max_sampling_retries if cfg.algorithm.dynamic_sampling else 0)
         kept: list[Rollouts] = []
         have, drawn, dropped = 0, 0, 0
-        timings["time/generate"] = timings["time/score"] = 0.0
         for attempt in range(attempts):
             rows = self._draw(wanted - have if kept else wanted)
             drawn += len(rows)
-            batch = self.generate_and_score(rows, timings, draw=attempt)
+            batch = self.generate_and_score(rows, timings, step, draw=attempt)
             if cfg.algorithm.dynamic_sampling:
                 keep = algorithm.select_informative_groups(batch.rewards, G)
                 dropped += int((~keep).sum())
@@ -235,11 +290,12 @@ class GRPOTrainer:
             # advantages are all zero, so the step only moves the KL and entropy terms).
             rows = self._draw(wanted)
             if not kept:
-                kept.append(self.generate_and_score(rows, timings, draw=attempts))
+                kept.append(self.generate_and_score(rows, timings, step, draw=attempts))
         # Metrics describe the first draw: the policy's own reward distribution, before filtering.
         merged = _merge(kept, wanted, G)
         merged.metrics["sampling/prompts_drawn"] = drawn
         merged.metrics["sampling/groups_dropped"] = dropped
+        merged.timings, merged.policy_step = timings, policy_step
         return merged
 
     def _draw(self, count: int) -> list[dict[str, Any]]:
@@ -251,13 +307,13 @@ class GRPOTrainer:
         count = distributed.all_reduce_max(count)
         return distributed.shard(self.sampler.next_batch(count * self.world_size), self.rank, self.world_size)
 
-    def generate_and_score(self, rows: list[dict[str, Any]], timings: dict[str, float], draw: int = 0) -> Rollouts:
+    def generate_and_score(self, rows: list[dict[str, Any]], timings: dict[str, float], step: int, draw: int = 0) -> Rollouts:
         cfg = self.recipe
         G = cfg.rollout.group_size
         data = cfg.data
         prompts = [self._prompt_ids[id(r)] for r in rows]
         t0 = time.perf_counter()
-        completions = self.engine.generate(prompts, G, self._sampling_for(self.step_count + 1, draw))
+        completions = self.engine.generate(prompts, G, self._sampling_for(step, draw))
         timings["time/generate"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -296,16 +352,21 @@ class GRPOTrainer:
         )
 
     @staticmethod
-    def _sync_metrics(engine_logprobs: list[torch.Tensor], learner_logprobs: list[torch.Tensor | None]) -> dict[str, float]:
+    def _sync_metrics(engine_logprobs: list[torch.Tensor], learner_logprobs: list[torch.Tensor | None],
+                      staleness: int = 0) -> dict[str, float]:
         """How far the engine's logprobs of its samples are from the learner's on the same weights.
 
         The learner's first forward pass of a step runs on the weights last pushed to the engine,
         so this checks the previous sync. Samples the learner skipped (zero advantage) are left out.
+        A stale batch (async mode) was sampled with older weights than the learner's: the difference
+        then measures how far the policy moved, is logged as such, and is no sync failure.
         """
         pairs = [(e, l) for e, l in zip(engine_logprobs, learner_logprobs) if l is not None]
         if not pairs:
             return {}
         diff = compare_logprobs([e for e, _ in pairs], [l for _, l in pairs])
+        if staleness:
+            return {"async/logprob_abs_diff_mean": diff["mean_abs_diff"], "async/logprob_abs_diff_max": diff["max_abs_diff"]}
         warning = sync_warning(diff)
         if warning:
             log.warning(warning)

@@ -30,6 +30,8 @@ def engine_for(recipe: Recipe, model, model_dir: str, tokenizer):
 
     r = recipe.rollout
     options = {"seed": recipe.seed}
+    if r.backend == "hf" and r.async_generation:
+        options["own_copy"] = True  # the learner updates its weights while the engine samples
     if r.backend == "vllm":
         options.update(kv_cache_gib=r.vllm_kv_cache_gib, sleep_mode=r.vllm_sleep,
                        max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens)

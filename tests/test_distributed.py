@@ -41,6 +41,16 @@ def test_shard_gives_each_rank_an_equal_interleaved_share():
         shard(items, 0, 3)
 
 
+def test_an_fsdp_launch_is_refused_with_the_configs_that_work(monkeypatch):
+    from r1train.config import ConfigError
+    from r1train.distributed import make_accelerator
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    with pytest.raises(ConfigError, match="FSDP.*ddp_2gpu.yaml or deepspeed_zero2_8gpu.yaml"):
+        make_accelerator()
+
+
 def test_combine_rank_metrics():
     per_rank = [
         {"reward/mean": 1.0, "completion_len/max": 7, "rewards/errors": 1.0, "ratio/max": 1.2, "kl": None},

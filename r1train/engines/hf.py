@@ -2,7 +2,8 @@
 
 The engine and the learner share one `torch.nn.Module` (a plain causal LM or a peft model with
 LoRA adapters), so there is nothing to copy after an optimiser step and `sync_weights` only checks
-that it was handed that same model. This backend works everywhere and is the default in tests and
+that it was handed that same model. When generation runs while the learner trains (async rollouts)
+the engine keeps a copy of its own instead (`own_copy=True`) and `sync_weights` copies into it. This backend works everywhere and is the default in tests and
 small runs; the vLLM backend is the fast one.
 
 Log-probabilities. The engine returns, for every sampled token, its log-probability under
@@ -26,6 +27,7 @@ Deliberate simplifications:
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -48,6 +50,8 @@ class HFEngine:
         seed: seeds the engine's own random stream, which carries on from call to call (as vLLM's
             engine seed does) and never touches the learner's; None samples from torch's global
             stream. `SamplingSettings.seed`, when set, seeds a single call instead.
+        own_copy: generate with a frozen copy of `model`, refreshed by sync_weights, so the learner
+            can update its weights while this engine samples.
     """
 
     def __init__(
@@ -59,10 +63,12 @@ class HFEngine:
         autocast_dtype: torch.dtype | None = None,
         eos_token_ids: list[int] | None = None,
         seed: int | None = None,
+        own_copy: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model
+        self.own_copy = own_copy
+        self.model = copy.deepcopy(model).requires_grad_(False) if own_copy else model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
@@ -94,7 +100,11 @@ class HFEngine:
         return completions
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Nothing to copy: the engine generates with the learner's model object itself."""
+        """Copy `model`'s weights into the engine's own copy; with a shared model, nothing to copy."""
+        if self.own_copy:
+            with torch.no_grad():
+                self.model.load_state_dict(model.state_dict())
+            return
         if model is not self.model:
             raise ValueError(
                 "HFEngine generates with the model it was built on; sync_weights got a different "
