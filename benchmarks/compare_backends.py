@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
 def train(recipe: str, backend: str, steps: int, out: Path) -> Path:
     """Run the recipe with one backend (a fresh run each time); returns its run folder."""
     overrides = [f"rollout.backend={backend}", f"training.steps={steps}", f"run_name={backend}",
-                 f"output_dir={out}", "evaluation.every=0"]
+                 f"output_dir={out}", "evaluation.every=0", "evaluation.at_start=false"]
     command = [sys.executable, "-m", "r1train.cli", "run", recipe, "--fresh"]
     for item in overrides:
         command += ["--set", item]
