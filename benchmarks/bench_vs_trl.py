@@ -8,13 +8,12 @@ Sides: `r1train` (synchronous: generate, then learn), `r1train_async` (the same 
 one step off-policy, importance-corrected), `trl`, and `vllm_alone`: no training at all, a
 stand-alone `vllm.LLM` (vLLM's own defaults, bf16) sampling the very prompts r1train's sampler draws
 each step (same seed, template, group size, length, stop strings, temperature), the yardstick for
-r1train's in-step generation speed. The parent process runs each side in its own
-child process (`--side NAME`), one after the other, so that each side's peak memory is measured
-alone. Both sides get the same workload: the
-same model (the default 135M model, fp32 master weights, bf16 autocast), the same prompt rows
-rendered by the same template, the same rewards and weights (from the recipe), group size,
-completion length, prompts per step, learning rate and schedule, AdamW settings, clipping and
-loss aggregation. Every step trains on one batch of `prompts x group_size` completions with one
+r1train's in-step generation speed. The parent process runs each side in its own child process
+(`--side NAME`), one after the other, so that each side's peak memory is measured alone. Every
+side gets the same workload: the same model (the default 135M model, fp32 master weights, bf16
+autocast), the same prompt rows rendered by the same template, the same rewards and weights (from
+the recipe), group size, completion length, prompts per step, learning rate and schedule, AdamW
+settings, clipping and loss aggregation. Every step trains on one batch of `prompts x group_size` completions with one
 optimiser step, and the medians are taken over the steps after the warm-up steps.
 
 Phases. r1train writes time/generate, time/score, time/reference, time/learn and time/sync into
@@ -155,6 +154,7 @@ def load_model_name(workload: dict) -> str:
 def run_r1train(workload: dict, async_generation: bool = False) -> dict:
     from r1train.config import recipe_from_dict
     from r1train.grpo import GRPOTrainer
+    from r1train.tracking import read_metrics
 
     raw = json.loads(json.dumps(workload["recipe"]))  # deep copy
     out_dir = Path(workload["work_dir"]) / ("r1train_async" if async_generation else "r1train")
@@ -179,8 +179,7 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
     trainer = GRPOTrainer(recipe, recipe.run_dir)
     setup_s = time.perf_counter() - t0
     trainer.train()
-    rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "time/step" in r]
+    rows = [r for r in read_metrics(recipe.run_dir / "metrics.jsonl") if "time/step" in r]
     steps_out = []
     for r in rows:
         entry = {"step": r["step"], "step_s": r["time/step"], "gen_tokens_per_s": r.get("throughput/gen_tokens_per_s"),
@@ -206,14 +205,14 @@ def run_vllm_alone(workload: dict) -> dict:
     import vllm
     from transformers import AutoTokenizer
 
-    from r1train.data import PromptSampler
+    from r1train.data import PromptSampler, load_rows
     from r1train.prompts import encode_prompt
 
     recipe = workload["recipe"]
     data_cfg, rollout = recipe.get("data", {}), recipe.get("rollout", {})
     model_dir = load_model_name(workload)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = [json.loads(line) for line in Path(workload["prompts_path"]).read_text().splitlines() if line.strip()]
+    rows = load_rows(workload["prompts_path"])
     # r1train's sampler with the recipe's seed draws the same prompts, step by step, as the trainer.
     sampler = PromptSampler(rows, recipe.get("seed", 0), data_cfg.get("shuffle", True))
     question, template = data_cfg.get("question_column", "question"), data_cfg.get("prompt_template", "r1_zero")
@@ -328,6 +327,7 @@ def run_trl(workload: dict) -> dict:
     import trl
     from transformers import AutoTokenizer, TrainerCallback
 
+    from r1train.data import load_rows
     from r1train.prompts import encode_prompt, prefill, render_prompt
 
     recipe = workload["recipe"]
@@ -339,7 +339,7 @@ def run_trl(workload: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = data_cfg.get("prompt_template", "r1_zero")
     question_column = data_cfg.get("question_column", "question")
-    rows = [json.loads(line) for line in Path(workload["prompts_path"]).read_text().splitlines() if line.strip()]
+    rows = load_rows(workload["prompts_path"])
     for row in rows:
         # The same prompt text r1train builds (chat template plus the "<think>" prefill), given to TRL
         # as a plain string so that TRL's own chat templating cannot differ from it.

@@ -16,7 +16,6 @@ noise, not for a winner.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +49,10 @@ def train(recipe: str, backend: str, steps: int, out: Path) -> Path:
 
 
 def read_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if "reward/mean" in r]
+    """The training steps' rows of a run's metrics log (a start-of-run evaluation row has no reward)."""
+    from r1train.tracking import read_metrics
+
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward/mean" in r]
 
 
 def plot(runs: dict[str, list[dict]], path: Path) -> None:

@@ -127,7 +127,7 @@ class GRPOTrainer:
                            self.step_count, description=self.run_dir.name) if self.is_main else distributed.NullLogger()
         try:
             if self.step_count == 0 and self.evaluator and cfg.evaluation.at_start:
-                logger.log(0, self.evaluator.run(self.engine))
+                logger.log(0, self.evaluate())
             while self.step_count < cfg.training.steps:
                 if self.is_main:  # other processes end when the launcher sees the main one stop
                     self.state.stop_if_interrupted(self.step_count, self.learner, self._sampler_to_save())

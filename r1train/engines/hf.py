@@ -2,9 +2,10 @@
 
 The engine and the learner share one `torch.nn.Module` (a plain causal LM or a peft model with
 LoRA adapters), so there is nothing to copy after an optimiser step and `sync_weights` only checks
-that it was handed that same model. When generation runs while the learner trains (async rollouts)
-the engine keeps a copy of its own instead (`own_copy=True`) and `sync_weights` copies into it. This backend works everywhere and is the default in tests and
-small runs; the vLLM backend is the fast one.
+that it was handed that same model. When generation runs while the learner trains (async
+rollouts) the engine keeps a copy of its own instead (`own_copy=True`) and `sync_weights` copies
+into it. This backend works everywhere and is the default in tests and small runs; the vLLM
+backend is the fast one.
 
 Log-probabilities. The engine returns, for every sampled token, its log-probability under
 `log_softmax` of the model's *raw* logits (temperature 1, before temperature, top-k or top-p), in
