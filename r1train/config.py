@@ -201,6 +201,7 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     max_nan_steps: int = 3  # consecutive non-finite steps before the run stops
     threads: int | None = None  # torch intra-op threads; null keeps torch's default
+    fsdp: bool = False  # multi-process GRPO: shard weights, gradients and optimiser state (torch FSDP2)
 
     def validate(self, at: str) -> None:
         _one_of(self.lr_schedule, ("constant", "linear", "cosine"), f"{at}.lr_schedule")
@@ -318,6 +319,10 @@ class Recipe:
             _check(any(spec.applies_to in ("reasoning", "all") for spec in self.rewards), "rewards",
                    "no reward has `applies_to: reasoning` (the default) or all: the prompts of data.train "
                    "would get no reward")
+        if self.training.fsdp:
+            _check(not self.model.lora.enabled, "training.fsdp",
+                   "does not combine with model.lora (the adapters are small enough to replicate: leave fsdp "
+                   "off and launch data-parallel as usual)")
         if self.rollout.async_generation:
             # The stale policy is corrected with the engine's log-probs, which are raw (temperature 1).
             _check(self.rollout.temperature == 1.0, "rollout.async_generation",

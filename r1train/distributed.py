@@ -47,10 +47,9 @@ def make_accelerator():
         from r1train.config import ConfigError
 
         raise ConfigError(
-            "the accelerate config uses FSDP, which r1train does not support: FSDP leaves each process a "
-            "shard of the weights that generation, the weight push to vLLM and checkpoints read whole; launch "
-            "with recipes/accelerate/ddp_2gpu.yaml or deepspeed_zero2_8gpu.yaml (ZeRO-2 shards gradients and "
-            "optimiser state)")
+            "the accelerate config uses accelerate's FSDP plugin; r1train shards with FSDP itself (generation, "
+            "the weight push to vLLM and checkpoints must gather the shards): set training.fsdp: true in the "
+            "recipe and launch with recipes/accelerate/fsdp_8gpu.yaml (or cpu_2proc.yaml on CPU)")
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     # torch deprecates broadcast_buffers=False for forward_sync_buffers, which accelerate does not

@@ -114,7 +114,9 @@ class GRPOTrainer:
             self.evaluator = Evaluator.from_recipe(cfg, self.tokenizer)
         self.state = RunState(self.run_dir)
         with distributed.main_process_first():  # the main process cleans up a half-written checkpoint
-            self.step_count = self.state.restore(self.learner, self.sampler)
+            self.state.clean()
+        # Every process reads the checkpoint at once (loading sharded optimiser state is a collective).
+        self.step_count = self.state.restore(self.learner, self.sampler)
         # The engine loaded the weights from disk; a resumed learner holds newer ones.
         self.engine.sync_weights(self.learner.model)
         self._engine_step = self.step_count  # the optimiser step whose weights the engine holds
@@ -130,7 +132,10 @@ class GRPOTrainer:
                 logger.log(0, self.evaluate())
             while self.step_count < cfg.training.steps:
                 if self.is_main:  # other processes end when the launcher sees the main one stop
-                    self.state.stop_if_interrupted(self.step_count, self.learner, self._sampler_to_save())
+                    # Sharded weights cannot be gathered once the other processes are gone: a stop
+                    # keeps the last periodic checkpoint.
+                    self.state.stop_if_interrupted(self.step_count, self.learner, self._sampler_to_save(),
+                                                   save=not self.learner.sharded)
                 step = self.step_count + 1
                 metrics, samples = self.step()  # advances self.step_count
                 if self.evaluator and cfg.evaluation.every and step % cfg.evaluation.every == 0 and step < cfg.training.steps:
@@ -142,16 +147,19 @@ class GRPOTrainer:
                     logger.log_samples(step, samples)
                 logger.progress(step, {"reward": metrics.get("reward/mean"), "acc": metrics.get("accuracy"),
                                        "fmt": metrics.get("format_rate"), "s/step": metrics.get("time/step")})
-                if self.is_main and (step % cfg.training.checkpoint_every == 0 or step == cfg.training.steps):
-                    self.state.save(step, self.learner, self._sampler_to_save(), cfg.training.keep_checkpoints)
+                due = step % cfg.training.checkpoint_every == 0 or step == cfg.training.steps
+                if due and (self.is_main or self.learner.sharded):  # sharded: every process gathers
+                    self.state.save(step, self.learner, self._sampler_to_save(), cfg.training.keep_checkpoints,
+                                    write=self.is_main)
         finally:
             if self.prefetcher:
                 self.prefetcher.close()
             logger.close()
             self.state.close()
         final_dir = self.run_dir / "model"
+        whole = self.learner.full_model_state()  # sharded: gathered by every process together
         if self.is_main:
-            save_model(self.learner.model, self.tokenizer, final_dir)
+            save_model(self.learner.model, self.tokenizer, final_dir, state_dict=whole)
         distributed.barrier()  # no process reports the run finished before the model is saved
         self.engine.close()
         return final_dir

@@ -14,8 +14,10 @@ entropy terms; they still count in the normalisers), and bf16 autocast where the
 native bf16 (AMX or AVX512-BF16 on CPU; most GPUs). Master weights stay fp32.
 
 Data parallelism: given an `accelerate.Accelerator` from a multi-process launch, each process
-holds its own share of the batch; the model and optimiser go through `accelerator.prepare` (DDP,
-FSDP or DeepSpeed, as the accelerate config says). The normalisers are counted over all processes
+holds its own share of the batch; the model and optimiser go through `accelerator.prepare` (DDP
+or DeepSpeed, as the accelerate config says), or, with `fsdp=True`, the model is sharded by
+`r1train/fsdp.py` (FSDP2) and every process runs the same number of forward passes, padding with
+empty ones, because each pass gathers the sharded weights collectively. The normalisers are counted over all processes
 and the gradients summed rather than averaged, so N processes holding 1/N of a batch each take
 exactly the optimiser step one process takes on the whole batch; gradients are exchanged once per
 optimiser step, not per micro-batch. A process with nothing to learn from in a step still joins
@@ -37,7 +39,8 @@ import torch
 
 from r1train.algorithm import compute_policy_loss
 from r1train.batching import collate, pad_token_values, plan_micro_batches
-from r1train.distributed import all_reduce_sum
+from r1train import fsdp as fsdp_sharding
+from r1train.distributed import all_reduce_max, all_reduce_sum
 from r1train.logprobs import compute_token_logprobs
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -109,6 +112,10 @@ class _TokenLogprobs(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, completion_mask, **options):
+        # A sharded model carries the pass as a registered method that gathers its root weights.
+        score = getattr(self.model, fsdp_sharding.TOKEN_LOGPROBS, None)
+        if score is not None:
+            return score(input_ids, attention_mask, completion_mask, **options)
         return compute_token_logprobs(self.model, input_ids, attention_mask, completion_mask, **options)
 
 
@@ -137,6 +144,7 @@ class PolicyLearner:
         logprob_chunk_size: int = 1024,
         pad_token_id: int = 0,
         accelerator=None,
+        fsdp: bool = False,
     ):
         """Wrap `model` (an HF causal LM, fp32) for training.
 
@@ -145,7 +153,9 @@ class PolicyLearner:
         learner scores tokens under the same tempered distribution. LoRA target modules default
         to every linear projection except the output layer. `accelerator` (an
         `accelerate.Accelerator` of a multi-process launch) makes training data-parallel and
-        places the model on the process's device.
+        places the model on the process's device; with `fsdp` the model is sharded across the
+        processes instead of replicated (ignored without an accelerator: one process has nothing
+        to shard across).
         """
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}")
@@ -169,13 +179,16 @@ class PolicyLearner:
         self.temperature = temperature
         self.logprob_chunk_size = logprob_chunk_size
         self.pad_token_id = pad_token_id
-        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable_parameters, lr=lr, betas=betas, weight_decay=weight_decay)
         self.accelerator = accelerator
         self.world_size = accelerator.num_processes if accelerator is not None else 1
+        self.sharded = fsdp and accelerator is not None and self.world_size > 1
+        if self.sharded:  # before the optimiser: sharding replaces the parameters
+            fsdp_sharding.shard_model(model, accelerator.device, compute_token_logprobs)
+        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable_parameters, lr=lr, betas=betas, weight_decay=weight_decay)
         # Every forward pass of the policy goes through this module (wrapped when data-parallel).
         self.policy = _TokenLogprobs(model)
-        if accelerator is not None:
+        if accelerator is not None and not self.sharded:
             # The schedule is not prepared: accelerate would step it once per process.
             self.policy, self.optimizer = accelerator.prepare(self.policy, self.optimizer)
         self.device = next(model.parameters()).device
@@ -203,7 +216,7 @@ class PolicyLearner:
             updates_per_batch=a.updates_per_batch, bf16=t.bf16,
             use_lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             lora_target_modules=list(lora.target_modules), temperature=recipe.rollout.temperature,
-            pad_token_id=pad_token_id, accelerator=accelerator,
+            pad_token_id=pad_token_id, accelerator=accelerator, fsdp=t.fsdp,
         )
 
     # ----------------------------------------------------------------------------- logprobs
@@ -237,14 +250,18 @@ class PolicyLearner:
         scorer.eval()
         results: list[torch.Tensor | None] = [None] * len(prompt_ids)
         lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
+        groups = plan_micro_batches(lengths, self.micro_batch_tokens)
         try:
-            for group in plan_micro_batches(lengths, self.micro_batch_tokens):
+            for group in groups:
                 adapters_off = (self.model if model is None else model).disable_adapter() if disable_adapters else None
                 with adapters_off or contextlib.nullcontext():
                     logprobs, _ = self._logprobs([prompt_ids[i] for i in group], [completion_ids[i] for i in group],
                                                  False, model)
                 for row, index in enumerate(group):
                     results[index] = logprobs[row, : len(completion_ids[index])].cpu()
+            if self.sharded and model is None:  # keep in step with processes that have more passes
+                for _ in range(all_reduce_max(len(groups)) - len(groups)):
+                    self._zero_loss()
         finally:
             scorer.train(was_training)
         return results
@@ -296,15 +313,23 @@ class PolicyLearner:
                 [batch_sequences, batch_tokens, len(work)]))
         lengths = [len(batch.prompt_ids[i]) + len(batch.completion_ids[i]) for i in work]
         micro_batches = plan_micro_batches(lengths, self.micro_batch_tokens)
+        # Passes this process runs: its micro-batches, padded with zero-loss passes where another
+        # process has more (sharded weights are gathered per pass) or where it has none but
+        # another has some (its gradient exchange needs every process).
+        passes = len(micro_batches)
+        if self.sharded:
+            passes = all_reduce_max(passes)
+        elif any_work:
+            passes = max(passes, 1)
         step_loss = 0.0
-        for number, group in enumerate(micro_batches):
-            samples = [work[j] for j in group]
-            with self._gradient_sync(last=number == len(micro_batches) - 1):
-                step_loss += self._micro_batch_backward(batch, samples, old_logprobs, settings, batch_sequences,
-                                                        batch_tokens, totals)
-        if any_work and not micro_batches:  # another process has samples: join its gradient exchange
-            with self._gradient_sync(last=True):
-                self._backward(self._zero_loss())
+        for number in range(passes):
+            with self._gradient_sync(last=number == passes - 1):
+                if number < len(micro_batches):
+                    samples = [work[j] for j in micro_batches[number]]
+                    step_loss += self._micro_batch_backward(batch, samples, old_logprobs, settings,
+                                                            batch_sequences, batch_tokens, totals)
+                else:
+                    self._backward(self._zero_loss())
         grad_norm = self._clip_gradients()
         if self.world_size > 1:  # the loss is the sum over processes; skipping is decided alike
             step_loss = all_reduce_sum([step_loss])[0]
@@ -353,12 +378,17 @@ class PolicyLearner:
         """Context of one micro-batch's backward: gradients are exchanged after the last one only."""
         if self.accelerator is None:
             return contextlib.nullcontext()
+        if self.sharded:
+            self.model.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
         self.accelerator.sync_gradients = last  # DeepSpeed reads its accumulation boundary from this
         return contextlib.nullcontext() if last else self.accelerator.no_sync(self.policy)
 
     def _backward(self, loss: torch.Tensor) -> None:
         if self.accelerator is None:
             loss.backward()
+        elif self.sharded:  # FSDP averages the reduced gradients; the sum is wanted (see below)
+            (loss * self.world_size).backward()
         else:
             # The wrappers average gradients over processes; the loss is already normalised by the
             # counts of all processes, so the sum is what makes the whole batch's gradient.
@@ -372,20 +402,26 @@ class PolicyLearner:
 
     def _clip_gradients(self) -> float:
         """Clip to `max_grad_norm`; returns the norm before clipping (of the summed gradients)."""
-        if self.accelerator is None:
+        if self.accelerator is None or self.sharded:  # sharded: the norm of the shards' norms (collective)
             norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.max_grad_norm)
-        else:  # the wrapped parameters: FSDP computes the norm over its shards
+        else:  # the wrapped parameters
             norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-        return float(norm)
+        return float(fsdp_sharding.full_tensor(norm))
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """Optimiser and schedule state for checkpoints (the weights are saved separately)."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        """Optimiser and schedule state for checkpoints (the weights are saved separately).
+        Sharded: a collective; the main process gets the whole optimiser state, keyed by name."""
+        optimizer = (fsdp_sharding.full_optimizer_state(self.model, self.optimizer) if self.sharded
+                     else self.optimizer.state_dict())
+        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "consecutive_nan_steps": self.consecutive_nan_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:  # every process holds the whole state (each read the checkpoint)
+            fsdp_sharding.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.consecutive_nan_steps = state["consecutive_nan_steps"]
 
@@ -394,8 +430,19 @@ class PolicyLearner:
         return self.model
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained parameters only (LoRA: the adapters), by `named_parameters` name."""
-        return {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+        """The trained parameters only (LoRA: the adapters), by `named_parameters` name.
+        Sharded: a collective; whole tensors on the main process, {} on the others."""
+        trained = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        if self.sharded:
+            whole = fsdp_sharding.full_state_dict(self.model)
+            return {name: whole[name] for name in trained if name in whole}
+        params = dict(self.model.named_parameters())
+        return {name: params[name].detach() for name in trained}
+
+    def full_model_state(self) -> dict[str, torch.Tensor] | None:
+        """Sharded: the whole model's state dict for saving (collective; {} off the main process).
+        Otherwise None: the model saves itself."""
+        return fsdp_sharding.full_state_dict(self.model) if self.sharded else None
 
     # The names checkpoints (`r1train/run_state.py`) use, shared with the SFT trainer.
     trainable_state = trainable_state_dict
@@ -406,6 +453,9 @@ class PolicyLearner:
         missing = [name for name, p in params.items() if p.requires_grad and name not in weights]
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} trained parameters, e.g. {missing[0]}")
+        if self.sharded:
+            fsdp_sharding.load_full_weights(self.model, weights)
+            return
         for name, tensor in weights.items():
             params[name].copy_(tensor)
 

@@ -131,8 +131,9 @@ def load_model_and_tokenizer(name: str, gradient_checkpointing: bool = False):
     return load_model(model_dir, gradient_checkpointing), load_tokenizer(model_dir), model_dir
 
 
-def save_model(model, tokenizer, folder: Path) -> None:
-    """Save a plain HF folder (LoRA merged) that every later stage and vLLM can load."""
+def save_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
+    """Save a plain HF folder (LoRA merged) that every later stage and vLLM can load.
+    `state_dict` replaces the model's own weights (a sharded model's, gathered whole)."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
@@ -141,7 +142,7 @@ def save_model(model, tokenizer, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=dict(state_dict) if state_dict is not None else None)
     tokenizer.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)

@@ -57,9 +57,13 @@ class RunState:
             raise KeyboardInterrupt
         self._signal = signum
 
+    def clean(self) -> None:
+        """Delete what a crash left half-written (one process does this before any restores)."""
+        clean_partial(self.checkpoint_dir)
+
     def restore(self, learner, sampler) -> int:
         """Load the newest complete checkpoint, if any; returns the step to continue from."""
-        clean_partial(self.checkpoint_dir)
+        self.clean()
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return 0
@@ -78,18 +82,24 @@ class RunState:
         print(f"r1train: resuming {self.run_dir} from step {trainer_state['step']} ({path.name})", flush=True)
         return trainer_state["step"]
 
-    def save(self, step: int, learner, sampler, keep: int) -> Path:
-        path = save_checkpoint(self.checkpoint_dir, step, learner.trainable_state(), learner.state_dict(),
+    def save(self, step: int, learner, sampler, keep: int, write: bool = True) -> Path | None:
+        """Checkpoint `step`. With a sharded learner every process calls this (gathering the state
+        is a collective) and only the one with `write` set writes it."""
+        weights, optimizer_state = learner.trainable_state(), learner.state_dict()
+        if not write:
+            return None
+        path = save_checkpoint(self.checkpoint_dir, step, weights, optimizer_state,
                                {"sampler": sampler.state_dict()}, keep)
         self._last_saved = step
         return path
 
-    def stop_if_interrupted(self, step: int, learner, sampler, keep: int = 2) -> None:
-        """Called between steps: after a signal, checkpoint `step` and raise TrainingInterrupted."""
+    def stop_if_interrupted(self, step: int, learner, sampler, keep: int = 2, save: bool = True) -> None:
+        """Called between steps: after a signal, checkpoint `step` (unless `save` is off) and raise
+        TrainingInterrupted."""
         self._install_handlers()
         if self._signal is None:
             return
-        if self._last_saved != step and step > 0:
+        if save and self._last_saved != step and step > 0:
             self.save(step, learner, sampler, keep)
         name = signal.Signals(self._signal).name
         latest = latest_checkpoint(self.checkpoint_dir)

@@ -19,6 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from r1train.distributed import combine_rank_metrics, shard
+from r1train.fsdp import full_tensor
 from r1train.learner import LossSettings, PolicyLearner, TrainBatch
 from r1train.tracking import read_metrics
 
@@ -41,14 +42,21 @@ def test_shard_gives_each_rank_an_equal_interleaved_share():
         shard(items, 0, 3)
 
 
-def test_an_fsdp_launch_is_refused_with_the_configs_that_work(monkeypatch):
+def test_an_accelerate_fsdp_config_is_refused_with_what_to_use_instead(monkeypatch):
     from r1train.config import ConfigError
     from r1train.distributed import make_accelerator
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
-    with pytest.raises(ConfigError, match="FSDP.*ddp_2gpu.yaml or deepspeed_zero2_8gpu.yaml"):
+    with pytest.raises(ConfigError, match="training.fsdp: true.*fsdp_8gpu.yaml"):
         make_accelerator()
+
+
+def test_fsdp_does_not_combine_with_lora():
+    from r1train.config import ConfigError, recipe_from_dict
+
+    with pytest.raises(ConfigError, match="training.fsdp.*model.lora"):
+        recipe_from_dict({"training": {"fsdp": True}, "model": {"lora": {"enabled": True}}})
 
 
 def test_combine_rank_metrics():
@@ -104,6 +112,11 @@ CASES = {
     "token_mean_mu2_two_mini_batches": ("token_mean", {"mini_batches": 2, "updates_per_batch": 2}, False),
     "sequence_mean_idle_process": ("sequence_mean", {}, True),
     "token_mean_lora": ("token_mean", {"use_lora": True, "lora_r": 4}, False),
+    # Sharded (FSDP2): the processes' micro-batch counts differ, so padding passes keep them in step.
+    "token_mean_fsdp": ("token_mean", {"fsdp": True}, False),
+    "sequence_mean_mu2_two_mini_batches_fsdp": ("sequence_mean", {"mini_batches": 2, "updates_per_batch": 2,
+                                                                  "fsdp": True}, False),
+    "token_mean_idle_process_fsdp": ("token_mean", {"fsdp": True}, True),
 }
 
 
@@ -119,7 +132,10 @@ def train(case: str, batch_index: int | None, accelerator=None) -> tuple[dict[st
     halves = half_batches(zero_second_half)
     batch = whole_batch(halves, options.get("mini_batches", 1)) if batch_index is None else halves[batch_index]
     learner = make_learner(case, accelerator)
+    assert learner.sharded == (accelerator is not None and options.get("fsdp", False))
     metrics = learner.train_on_batch(batch, LossSettings(aggregation=aggregation, max_completion_length=8))
+    if learner.sharded:  # every process gathers every tensor whole
+        return {k: full_tensor(v).detach().clone() for k, v in learner.model.state_dict().items()}, metrics
     return {k: v.detach().clone() for k, v in learner.model.state_dict().items()}, metrics
 
 
@@ -134,7 +150,17 @@ def _train_one_half(rank: int, port: int, out_dir: str) -> None:
     for case in CASES:
         params, metrics = train(case, rank, accelerator)
         results[case] = ({name: value.cpu() for name, value in params.items()}, metrics)
+    results["sharded_push"] = sharded_weight_push(accelerator)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+
+
+def sharded_weight_push(accelerator) -> dict[str, torch.Tensor]:
+    """What the vLLM weight push reads from a sharded model: whole tensors, on every process."""
+    from r1train.engines.weights import checkpoint_weights
+
+    learner = PolicyLearner(tiny_model(), accelerator=accelerator, fsdp=True, bf16=False)
+    assert learner.sharded
+    return dict(checkpoint_weights(learner.model, torch.float32))
 
 
 TWO_GPUS = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")]
@@ -156,6 +182,12 @@ def test_two_processes_with_half_a_batch_each_take_the_one_process_step(tmp_path
 
 def compare_with_one_process(ranks: list[dict]) -> None:
     """Each process's weights and metrics against one process trained on the whole batch."""
+    whole = tiny_model().state_dict()
+    for rank in range(2):  # the weight push from a sharded model: every tensor whole, tied ones twice
+        pushed = ranks[rank]["sharded_push"]
+        assert set(pushed) == set(whole)
+        for name, value in whole.items():
+            assert torch.equal(pushed[name], value), f"rank {rank}: {name}"
     for case in CASES:
         initial = make_learner(case).model.state_dict()
         expected, expected_metrics = train(case, None)
@@ -177,12 +209,14 @@ DUMP_PARAMETERS = """
 import os, sys, torch
 import r1train.grpo as grpo
 from r1train.cli import main
+from r1train.fsdp import full_tensor
 
 train = grpo.GRPOTrainer.train
 
 def train_and_dump(self):
     final = train(self)
-    torch.save(self.learner.model.state_dict(), os.path.join(sys.argv[1], f"rank{self.rank}.pt"))
+    whole = {name: full_tensor(value) for name, value in self.learner.model.state_dict().items()}
+    torch.save(whole, os.path.join(sys.argv[1], f"rank{self.rank}.pt"))
     return final
 
 grpo.GRPOTrainer.train = train_and_dump
@@ -190,9 +224,14 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_accelerate_launch_runs_grpo_on_two_cpu_processes(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("fsdp, backend", [(False, "hf"), (True, "hf"), pytest.param(False, "vllm", marks=pytest.mark.vllm),
+                                           pytest.param(True, "vllm", marks=pytest.mark.vllm)],
+                         ids=["ddp", "fsdp", "ddp_vllm", "fsdp_vllm"])
+def test_accelerate_launch_runs_grpo_on_two_cpu_processes(tmp_path, tiny_model_dir, fsdp, backend):
     """`accelerate launch` with the shipped CPU config runs `r1train run` (the CLI's own main) as two
-    processes; a thin wrapper saves each process's final weights so the two can be compared."""
+    processes; a thin wrapper saves each process's final weights so the two can be compared. Sharded
+    (FSDP), HF generation runs in lock-step, each process's vLLM engine is given the gathered whole
+weights, and the run is then resumed from its checkpoint."""
     rows = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(1, 4) for b in range(1, 4)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "text_length.py").write_text(
@@ -201,9 +240,10 @@ def test_accelerate_launch_runs_grpo_on_two_cpu_processes(tmp_path, tiny_model_d
         "run_name": "ddp", "output_dir": str(tmp_path / "runs"), "seed": 0,
         "model": {"name": str(tiny_model_dir)},
         "data": {"train": str(tmp_path / "train.jsonl"), "max_prompt_tokens": 200},
-        "rollout": {"backend": "hf", "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 8},
+        "rollout": {"backend": backend, "vllm_kv_cache_gib": 0.05, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 8},
         "rewards": [{"name": "accuracy"}, {"path": str(tmp_path / "text_length.py"), "function": "text_length"}],
-        "training": {"steps": 2, "learning_rate": 1e-3, "checkpoint_every": 1, "bf16": False, "threads": 1},
+        "training": {"steps": 2, "learning_rate": 1e-3, "checkpoint_every": 1, "bf16": False, "threads": 1,
+                     "fsdp": fsdp},
         "logging": {"tensorboard": False, "progress": False},
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -213,15 +253,21 @@ def test_accelerate_launch_runs_grpo_on_two_cpu_processes(tmp_path, tiny_model_d
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
                "--main_process_port", str(free_port()), str(tmp_path / "dump.py"), str(dump),
                "run", str(tmp_path / "recipe.yaml")]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    def launch():
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    launch()
 
     run_dir = tmp_path / "runs" / "ddp"
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]  # one row per step: only the main process logs
     assert rows[0]["sampling/prompts_drawn"] == 2  # one prompt per process, summed
     assert rows[0]["grad_norm"] > 0
+    if backend == "vllm":  # after the first update each engine samples with the pushed, gathered weights
+        assert rows[1]["sync/logprob_abs_diff_mean"] < 0.1  # bf16 engine, fp32 learner
     rank0, rank1 = (torch.load(dump / f"rank{r}.pt") for r in range(2))
     before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     saved = load_file(str(run_dir / "model" / "model.safetensors"))
@@ -231,3 +277,28 @@ def test_accelerate_launch_runs_grpo_on_two_cpu_processes(tmp_path, tiny_model_d
         if name in saved:
             assert torch.equal(value, saved[name]), name
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    if not fsdp:
+        return
+    # The checkpoint holds whole tensors (gathered from the shards) equal to the saved model.
+    checkpoint = load_file(str(run_dir / "checkpoints" / "step-000002" / "weights.safetensors"))
+    for name, value in checkpoint.items():
+        assert torch.equal(value, rank0[name]), name
+    # As if the run had stopped after its step-2 checkpoint, with 3 steps asked for: each process
+    # loads its shards and the whole optimiser state from the checkpoint and goes on.
+    (run_dir / "DONE.json").unlink()
+    recipe["training"]["steps"] = 3
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    done = launch()
+    assert "resuming" in done.stdout + done.stderr
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    resumed = torch.load(dump / "rank0.pt")
+    assert all(torch.equal(value, torch.load(dump / "rank1.pt")[name]) for name, value in resumed.items())
+    if backend == "vllm":  # vLLM's sampling resumes in distribution only
+        return
+    # The same three steps without the stop land on the same weights (weights, AdamW moments and
+    # the sampler's position all came back).
+    recipe["run_name"] = "uninterrupted"
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    launch()
+    for name, value in torch.load(dump / "rank0.pt").items():
+        assert torch.equal(value, resumed[name]), name

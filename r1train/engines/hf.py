@@ -35,6 +35,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from r1train.engines.base import Completion, SamplingSettings, decode_completion
+from r1train.fsdp import is_sharded
 
 
 class HFEngine:
@@ -179,6 +180,9 @@ class HFEngine:
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
             min_length=0,
+            # Sharded weights are gathered per forward pass, a collective: every process keeps
+            # stepping until all are done.
+            synced_gpus=is_sharded(self.model),
             **_sampling_kwargs(sampling),
         )
         generated = sequences[:, width:].cpu()  # [B, T] including pads after each finished row

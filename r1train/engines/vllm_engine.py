@@ -37,6 +37,7 @@ from r1train.engines.base import Completion, SamplingSettings, decode_completion
 from r1train.engines.weights import checkpoint_weights
 
 _GIB = 1024**3
+_KEPT_UNTIL_EXIT: list = []  # engines of a multi-process run, never shut down early (see close())
 
 
 def import_vllm():
@@ -113,6 +114,9 @@ class VLLMEngine:
         if not self.on_cpu:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+        # Under a multi-process launch vLLM builds its groups on the trainer's process group (every
+        # process creates its engine at the same point, as that needs); see close().
+        self._adopted_process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.llm = vllm.LLM(**options)
         # vLLM's CPU worker assumes it owns the process: it drops torch to one thread and replaces
         # torch.set_num_threads with a no-op. Colocated, the learner shares this process and would
@@ -181,5 +185,12 @@ class VLLMEngine:
             self._asleep = False
 
     def close(self) -> None:
-        """Drop the engine (its memory goes back once nothing else refers to it)."""
+        """Drop the engine (its memory goes back once nothing else refers to it).
+
+        Under a multi-process launch the engine is kept until the process exits instead: vLLM's
+        shutdown destroys torch's default process group, which vLLM adopted at start-up but which
+        belongs to the trainer (its final barrier and the launcher's clean-up still use it).
+        """
+        if self._adopted_process_group:
+            _KEPT_UNTIL_EXIT.append(self.llm)
         del self.llm

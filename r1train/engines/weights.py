@@ -3,7 +3,8 @@
 Used by both vLLM backends to push weights after an optimiser step. The learner's model is never
 modified: a LoRA delta is added to a copy of its base weight as that weight is produced (a
 merge_adapter/unmerge_adapter round trip would leave fp32 rounding drift in the trained weights).
-Tensors are produced lazily, one cast copy at a time, so a push never holds a second full model.
+Tensors are produced lazily, one cast copy at a time, so a push never holds a second full model;
+a model sharded with FSDP is gathered one tensor at a time, on every process alike.
 
 Deliberate simplifications: plain LoRA only (DoRA and other peft tuners are refused), and a LoRA on
 a tied embedding is not propagated to the tied output layer.
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+
+from r1train.fsdp import full_tensor
 
 
 def checkpoint_weights(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
@@ -31,7 +34,7 @@ def checkpoint_weights(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[t
     for name, param in base.named_parameters(remove_duplicate=False):
         if ".lora_" in name or ".original_module." in name:
             continue  # LoRA factors are folded in below; peft's frozen originals are superseded
-        tensor = param.detach()
+        tensor = full_tensor(param.detach())  # a sharded (FSDP) weight is gathered whole
         module_name = name.removesuffix(".base_layer.weight")
         delta = _lora_delta(lora_layers[module_name]) if module_name in lora_layers else None
         if delta is not None:
