@@ -115,8 +115,13 @@ class VLLMEngine:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
         # Under a multi-process launch vLLM builds its groups on the trainer's process group (every
-        # process creates its engine at the same point, as that needs); see close().
+        # process creates its engine at the same point, as that needs; see also close()). Its
+        # "external launcher" executor is the one made for that: one engine per process, each on
+        # the process's own device (LOCAL_RANK) rather than all on the first one.
         self._adopted_process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self._adopted_process_group and torch.distributed.get_world_size() > 1:
+            options["distributed_executor_backend"] = "external_launcher"
+        self.executor = options.get("distributed_executor_backend", "uni")  # vLLM's executor, for the record
         self.llm = vllm.LLM(**options)
         # vLLM's CPU worker assumes it owns the process: it drops torch to one thread and replaces
         # torch.set_num_threads with a no-op. Colocated, the learner shares this process and would
