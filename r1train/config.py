@@ -98,7 +98,7 @@ class RolloutConfig:
     top_k: int = 0
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     vllm_kv_cache_gib: float = 2.0
-    vllm_sleep: bool = True  # GPU only: free vLLM's memory while the learner trains
+    vllm_sleep: bool = True  # free vLLM's KV cache while the learner trains (GPU: weights offloaded too)
     verify_sync: bool = True  # compare engine and learner logprobs after each sync
     # One-step off-policy: sample the next batch while the learner trains on this one (r1train/async_rollouts.py).
     async_generation: bool = False

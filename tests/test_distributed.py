@@ -117,6 +117,7 @@ CASES = {
     "sequence_mean_mu2_two_mini_batches_fsdp": ("sequence_mean", {"mini_batches": 2, "updates_per_batch": 2,
                                                                   "fsdp": True}, False),
     "token_mean_idle_process_fsdp": ("token_mean", {"fsdp": True}, True),
+    "token_mean_fsdp_gradient_checkpointing": ("token_mean", {"fsdp": True, "gradient_checkpointing": True}, False),
 }
 
 
@@ -240,7 +241,8 @@ weights, and the run is then resumed from its checkpoint."""
     recipe = {
         "run_name": "ddp", "output_dir": str(tmp_path / "runs"), "seed": 0,
         "model": {"name": str(tiny_model_dir)},
-        "data": {"train": str(tmp_path / "train.jsonl"), "max_prompt_tokens": 200},
+        "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "train.jsonl"), "max_prompt_tokens": 200},
+        "evaluation": {"max_examples": 3, "samples": 2},  # every process evaluates (HF: in lock-step)
         "rollout": {"backend": backend, "vllm_kv_cache_gib": 0.05, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 8},
         "rewards": [{"name": "accuracy"}, {"path": str(tmp_path / "text_length.py"), "function": "text_length"}],
         "training": {"steps": 2, "learning_rate": 1e-3, "checkpoint_every": 1, "bf16": False, "threads": 1,
@@ -264,7 +266,9 @@ weights, and the run is then resumed from its checkpoint."""
 
     run_dir = tmp_path / "runs" / "ddp"
     rows = read_metrics(run_dir / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2]  # one row per step: only the main process logs
+    assert [r["step"] for r in rows] == [0, 1, 2]  # one row per step: only the main process logs
+    assert "eval/accuracy" in rows[0] and "eval/greedy_accuracy" in rows[2]  # held-out set, start and end
+    rows = rows[1:]
     assert rows[0]["sampling/prompts_drawn"] == 2  # one prompt per process, summed
     assert rows[0]["grad_norm"] > 0
     if backend == "vllm":  # after the first update each engine samples with the pushed, gathered weights
@@ -295,7 +299,7 @@ weights, and the run is then resumed from its checkpoint."""
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     done = launch()
     assert "resuming" in done.stdout + done.stderr
-    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [0, 1, 2, 3]
     resumed, resumed1 = (torch.load(dump / f"rank{r}.pt") for r in range(2))
     assert all(torch.equal(value, resumed1[name]) for name, value in resumed.items() if name != "vllm_executor")
     if backend == "vllm":  # vLLM's sampling resumes in distribution only

