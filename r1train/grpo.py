@@ -28,6 +28,7 @@ from r1train.async_rollouts import RolloutPrefetcher
 from r1train.checkpoint import latest_checkpoint
 from r1train.config import ConfigError, Recipe
 from r1train.data import PromptSampler, load_rows
+from r1train.heap import map_large_allocations
 from r1train.runtime import engine_for, seed_everything, set_threads
 from r1train.engines.base import Completion, SamplingSettings
 from r1train.engines.sync_check import compare_logprobs, sync_warning
@@ -64,6 +65,8 @@ class GRPOTrainer:
         # Data parallel under `accelerate launch`; None (and a world of one) otherwise.
         self.accelerator = distributed.make_accelerator()
         set_threads(cfg.training.threads)  # after accelerate, which sets its own thread count on CPU
+        if not torch.cuda.is_available():
+            map_large_allocations()  # freed activations go back to the OS (r1train/heap.py)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = distributed.is_main_process()
         if cfg.rollout.prompts_per_step % self.world_size:

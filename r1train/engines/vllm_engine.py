@@ -39,6 +39,7 @@ import torch
 
 from r1train.engines.base import Completion, SamplingSettings, decode_completion
 from r1train.engines.weights import checkpoint_weights
+from r1train.heap import return_free_memory
 
 _GIB = 1024**3
 _KEPT_UNTIL_EXIT: list = []  # engines of a multi-process run, never shut down early (see close())
@@ -190,6 +191,7 @@ class VLLMEngine:
             self._kv_storage_bytes = [(storage, storage.nbytes()) for storage in self._kv_cache_storages()]
             for storage, _ in self._kv_storage_bytes:
                 storage.resize_(0)
+            return_free_memory()  # and the rest generation freed, before the learner's peak
         else:
             self.llm.sleep(level=1)
         self._asleep = True
@@ -229,3 +231,4 @@ class VLLMEngine:
         if self._adopted_process_group:
             _KEPT_UNTIL_EXIT.append(self.llm)
         del self.llm
+

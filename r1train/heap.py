@@ -1,0 +1,42 @@
+"""Keeping a CPU run's resident memory down where glibc's allocator would hold on to freed memory.
+
+A GRPO step on CPU alternates phases that free most of what they allocate: generation, then the
+learner's micro-batches (activations of hundreds of MiB each). glibc keeps freed blocks mapped for
+reuse, and blocks freed in one phase, scattered over the heap, add to the next phase's peak.
+Two settings help, both no-ops where the C library is not glibc:
+- `map_large_allocations`: allocations from 4 MiB up get their own memory mapping, which goes
+  back to the OS the moment it is freed (glibc otherwise raises this threshold as large blocks
+  are freed, up to 32 MiB, and serves them from the heap). Measured on the learner alone with
+  2048-token micro-batches: peak 5.9 -> 5.6 GiB, no slower.
+- `return_free_memory` (malloc_trim): hands the heap's free pages back, between phases.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
+LARGE_ALLOCATION_BYTES = 4 * 1024 * 1024
+
+
+@functools.cache
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (both must exist)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def map_large_allocations() -> bool:
+    """Serve allocations of LARGE_ALLOCATION_BYTES and more from their own mappings; True if set."""
+    libc = _glibc()
+    return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES))
+
+
+def return_free_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc's malloc_trim)."""
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
