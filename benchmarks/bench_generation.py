@@ -4,11 +4,13 @@ Both engines sample `--samples` completions for each of `--prompts` small-additi
 chat-formatted with an R1-Zero style system prompt and `<think>` prefilled, at temperature 1 up to
 `--max-new-tokens` tokens or "</answer>". Throughput is generated tokens (EOS included) divided by
 the wall time of the generate() call; vLLM's start-up and one short warm-up call are timed apart.
-The HF engine runs under bf16 autocast (as the learner does) unless `--hf-fp32`.
+Both follow the trainer's dtype policy: bf16 (HF: autocast over fp32 weights; vLLM: bf16
+weights) where the hardware computes in bf16 natively, fp32 elsewhere; `--hf-fp32` forces fp32
+on the HF side.
 
 It also measures what the trainer sees after a sync: the time to push the learner's weights into
 vLLM, and how far vLLM's log-probs of its own samples are from the learner's (fp32 weights, bf16
-autocast, one teacher-forced pass per completion): the figures behind sync_check's bound.
+autocast where native, one teacher-forced pass per completion): the figures behind sync_check's bound.
 
     .venv/bin/python benchmarks/bench_generation.py
     .venv/bin/python benchmarks/bench_generation.py --model-dir PATH --prompts 4 --samples 4
@@ -55,9 +57,9 @@ def timed_generate(engine, prompts, n, sampling) -> tuple[list, float, int]:
     return completions, seconds, sum(len(c.token_ids) for c in completions)
 
 
-def learner_logprobs(model, completions) -> list[torch.Tensor]:
+def learner_logprobs(model, completions, bf16: bool) -> list[torch.Tensor]:
     out = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for c in completions:
             ids = torch.tensor([c.prompt_token_ids + c.token_ids])
             logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
@@ -91,6 +93,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from r1train.engines import make_engine
+    from r1train.learner import bf16_autocast_supported
     from r1train.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model_dir
 
     model_dir = args.model_dir or resolve_model_dir(DEFAULT_MODEL)
@@ -106,11 +109,13 @@ def main() -> None:
         "runs": [],
     }
 
+    native_bf16 = bf16_autocast_supported(torch.device("cpu"))
     if not args.skip_hf:
+        hf_bf16 = native_bf16 and not args.hf_fp32
         hf = make_engine("hf", model, model_dir, tokenizer, batch_size=args.hf_batch_size, seed=0,
-                         autocast_dtype=None if args.hf_fp32 else torch.bfloat16)
+                         autocast_dtype=torch.bfloat16 if hf_bf16 else None)
         completions, seconds, tokens = timed_generate(hf, prompts, args.samples, sampling)
-        label = "hf (fp32)" if args.hf_fp32 else "hf (bf16 autocast)"
+        label = "hf (bf16 autocast)" if hf_bf16 else "hf (fp32)"
         results["runs"].append(summary(label, completions, seconds, tokens))
         print(results["runs"][-1], flush=True)
 
@@ -120,13 +125,14 @@ def main() -> None:
     results["vllm_startup_s"] = round(time.perf_counter() - start, 1)
     vllm_engine.generate(prompts[:1], 1, SamplingSettings(max_new_tokens=8))  # warm-up, untimed
     completions, seconds, tokens = timed_generate(vllm_engine, prompts, args.samples, sampling)
-    results["runs"].append(summary("vllm (in-process, bf16)", completions, seconds, tokens))
+    vllm_dtype = str(vllm_engine.dtype).removeprefix("torch.")
+    results["runs"].append(summary(f"vllm (in-process, {vllm_dtype})", completions, seconds, tokens))
     print(results["runs"][-1], flush=True)
 
     start = time.perf_counter()
     vllm_engine.sync_weights(model)
     results["vllm_sync_s"] = round(time.perf_counter() - start, 2)
-    diff = compare_logprobs([c.logprobs for c in completions], learner_logprobs(model, completions))
+    diff = compare_logprobs([c.logprobs for c in completions], learner_logprobs(model, completions, native_bf16))
     results["vllm_vs_learner_logprob_abs_diff"] = {k: round(v, 4) for k, v in diff.items()}
 
     print(json.dumps(results, indent=2))

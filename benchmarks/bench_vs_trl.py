@@ -11,7 +11,7 @@ each step (same seed, template, group size, length, stop strings, temperature), 
 r1train's in-step generation speed. The parent process runs each side in its own child process
 (`--side NAME`), one after the other, so that each side's peak memory is measured alone. Every
 side gets the same workload: the same model (the default 135M model, fp32 master weights, bf16
-autocast), the same prompt rows rendered by the same template, the same rewards and weights (from
+autocast where the hardware has native bf16), the same prompt rows rendered by the same template, the same rewards and weights (from
 the recipe), group size, completion length, prompts per step, learning rate and schedule, AdamW
 settings, clipping and loss aggregation. Every step trains on one batch of `prompts x group_size` completions with one
 optimiser step, and the medians are taken over the steps after the warm-up steps.
@@ -84,6 +84,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trl-micro-batch", type=int, default=None,
                    help="TRL's per_device_train_batch_size (default: the whole batch in one micro-batch); "
                    "smaller values use gradient accumulation")
+    p.add_argument("--cpu-low-memory", action="store_true",
+                   help="r1train's training.cpu_low_memory: lower peak RSS for a slower learner")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_vs_trl"))
     p.add_argument("--print-saved", action="store_true",
                    help="run nothing: print the table again from the results a previous run left in --work-dir")
@@ -108,8 +110,11 @@ def build_workload(args: argparse.Namespace) -> dict:
     prompts_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rollout = recipe.get("rollout", {})
     stop = list(rollout.get("stop", ["</answer>"]))
-    if "trl" in args.sides and args.trl_generation == "hf":
-        stop = []  # see the module docstring: TRL's transformers path cannot stop on strings
+    if args.trl_generation == "hf":
+        # See the module docstring: TRL's transformers path cannot stop on strings. Every side does
+        # without them, also when TRL is not run this time, so results saved by runs of different
+        # sides stay comparable.
+        stop = []
     batch = args.prompts * args.group_size
     return {
         "recipe": recipe,
@@ -128,6 +133,7 @@ def build_workload(args: argparse.Namespace) -> dict:
         "trl_generation": args.trl_generation,
         "trl_micro_batch": args.trl_micro_batch or batch,
         "micro_batch_tokens": args.micro_batch_tokens,
+        "cpu_low_memory": args.cpu_low_memory,
         "work_dir": str(work),
     }
 
@@ -171,6 +177,8 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
     raw.setdefault("training", {}).update(steps=steps, learning_rate=workload["learning_rate"], checkpoint_every=steps)
     if workload.get("micro_batch_tokens"):
         raw["training"]["micro_batch_tokens"] = workload["micro_batch_tokens"]
+    if workload.get("cpu_low_memory"):
+        raw["training"]["cpu_low_memory"] = True
     raw["evaluation"] = {"at_start": False, "at_end": False, "every": 0}
     raw["logging"] = {"tensorboard": False, "progress": False}
     recipe = recipe_from_dict(raw)
@@ -189,8 +197,9 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
         steps_out.append(entry)
     return {
         "settings": {"backend": workload["r1train_backend"], "async_generation": async_generation,
-                     "bf16_autocast": recipe.training.bf16,
+                     "bf16_autocast": trainer.learner.use_bf16,
                      "micro_batch_tokens": recipe.training.micro_batch_tokens,
+                     "cpu_low_memory": recipe.training.cpu_low_memory,
                      "tis_cap": recipe.algorithm.tis_cap},
         "setup_s": setup_s,
         "steps": steps_out,
@@ -217,8 +226,10 @@ def run_vllm_alone(workload: dict) -> dict:
     sampler = PromptSampler(rows, recipe.get("seed", 0), data_cfg.get("shuffle", True))
     question, template = data_cfg.get("question_column", "question"), data_cfg.get("prompt_template", "r1_zero")
     system_prompt = data_cfg.get("system_prompt")
+    # r1train's engine dtype policy: bf16 where the hardware computes it natively, else fp32.
+    dtype = "bfloat16" if bf16_autocast_supported(torch.device("cpu")) else "float32"
     t0 = time.perf_counter()
-    llm = vllm.LLM(model=model_dir, dtype="bfloat16", seed=recipe.get("seed", 0),
+    llm = vllm.LLM(model=model_dir, dtype=dtype, seed=recipe.get("seed", 0),
                    max_model_len=data_cfg.get("max_prompt_tokens", 256) + workload["max_new_tokens"],
                    kv_cache_memory_bytes=int(rollout.get("vllm_kv_cache_gib", 2.0) * 1024**3))
     setup_s = time.perf_counter() - t0
@@ -238,7 +249,7 @@ def run_vllm_alone(workload: dict) -> dict:
         steps.append({"step": step + 1, "step_s": seconds, "generate": seconds,
                       "gen_tokens_per_s": sum(tokens) / seconds, "completion_len": sum(tokens) / len(tokens)})
         print("bench_vs_trl: vllm_alone step", json.dumps({k: round(v, 2) for k, v in steps[-1].items()}), flush=True)
-    return {"settings": {"vllm": vllm.__version__, "dtype": "bfloat16", "defaults": "vLLM's own"},
+    return {"settings": {"vllm": vllm.__version__, "dtype": dtype, "defaults": "vLLM's own"},
             "setup_s": setup_s, "steps": steps}
 
 
@@ -328,6 +339,7 @@ def run_trl(workload: dict) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
 
     from r1train.data import load_rows
+    from r1train.learner import bf16_autocast_supported
     from r1train.prompts import encode_prompt, prefill, render_prompt
 
     recipe = workload["recipe"]
@@ -381,8 +393,9 @@ def run_trl(workload: dict) -> dict:
         adam_beta2=training.get("adam_beta2", 0.99),
         max_grad_norm=training.get("max_grad_norm", 1.0),
         optim="adamw_torch",
-        # The same dtype policy as r1train: fp32 weights, bf16 autocast.
-        bf16=training.get("bf16", True),
+        # The same dtype policy as r1train: fp32 weights, bf16 autocast only where the hardware has
+        # native bf16 (emulated bf16 on a CPU without it is slower than fp32).
+        bf16=training.get("bf16", True) and bf16_autocast_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on a machine without a GPU otherwise
         model_init_kwargs={"dtype": torch.float32},
         gradient_checkpointing=workload["gradient_checkpointing"],
@@ -478,8 +491,8 @@ def print_table(results: dict, workload: dict) -> None:
             ("peak RSS, process tree (GiB)", "peak_tree_rss_gib"), ("max RSS, one process (GiB)", "max_rss_gib")]
     print()
     print(f"Workload: {workload['prompts']} prompts x {workload['group_size']} samples, "
-          f"{workload['max_new_tokens']} new tokens, lr {workload['learning_rate']}, AdamW, fp32 weights + bf16 "
-          f"autocast, {workload['warmup']} warm-up + {workload['steps']} measured steps (medians); prompts: "
+          f"{workload['max_new_tokens']} new tokens, lr {workload['learning_rate']}, AdamW, fp32 weights "
+          f"(bf16 autocast: see each side's settings), {workload['warmup']} warm-up + {workload['steps']} measured steps (medians); prompts: "
           f"{workload['prompt_source']}; stop strings: {workload['stop'] or 'none'}")
     for side in sides:
         print(f"{side}: {results[side]['settings']}")

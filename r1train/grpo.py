@@ -65,8 +65,8 @@ class GRPOTrainer:
         # Data parallel under `accelerate launch`; None (and a world of one) otherwise.
         self.accelerator = distributed.make_accelerator()
         set_threads(cfg.training.threads)  # after accelerate, which sets its own thread count on CPU
-        if not torch.cuda.is_available():
-            map_large_allocations()  # freed activations go back to the OS (r1train/heap.py)
+        if cfg.training.cpu_low_memory and not torch.cuda.is_available():
+            map_large_allocations()  # freed activations go back to the OS at once (r1train/heap.py)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = distributed.is_main_process()
         if cfg.rollout.prompts_per_step % self.world_size:

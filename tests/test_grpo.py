@@ -130,3 +130,14 @@ def test_always_rewarded_completion_becomes_more_likely(tmp_path, tiny_model_dir
         rewards.append(metrics["reward/mean"])
     assert probability_of_target() > 2 * start
     assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_cpu_low_memory_alone_switches_the_allocator_setting(tmp_path, tiny_model_dir, addition_files, monkeypatch,
+                                                             low_memory):
+    calls = []
+    monkeypatch.setattr("r1train.grpo.map_large_allocations", lambda: calls.append(True) or True)
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, addition_files[0],
+                         training={"steps": 1, "bf16": False, "cpu_low_memory": low_memory})
+    GRPOTrainer(recipe, recipe.run_dir)
+    assert calls == ([True] if low_memory and not torch.cuda.is_available() else [])
