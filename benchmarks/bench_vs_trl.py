@@ -11,8 +11,8 @@ each step (same seed, template, group size, length, stop strings, temperature), 
 r1train's in-step generation speed. The parent process runs each side in its own child process
 (`--side NAME`), one after the other, so that each side's peak memory is measured alone. Every
 side gets the same workload: the same model (the default 135M model, fp32 master weights, bf16
-autocast where the hardware has native bf16), the same prompt rows rendered by the same template, the same rewards and weights (from
-the recipe), group size, completion length, prompts per step, learning rate and schedule, AdamW
+autocast where the hardware has native bf16), the same prompt rows rendered by the same template,
+the same rewards and weights (from the recipe), group size, completion length, prompts per step, learning rate and schedule, AdamW
 settings, clipping and loss aggregation. Every step trains on one batch of `prompts x group_size` completions with one
 optimiser step, and the medians are taken over the steps after the warm-up steps.
 
@@ -211,10 +211,12 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
 
 
 def run_vllm_alone(workload: dict) -> dict:
+    import torch
     import vllm
     from transformers import AutoTokenizer
 
     from r1train.data import PromptSampler, load_rows
+    from r1train.engines.vllm_engine import native_engine_dtype
     from r1train.prompts import encode_prompt
 
     recipe = workload["recipe"]
@@ -226,8 +228,7 @@ def run_vllm_alone(workload: dict) -> dict:
     sampler = PromptSampler(rows, recipe.get("seed", 0), data_cfg.get("shuffle", True))
     question, template = data_cfg.get("question_column", "question"), data_cfg.get("prompt_template", "r1_zero")
     system_prompt = data_cfg.get("system_prompt")
-    # r1train's engine dtype policy: bf16 where the hardware computes it natively, else fp32.
-    dtype = "bfloat16" if bf16_autocast_supported(torch.device("cpu")) else "float32"
+    dtype = native_engine_dtype(on_cpu=not torch.cuda.is_available())  # the dtype r1train's engine picks
     t0 = time.perf_counter()
     llm = vllm.LLM(model=model_dir, dtype=dtype, seed=recipe.get("seed", 0),
                    max_model_len=data_cfg.get("max_prompt_tokens", 256) + workload["max_new_tokens"],
@@ -395,7 +396,8 @@ def run_trl(workload: dict) -> dict:
         optim="adamw_torch",
         # The same dtype policy as r1train: fp32 weights, bf16 autocast only where the hardware has
         # native bf16 (emulated bf16 on a CPU without it is slower than fp32).
-        bf16=training.get("bf16", True) and bf16_autocast_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        bf16=training.get("bf16", True) and bf16_autocast_supported(
+            torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on a machine without a GPU otherwise
         model_init_kwargs={"dtype": torch.float32},
         gradient_checkpointing=workload["gradient_checkpointing"],
@@ -492,7 +494,8 @@ def print_table(results: dict, workload: dict) -> None:
     print()
     print(f"Workload: {workload['prompts']} prompts x {workload['group_size']} samples, "
           f"{workload['max_new_tokens']} new tokens, lr {workload['learning_rate']}, AdamW, fp32 weights "
-          f"(bf16 autocast: see each side's settings), {workload['warmup']} warm-up + {workload['steps']} measured steps (medians); prompts: "
+          f"(bf16 autocast: see each side's settings), {workload['warmup']} warm-up + {workload['steps']} "
+          f"measured steps (medians); prompts: "
           f"{workload['prompt_source']}; stop strings: {workload['stop'] or 'none'}")
     for side in sides:
         print(f"{side}: {results[side]['settings']}")

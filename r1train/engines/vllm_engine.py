@@ -46,6 +46,12 @@ _GIB = 1024**3
 _KEPT_UNTIL_EXIT: list = []  # engines of a multi-process run, never shut down early (see close())
 
 
+def native_engine_dtype(on_cpu: bool) -> str:
+    """bfloat16 where the hardware computes bf16 natively, else float32 (see VLLMEngine's dtype)."""
+    native_bf16 = bf16_autocast_supported(torch.device("cpu" if on_cpu else "cuda"))
+    return "bfloat16" if native_bf16 else "float32"
+
+
 def import_vllm():
     """Import vLLM, or fail with one line saying what to install."""
     try:
@@ -108,9 +114,7 @@ class VLLMEngine:
 
         self.tokenizer = tokenizer
         self.on_cpu = current_platform.is_cpu()
-        if dtype is None:
-            native_bf16 = bf16_autocast_supported(torch.device("cpu" if self.on_cpu else "cuda"))
-            dtype = "bfloat16" if native_bf16 else "float32"
+        dtype = dtype or native_engine_dtype(self.on_cpu)
         self.dtype = getattr(torch, dtype)
         self.eos_token_ids = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
         options = dict(
