@@ -5,11 +5,16 @@ uneven lengths, every advantage non-zero so the learner cannot skip samples) and
 step with gradient clipping. The baseline is what a straightforward trainer does: micro-batches of
 a fixed number of sequences in batch order, padded to their longest row, full fp32 [b, L, V]
 logits and a log-softmax over every position. The learner uses its defaults: length-sorted
-token-budget micro-batches, logits only at completion positions in checkpointed chunks, and bf16
-autocast where the CPU or GPU has native bf16 (see `bf16_autocast_supported`).
+token-budget micro-batches, each group's prompt run once for all its completions where that saves
+work (`r1train/packing.py`), logits only at completion positions in checkpointed chunks, and bf16
+autocast where the CPU or GPU has native bf16 (see `bf16_autocast_supported`). The side
+`learner_unpacked` is the learner with `share_prompts=False`, one row per sample.
 
     .venv/bin/python benchmarks/bench_learner.py            # real default model when installed
     .venv/bin/python benchmarks/bench_learner.py --model config --repeats 1
+    # the R1-Zero toy recipe's shape: 8 x 8 samples, 51-token prompts, completions up to 64
+    .venv/bin/python benchmarks/bench_learner.py --prompts 8 --prompt-tokens 51,51 \
+        --completion-tokens 12,64 --sides learner,learner_unpacked
 
 Tokens per second counts the real (unpadded) prompt and completion tokens of the batch. Runs
 alternate between the two sides and the median is reported, since the machine is shared.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import platform
 import statistics
 import time
@@ -48,19 +54,21 @@ def load_model(name: str):
     return LlamaForCausalLM(config), "config-built SmolLM2-135M architecture (random weights)"
 
 
-def make_batch(prompts: int, group_size: int, max_new_tokens: int, vocab: int, seed: int = 0) -> TrainBatch:
-    """Prompts of 90-150 tokens (the R1-Zero template around a short question), completions of
-    20 tokens up to the limit, about one in six truncated at the limit."""
+def make_batch(prompts: int, group_size: int, prompt_tokens: tuple[int, int], completion_tokens: tuple[int, int],
+               vocab: int, seed: int = 0) -> TrainBatch:
+    """Prompts of a length drawn from `prompt_tokens` (default 90-150: the R1-Zero template around a
+    short question), completions from `completion_tokens`, about one in six truncated at its top."""
     g = torch.Generator().manual_seed(seed)
 
     def randint(low, high):
         return int(torch.randint(low, high, (1,), generator=g))
 
     prompt_ids, completion_ids = [], []
+    shortest, longest = completion_tokens
     for _ in range(prompts):
-        prompt = torch.randint(10, vocab, (randint(90, 151),), generator=g).tolist()
+        prompt = torch.randint(10, vocab, (randint(prompt_tokens[0], prompt_tokens[1] + 1),), generator=g).tolist()
         for _ in range(group_size):
-            length = max_new_tokens if randint(0, 6) == 0 else randint(20, max_new_tokens)
+            length = longest if randint(0, 6) == 0 else randint(shortest, longest)
             prompt_ids.append(prompt)
             completion_ids.append(torch.randint(10, vocab, (length,), generator=g).tolist())
     advantages = torch.randn(len(prompt_ids), generator=g)
@@ -89,39 +97,54 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="model alias/folder, or 'config'")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--prompt-tokens", type=_range, default=(90, 150), help="MIN,MAX prompt length")
+    parser.add_argument("--completion-tokens", type=_range, default=(20, 256), help="MIN,MAX completion length")
     parser.add_argument("--micro-batch-tokens", type=int, default=4096, help="learner token budget")
     parser.add_argument("--baseline-micro-batch", type=int, default=8, help="baseline sequences per micro-batch")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="learner autocast: auto = only with native bf16 (forcing 'on' shows the emulated cost)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sides", default="baseline,learner",
+                        help="comma-separated, run alternately: baseline, learner, learner_unpacked")
     args = parser.parse_args()
+    sides = args.sides.split(",")
+    unknown = set(sides) - {"baseline", "learner", "learner_unpacked"}
+    if unknown:
+        parser.error(f"unknown side(s) {sorted(unknown)}; choose from baseline, learner, learner_unpacked")
 
     model, description = load_model(args.model)
     model.train()
-    batch = make_batch(args.prompts, args.group_size, args.max_new_tokens, model.config.vocab_size)
+    batch = make_batch(args.prompts, args.group_size, args.prompt_tokens, args.completion_tokens,
+                       model.config.vocab_size)
     tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
     completion_tokens = sum(len(c) for c in batch.completion_ids)
 
-    baseline_model = copy.deepcopy(model)
-    baseline_optimizer = torch.optim.AdamW(baseline_model.parameters(), lr=1e-6, betas=(0.9, 0.99))
-    learner = PolicyLearner(model, lr=1e-6, micro_batch_tokens=args.micro_batch_tokens, bf16=args.bf16 != "off")
-    if args.bf16 == "on":
-        learner.use_bf16 = True
-    settings = LossSettings(max_completion_length=args.max_new_tokens)
+    def learner_for(share_prompts: bool) -> PolicyLearner:
+        learner = PolicyLearner(copy.deepcopy(model), lr=1e-6, micro_batch_tokens=args.micro_batch_tokens,
+                                bf16=args.bf16 != "off", share_prompts=share_prompts)
+        if args.bf16 == "on":
+            learner.use_bf16 = True
+        return learner
+
+    settings = LossSettings(max_completion_length=args.completion_tokens[1])
+    runs = {}
+    for side in sides:
+        if side == "baseline":
+            baseline_model = copy.deepcopy(model)
+            baseline_optimizer = torch.optim.AdamW(baseline_model.parameters(), lr=1e-6, betas=(0.9, 0.99))
+            runs[side] = functools.partial(baseline_step, baseline_model, baseline_optimizer, batch,
+                                           args.baseline_micro_batch)
+        else:
+            runs[side] = functools.partial(learner_for(side == "learner").train_on_batch, batch, settings)
 
     print(f"model: {description}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, native bf16: {bf16_autocast_supported(torch.device('cpu'))}, "
-          f"learner bf16 autocast: {learner.use_bf16}")
+          f"learner bf16 autocast: {args.bf16 == 'on' or (args.bf16 == 'auto' and bf16_autocast_supported(torch.device('cpu')))}")
     print(f"batch: {len(batch)} sequences ({args.prompts} prompts x {args.group_size}), {tokens} tokens "
           f"({completion_tokens} completion), longest {max(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))}")
 
-    timings = {"baseline": [], "learner": []}
-    runs = {
-        "baseline": lambda: baseline_step(baseline_model, baseline_optimizer, batch, args.baseline_micro_batch),
-        "learner": lambda: learner.train_on_batch(batch, settings),
-    }
+    timings = {side: [] for side in sides}
     for repeat in range(args.repeats + 1):  # the first round warms up
         for name, run in runs.items():
             start = time.perf_counter()
@@ -132,12 +155,23 @@ def main() -> None:
             print(f"  {'warm-up' if not repeat else f'run {repeat}'} {name}: {elapsed:.1f} s "
                   f"({tokens / elapsed:.0f} tokens/s)", flush=True)
 
-    baseline_tps = tokens / statistics.median(timings["baseline"])
-    learner_tps = tokens / statistics.median(timings["learner"])
-    print(f"baseline (fp32 HF, full logits):   {baseline_tps:8.0f} tokens/s")
-    print(f"r1train PolicyLearner:             {learner_tps:8.0f} tokens/s")
-    print(f"speed-up: {learner_tps / baseline_tps:.2f}x (target >= 1.5x)")
+    labels = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
+              "learner_unpacked": "r1train, one row per sample"}
+    rates = {side: tokens / statistics.median(timings[side]) for side in sides}
+    for side in sides:
+        print(f"{labels[side] + ':':36s}{rates[side]:8.0f} tokens/s")
+    for side in sides:
+        if side != "baseline" and "baseline" in rates:
+            print(f"speed-up of {side} over baseline: {rates[side] / rates['baseline']:.2f}x (target >= 1.5x)")
+    if "learner" in rates and "learner_unpacked" in rates:
+        print(f"shared-prompt packing: {rates['learner'] / rates['learner_unpacked']:.2f}x")
 
+
+def _range(text: str) -> tuple[int, int]:
+    low, high = (int(part) for part in text.split(","))
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX with 1 <= MIN <= MAX, got {text!r}")
+    return low, high
 
 if __name__ == "__main__":
     main()

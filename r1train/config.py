@@ -202,6 +202,9 @@ class TrainingConfig:
     max_nan_steps: int = 3  # consecutive non-finite steps before the run stops
     threads: int | None = None  # torch intra-op threads; null keeps torch's default
     fsdp: bool = False  # multi-process GRPO: shard weights, gradients and optimiser state (torch FSDP2)
+    # GRPO learner: a prompt's completions share one row, the prompt computed once, where that saves
+    # work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored.
+    share_prompts: bool = True
     # CPU GRPO: allocations from 4 MiB get their own memory mappings, so freed activations leave the
     # process at once. Lowers peak RSS by 0.5-1 GiB on the toy recipe; the learner runs 10-25%
     # slower, paying page faults for every fresh mapping (r1train/heap.py).

@@ -8,7 +8,8 @@ accumulates gradients over micro-batches sized by a token budget. The loss maths
 mini-batch, so accumulating them gives exactly the gradient of the mini-batch taken at once.
 
 Speed on CPU comes from not doing work: no logits for prompt positions and never a full
-[B, L, V] fp32 logits tensor (`r1train/logprobs.py`), little padding (length-sorted micro-batches),
+[B, L, V] fp32 logits tensor (`r1train/logprobs.py`), a group's prompt run once for all of its
+completions where that saves work (`r1train/packing.py`), little padding (length-sorted micro-batches),
 no forward pass at all for samples whose loss is identically zero (advantage 0 without KL or
 entropy terms; they still count in the normalisers), and bf16 autocast where the hardware has
 native bf16 (AMX or AVX512-BF16 on CPU; most GPUs). Master weights stay fp32.
@@ -38,10 +39,11 @@ from dataclasses import dataclass
 import torch
 
 from r1train.algorithm import compute_policy_loss
-from r1train.batching import collate, pad_token_values, plan_micro_batches
+from r1train.batching import pad_token_values, plan_micro_batches
 from r1train import fsdp as fsdp_sharding
 from r1train.distributed import all_reduce_max, all_reduce_sum
 from r1train.logprobs import compute_token_logprobs
+from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -111,12 +113,12 @@ class _TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, completion_mask, **options):
+    def forward(self, batch: ScoringBatch, **options):
         # A sharded model carries the pass as a registered method that gathers its root weights.
         score = getattr(self.model, fsdp_sharding.TOKEN_LOGPROBS, None)
         if score is not None:
-            return score(input_ids, attention_mask, completion_mask, **options)
-        return compute_token_logprobs(self.model, input_ids, attention_mask, completion_mask, **options)
+            return score(batch, **options)
+        return compute_token_logprobs(self.model, batch, **options)
 
 
 class PolicyLearner:
@@ -145,6 +147,7 @@ class PolicyLearner:
         pad_token_id: int = 0,
         accelerator=None,
         fsdp: bool = False,
+        share_prompts: bool = True,
     ):
         """Wrap `model` (an HF causal LM, fp32) for training.
 
@@ -155,7 +158,9 @@ class PolicyLearner:
         `accelerate.Accelerator` of a multi-process launch) makes training data-parallel and
         places the model on the process's device; with `fsdp` the model is sharded across the
         processes instead of replicated (ignored without an accelerator: one process has nothing
-        to shard across).
+        to shard across). `share_prompts` packs completions of one prompt into a row with the
+        prompt computed once, where the model's attention takes the custom mask this needs and
+        where it saves work (`r1train/packing.py`).
         """
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}")
@@ -179,6 +184,7 @@ class PolicyLearner:
         self.temperature = temperature
         self.logprob_chunk_size = logprob_chunk_size
         self.pad_token_id = pad_token_id
+        self.share_prompts = share_prompts
         self.accelerator = accelerator
         self.world_size = accelerator.num_processes if accelerator is not None else 1
         self.sharded = fsdp and accelerator is not None and self.world_size > 1
@@ -216,19 +222,34 @@ class PolicyLearner:
             updates_per_batch=a.updates_per_batch, bf16=t.bf16,
             use_lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             lora_target_modules=list(lora.target_modules), temperature=recipe.rollout.temperature,
-            pad_token_id=pad_token_id, accelerator=accelerator, fsdp=t.fsdp,
+            pad_token_id=pad_token_id, accelerator=accelerator, fsdp=t.fsdp, share_prompts=t.share_prompts,
         )
 
     # ----------------------------------------------------------------------------- logprobs
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
-    def _logprobs(self, prompt_ids, completion_ids, with_entropy, model=None):
-        input_ids, attention_mask, completion_mask = collate(prompt_ids, completion_ids, self.pad_token_id, self.device)
+    def _plan(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], indices: list[int],
+              model: torch.nn.Module | None = None) -> list[list[list[int]]]:
+        """Micro-batches of the samples `indices`: each a list of packs (samples scored in one
+        row, see `r1train/packing.py`; one sample per pack where `model`, default the policy,
+        cannot take packed rows), at most `micro_batch_tokens` padded tokens."""
+        scorer = self.model if model is None else model
+        # Packing decides by the model's width (see `plan_packs`); None turns it off.
+        hidden_size = scorer.config.hidden_size if self.share_prompts and packing_supported(scorer) else None
+        packs = plan_packs([prompt_ids[i] for i in indices], [completion_ids[i] for i in indices],
+                           self.micro_batch_tokens, hidden_size)
+        packs = [[indices[j] for j in members] for members in packs]
+        lengths = [pack_length(members, prompt_ids, completion_ids) for members in packs]
+        return [[packs[j] for j in group] for group in plan_micro_batches(lengths, self.micro_batch_tokens)]
+
+    def _logprobs(self, prompt_ids, completion_ids, packs, with_entropy, model=None):
+        """Logprobs (and entropies) of the samples in `packs`, rows in their flattened order."""
+        attention = (self.model if model is None else model).config._attn_implementation
+        batch = pack(prompt_ids, completion_ids, packs, self.pad_token_id, self.device, attention)
         with self._autocast():
             return (self.policy if model is None else _TokenLogprobs(model))(
-                input_ids, attention_mask, completion_mask,
-                chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,
+                batch, chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,
             )
 
     @torch.no_grad()
@@ -249,15 +270,13 @@ class PolicyLearner:
         was_training = scorer.training
         scorer.eval()
         results: list[torch.Tensor | None] = [None] * len(prompt_ids)
-        lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
-        groups = plan_micro_batches(lengths, self.micro_batch_tokens)
+        groups = self._plan(prompt_ids, completion_ids, list(range(len(prompt_ids))), model)
         try:
-            for group in groups:
+            for packs in groups:
                 adapters_off = (self.model if model is None else model).disable_adapter() if disable_adapters else None
                 with adapters_off or contextlib.nullcontext():
-                    logprobs, _ = self._logprobs([prompt_ids[i] for i in group], [completion_ids[i] for i in group],
-                                                 False, model)
-                for row, index in enumerate(group):
+                    logprobs, _ = self._logprobs(prompt_ids, completion_ids, packs, False, model)
+                for row, index in enumerate(i for members in packs for i in members):
                     results[index] = logprobs[row, : len(completion_ids[index])].cpu()
             if self.sharded and model is None:  # keep in step with processes that have more passes
                 for _ in range(all_reduce_max(len(groups)) - len(groups)):
@@ -272,7 +291,8 @@ class PolicyLearner:
 
         Returns metrics: loss, grad_norm (mean over the steps taken), lr (of the last step taken),
         nan_skipped_steps,
-        throughput/learn_tokens_per_s (tokens forwarded and back-propagated per second) and the
+        throughput/learn_tokens_per_s (prompt + completion tokens of the samples learned from per
+        second, a shared prompt counted once per sample, so packing shows as a higher rate) and the
         token-weighted means of `compute_policy_loss`'s metrics (ratio/max: their max). With several
         processes, loss and grad_norm are those of the whole batch, the others this process's.
         """
@@ -311,8 +331,7 @@ class PolicyLearner:
         if self.world_size > 1:
             batch_sequences, batch_tokens, any_work = (int(v) for v in all_reduce_sum(
                 [batch_sequences, batch_tokens, len(work)]))
-        lengths = [len(batch.prompt_ids[i]) + len(batch.completion_ids[i]) for i in work]
-        micro_batches = plan_micro_batches(lengths, self.micro_batch_tokens)
+        micro_batches = self._plan(batch.prompt_ids, batch.completion_ids, work)
         # Passes this process runs: its micro-batches, padded with zero-loss passes where another
         # process has more (sharded weights are gathered per pass) or where it has none but
         # another has some (its gradient exchange needs every process).
@@ -325,8 +344,7 @@ class PolicyLearner:
         for number in range(passes):
             with self._gradient_sync(last=number == passes - 1):
                 if number < len(micro_batches):
-                    samples = [work[j] for j in micro_batches[number]]
-                    step_loss += self._micro_batch_backward(batch, samples, old_logprobs, settings,
+                    step_loss += self._micro_batch_backward(batch, micro_batches[number], old_logprobs, settings,
                                                             batch_sequences, batch_tokens, totals)
                 else:
                     self._backward(self._zero_loss())
@@ -344,10 +362,11 @@ class PolicyLearner:
             totals.nan_skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _micro_batch_backward(self, batch, samples, old_logprobs, settings, batch_sequences, batch_tokens,
+    def _micro_batch_backward(self, batch, packs, old_logprobs, settings, batch_sequences, batch_tokens,
                               totals) -> float:
+        samples = [i for members in packs for i in members]
         completions = [batch.completion_ids[i] for i in samples]
-        logprobs, entropy = self._logprobs([batch.prompt_ids[i] for i in samples], completions, True)
+        logprobs, entropy = self._logprobs(batch.prompt_ids, batch.completion_ids, packs, True)
         width = logprobs.shape[1]
         lengths = torch.tensor([len(c) for c in completions], device=self.device)
         mask = torch.arange(width, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)  # [b, T]
@@ -397,7 +416,7 @@ class PolicyLearner:
     def _zero_loss(self) -> torch.Tensor:
         """A zero loss that reaches every parameter: one pad token scored after another."""
         tokens = [[self.pad_token_id]]
-        logprobs, _ = self._logprobs(tokens, tokens, False)
+        logprobs, _ = self._logprobs(tokens, tokens, [[0]], False)
         return logprobs.sum() * 0.0
 
     def _clip_gradients(self) -> float:

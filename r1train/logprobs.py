@@ -3,10 +3,12 @@
 A plain `model(input_ids).logits.log_softmax(-1)` materialises fp32 [B, L, V] logits and a second
 tensor of the same size for the log-softmax, for every position, prompt included; with a 49k
 vocabulary that dominates the learner's memory and much of its time. Here the decoder runs once,
-the hidden states of the positions that predict completion tokens are picked out (position t
-predicts token t + 1), and the output embedding, log-softmax and gather run over chunks of those
-positions. Each chunk is wrapped in a (non-reentrant) activation checkpoint, so the backward pass
-keeps only the chunk's inputs and recomputes its logits, instead of storing every chunk's logits.
+the hidden states of the positions that predict completion tokens are picked out (in a plain row
+position t predicts token t + 1; packed rows, `r1train/packing.py`, say where), and the output
+embedding, log-softmax and gather run over chunks of those positions. The backward pass keeps
+only each chunk's inputs and recomputes its logits, instead of storing every chunk's logits: a
+plain output layer through the hand-written gradients of `r1train/fused_head.py`, any other
+through a (non-reentrant) activation checkpoint of the chunk.
 
 Deliberate simplification: the logits are taken to be `model.get_output_embeddings()` applied to
 the decoder's last hidden state, divided by the sampling temperature. That holds for Llama, Qwen,
@@ -17,12 +19,13 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from r1train.fused_head import head_logprobs
+from r1train.packing import ScoringBatch
+
 
 def compute_token_logprobs(
     model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_mask: torch.Tensor,
+    batch: ScoringBatch,
     chunk_size: int = 1024,
     with_entropy: bool = False,
     temperature: float = 1.0,
@@ -35,10 +38,8 @@ def compute_token_logprobs(
 
     Args:
         model: a causal LM with `get_decoder()` and `get_output_embeddings()`.
-        input_ids: [B, L] prompt + completion tokens, right-padded.
-        attention_mask: [B, L] 1 on real tokens.
-        completion_mask: [B, L] 1 on the completion tokens whose logprobs are wanted; position 0
-            cannot be one (nothing predicts it). Each row's completion tokens are read in order.
+        batch: the rows to run and where each scored token sits in them: plain padded rows
+            (`ScoringBatch.from_padded`) or packed ones (`r1train.packing.pack`).
         chunk_size: positions per output-embedding chunk; bounds the logits held at once to
             chunk_size * V floats.
         with_entropy: also return the entropy of each predicted distribution.
@@ -46,21 +47,24 @@ def compute_token_logprobs(
             the rollouts were drawn from.
 
     Returns:
-        logprobs: [B, T] float32 (float64 for a float64 model), T = most completion tokens in a row; row b holds its completion
-            tokens' logprobs left-aligned, zeros after them.
-        entropy: [B, T] like logprobs, or None without `with_entropy`.
+        logprobs: [N, T] float32 (float64 for a float64 model), N = batch.samples, T = batch.width;
+            row n holds sample n's completion tokens' logprobs left-aligned, zeros after them.
+        entropy: [N, T] like logprobs, or None without `with_entropy`.
     """
-    if completion_mask[:, 0].any():
-        raise ValueError("completion_mask marks position 0, which no position predicts")
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    predicts = completion_mask[:, 1:].bool()  # [B, L-1]: position t predicts token t+1
-    hidden_at = hidden[:, :-1][predicts]  # [K, H]
-    targets = input_ids[:, 1:][predicts]  # [K]
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    hidden_at = hidden.flatten(0, 1)[batch.source]  # [K, H]
+    targets = batch.target  # [K]
     head = model.get_output_embeddings()
+    # A plain output layer gets the hand-written backward pass (r1train/fused_head.py); anything
+    # else (a bias, an adapter wrapped around it) goes through autograd with checkpointed chunks.
+    fused = type(head) is torch.nn.Linear and head.bias is None
 
     def chunk_logprobs(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = head(h)  # [C, V]; at least fp32 for the normaliser, even under autocast
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if temperature != 1.0:
+            logits = logits / temperature
         log_normaliser = torch.logsumexp(logits, dim=-1)
         logprobs = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - log_normaliser
         if not with_entropy:
@@ -68,6 +72,20 @@ def compute_token_logprobs(
         entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
         return logprobs, entropy
 
+    if fused:
+        logprobs, entropy = head_logprobs(hidden_at, head.weight, targets, temperature, with_entropy, chunk_size)
+        flat = [logprobs, entropy] if with_entropy else [logprobs]
+    else:
+        flat = _checkpointed_chunks(chunk_logprobs, hidden_at, targets, chunk_size, 2 if with_entropy else 1)
+
+    # Scatter the flat [K] values to [N, T], each sample's tokens left-aligned in order.
+    out = [values.new_zeros(batch.samples, batch.width).index_put((batch.sample, batch.column), values)
+           for values in flat]
+    return out[0], (out[1] if with_entropy else None)
+
+
+def _checkpointed_chunks(chunk_logprobs, hidden_at, targets, chunk_size, outputs):
+    """`chunk_logprobs` over chunks of rows, each chunk an activation checkpoint when training."""
     pieces = []
     for start in range(0, targets.numel(), chunk_size):
         args = (hidden_at[start:start + chunk_size], targets[start:start + chunk_size])
@@ -75,14 +93,6 @@ def compute_token_logprobs(
             pieces.append(checkpoint(chunk_logprobs, *args, use_reentrant=False))
         else:
             pieces.append(chunk_logprobs(*args))
-    if pieces:
-        flat = [torch.cat(parts) for parts in zip(*pieces)]  # [K] each
-    else:
-        flat = [hidden.new_zeros(0, dtype=torch.float32)] * (2 if with_entropy else 1)
-
-    # Scatter the flat [K] values back to [B, T], each row's tokens left-aligned in order.
-    rows = torch.arange(predicts.shape[0], device=predicts.device).unsqueeze(1).expand_as(predicts)[predicts]
-    cols = (predicts.long().cumsum(dim=1) - 1)[predicts]
-    width = int(predicts.sum(dim=1).max().item()) if predicts.numel() else 0
-    out = [values.new_zeros(predicts.shape[0], width).index_put((rows, cols), values) for values in flat]
-    return out[0], (out[1] if with_entropy else None)
+    if not pieces:
+        return [hidden_at.new_zeros(0, dtype=torch.promote_types(hidden_at.dtype, torch.float32))] * outputs
+    return [torch.cat(parts) for parts in zip(*pieces)]  # [K] each

@@ -83,11 +83,14 @@ def tiny_model():
     return LlamaForCausalLM(config)
 
 
-def half_batches(zero_second_half: bool) -> list[TrainBatch]:
-    """A fixed 12-sample batch cut into two halves of 6 (prompts and completions of varied lengths)."""
+def half_batches(zero_second_half: bool, shared_prompts: bool = False) -> list[TrainBatch]:
+    """A fixed 12-sample batch cut into two halves of 6 (prompts and completions of varied lengths);
+    with `shared_prompts`, groups of three samples share a prompt, so each process packs."""
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, 128, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
                for _ in range(12)]
+    if shared_prompts:
+        prompts = [prompts[i - i % 3] for i in range(12)]
     completions = [torch.randint(1, 128, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
                    for _ in range(12)]
     advantages = torch.randn(12, generator=g)
@@ -118,6 +121,10 @@ CASES = {
                                                                   "fsdp": True}, False),
     "token_mean_idle_process_fsdp": ("token_mean", {"fsdp": True}, True),
     "token_mean_fsdp_gradient_checkpointing": ("token_mean", {"fsdp": True, "gradient_checkpointing": True}, False),
+    # Groups sharing a prompt: each process packs its samples (r1train/packing.py).
+    "shared_prompts": ("token_mean", {}, False),
+    "shared_prompts_mu2_two_mini_batches_fsdp": ("token_mean", {"mini_batches": 2, "updates_per_batch": 2,
+                                                                "fsdp": True}, False),
 }
 
 
@@ -130,7 +137,7 @@ def make_learner(case: str, accelerator=None) -> PolicyLearner:
 def train(case: str, batch_index: int | None, accelerator=None) -> tuple[dict[str, torch.Tensor], dict]:
     """Train on one half of the case's batch (batch_index) or on the whole of it (None)."""
     aggregation, options, zero_second_half = CASES[case]
-    halves = half_batches(zero_second_half)
+    halves = half_batches(zero_second_half, shared_prompts=case.startswith("shared_prompts"))
     batch = whole_batch(halves, options.get("mini_batches", 1)) if batch_index is None else halves[batch_index]
     learner = make_learner(case, accelerator)
     assert learner.sharded == (accelerator is not None and options.get("fsdp", False))

@@ -126,6 +126,74 @@ def test_sample_mask_drops_samples(capture_gradients):
         assert torch.allclose(got, want, atol=1e-12)
 
 
+# ----------------------------------------------------------------------------- shared prompts
+def grouped_batch(prompts=3, group_size=4, seed=5):
+    """GRPO-shaped: every prompt repeated over its group, so the learner can pack."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_ids, completion_ids = [], []
+    for _ in range(prompts):
+        prompt = torch.randint(1, 256, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(group_size):
+            prompt_ids.append(prompt)
+            completion_ids.append(torch.randint(1, 256, (int(torch.randint(1, 9, (1,), generator=g)),),
+                                                generator=g).tolist())
+    batch = TrainBatch(prompt_ids, completion_ids, torch.randn(len(prompt_ids), generator=g, dtype=torch.float64))
+    batch.ref_logprobs = [torch.randn(len(c), dtype=torch.float64) * 0.1 - 5 for c in completion_ids]
+    batch.engine_logprobs = [torch.randn(len(c), dtype=torch.float64) * 0.1 - 5.5 for c in completion_ids]
+    return batch
+
+
+@pytest.mark.parametrize("options", [{}, {"gradient_checkpointing": True}, {"use_lora": True, "lora_r": 4}],
+                         ids=["full", "checkpointing", "lora"])
+def test_shared_prompt_packing_changes_no_logprob_or_gradient(options, capture_gradients):
+    """Packed and unpacked learners take the same steps (old logprobs, KL, TIS, entropy, mini-batches)
+    and score the same logprobs, while the packed one runs fewer tokens through the decoder.
+    Agreement is to fp32 rounding: Llama's RMSNorm computes in fp32 even in a float64 model."""
+    batch = grouped_batch()
+    settings = LossSettings(beta=0.04, tis_cap=2.0, entropy_coef=0.01, eps_high=0.28)
+    runs = {}
+    for share_prompts in (True, False):
+        model = tiny_model(torch.float64)
+        decoder_tokens = []
+        model.get_decoder().register_forward_pre_hook(
+            lambda module, args, kwargs: decoder_tokens.append(kwargs["input_ids"].numel()), with_kwargs=True)
+        learner = PolicyLearner(model, lr=1e-2, micro_batch_tokens=64, bf16=False, mini_batches=2,
+                                updates_per_batch=2, share_prompts=share_prompts, **options)
+        learner.train_on_batch(batch, settings)
+        logprobs = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids)
+        reference = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids,
+                                             disable_adapters=learner.use_lora)
+        runs[share_prompts] = (list(capture_gradients), logprobs, reference, sum(decoder_tokens))
+        capture_gradients.clear()
+    (packed_grads, packed_lp, packed_ref, packed_tokens), (plain_grads, plain_lp, plain_ref, plain_tokens) = (
+        runs[True], runs[False])
+    assert packed_tokens < 0.8 * plain_tokens
+    assert len(packed_grads) == len(plain_grads) == 4
+    for packed_step, plain_step in zip(packed_grads, plain_grads):
+        for got, want in zip(packed_step, plain_step):
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    for got, want in zip(packed_lp + packed_ref, plain_lp + plain_ref):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_separate_reference_model_is_packed_for_its_own_attention():
+    """The frozen reference may use another attention implementation than the policy: its rows
+    get its kind of mask (additive for eager), or none where it cannot take packed rows."""
+    batch = grouped_batch()
+    learner = PolicyLearner(tiny_model(torch.float64), bf16=False)
+    plain = PolicyLearner(tiny_model(torch.float64), bf16=False, share_prompts=False)
+    for attention in ("eager", "flash_attention_2"):
+        reference = tiny_model(torch.float64, seed=1)
+        reference.config._attn_implementation = attention
+        packs = learner._plan(batch.prompt_ids, batch.completion_ids, list(range(len(batch))), reference)
+        assert max(len(members) for group in packs for members in group) == (4 if attention == "eager" else 1)
+        if attention == "eager":
+            got = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids, model=reference)
+            want = plain.compute_logprobs(batch.prompt_ids, batch.completion_ids, model=reference)
+            for a, b in zip(got, want):
+                assert torch.allclose(a, b, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- training
 def test_training_changes_parameters_and_reports_metrics():
     model = tiny_model()

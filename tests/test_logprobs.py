@@ -4,6 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from r1train.logprobs import compute_token_logprobs
+from r1train.packing import ScoringBatch
 
 
 def tiny_model(dtype=torch.float64, seed=0):
@@ -46,7 +47,7 @@ def naive_logprobs(model, input_ids, attention_mask, completion_mask, temperatur
 def test_matches_naive_values(chunk_size):
     model = tiny_model()
     batch = toy_batch()
-    logprobs, entropy = compute_token_logprobs(model, *batch, chunk_size=chunk_size, with_entropy=True)
+    logprobs, entropy = compute_token_logprobs(model, ScoringBatch.from_padded(*batch), chunk_size=chunk_size, with_entropy=True)
     expected_lp, expected_ent = naive_logprobs(model, *batch)
     assert logprobs.dtype == torch.float64 and logprobs.shape == (3, 6)
     assert torch.allclose(logprobs, expected_lp, atol=1e-10)
@@ -57,10 +58,10 @@ def test_matches_naive_values(chunk_size):
 def test_temperature_scores_the_tempered_distribution():
     model = tiny_model()
     batch = toy_batch()
-    logprobs, _ = compute_token_logprobs(model, *batch, temperature=0.7)
+    logprobs, _ = compute_token_logprobs(model, ScoringBatch.from_padded(*batch), temperature=0.7)
     expected, _ = naive_logprobs(model, *batch, temperature=0.7)
     assert torch.allclose(logprobs, expected, atol=1e-10)
-    untempered, _ = compute_token_logprobs(model, *batch)
+    untempered, _ = compute_token_logprobs(model, ScoringBatch.from_padded(*batch))
     assert not torch.allclose(logprobs, untempered, atol=1e-3)
 
 
@@ -75,7 +76,7 @@ def test_matches_naive_gradient():
         ((logprobs + 0.3 * entropy) * weights).sum().backward()
         return {name: p.grad.clone() for name, p in model.named_parameters()}
 
-    chunked = gradients(lambda: compute_token_logprobs(model, *batch, chunk_size=4, with_entropy=True))
+    chunked = gradients(lambda: compute_token_logprobs(model, ScoringBatch.from_padded(*batch), chunk_size=4, with_entropy=True))
     naive = gradients(lambda: naive_logprobs(model, *batch))
     for name in naive:
         assert torch.allclose(chunked[name], naive[name], atol=1e-10), name
@@ -86,10 +87,10 @@ def test_no_grad_and_bf16_autocast():
     model = tiny_model(torch.float32)
     batch = toy_batch()
     with torch.no_grad():
-        reference, _ = compute_token_logprobs(model, *batch)
+        reference, _ = compute_token_logprobs(model, ScoringBatch.from_padded(*batch))
     assert reference.grad_fn is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        lowp, entropy = compute_token_logprobs(model, *batch, with_entropy=True)
+        lowp, entropy = compute_token_logprobs(model, ScoringBatch.from_padded(*batch), with_entropy=True)
     assert lowp.dtype == torch.float32  # the normaliser runs in fp32 even under autocast
     assert torch.allclose(lowp, reference, atol=0.1)
     lowp.sum().backward()
@@ -101,9 +102,9 @@ def test_through_peft_lora():
 
     model = tiny_model()
     batch = toy_batch()
-    base_logprobs, _ = compute_token_logprobs(model, *batch)
+    base_logprobs, _ = compute_token_logprobs(model, ScoringBatch.from_padded(*batch))
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
-    peft_logprobs, _ = compute_token_logprobs(peft_model, *batch)
+    peft_logprobs, _ = compute_token_logprobs(peft_model, ScoringBatch.from_padded(*batch))
     assert torch.allclose(peft_logprobs, base_logprobs.detach(), atol=1e-12)  # LoRA B starts at zero
     peft_logprobs.sum().backward()
     lora_a = next(p for n, p in peft_model.named_parameters() if "lora_A" in n)
@@ -112,8 +113,30 @@ def test_through_peft_lora():
     assert lora_a.grad is not None
 
 
+def test_adapter_on_the_output_layer_goes_through_autograd():
+    """An output layer that is not a plain linear one (here LoRA-wrapped) takes the checkpointed
+    autograd path instead of the hand-written backward; both match full logits."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["lm_head"], init_lora_weights=False))
+    assert type(model.get_output_embeddings()) is not torch.nn.Linear
+    batch = toy_batch()
+    weights = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for fn in (lambda: compute_token_logprobs(model, ScoringBatch.from_padded(*batch), chunk_size=4,
+                                              with_entropy=True, temperature=0.7),
+               lambda: naive_logprobs(model, *batch, temperature=0.7)):
+        model.zero_grad()
+        logprobs, entropy = fn()
+        ((logprobs + 0.3 * entropy) * weights).sum().backward()
+        results.append([logprobs.detach(), entropy.detach()]
+                       + [p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for got, want in zip(*results):
+        assert torch.allclose(got, want, atol=1e-10)
+
+
 def test_rejects_completion_at_position_zero():
     input_ids, attention_mask, completion_mask = toy_batch()
     completion_mask[0, 0] = 1
     with pytest.raises(ValueError, match="position 0"):
-        compute_token_logprobs(tiny_model(), input_ids, attention_mask, completion_mask)
+        ScoringBatch.from_padded(input_ids, attention_mask, completion_mask)

@@ -1,0 +1,137 @@
+"""Token logprobs and entropies through the output layer, with a hand-written backward pass.
+
+For a chunk of C hidden states the output layer makes [C, V] logits (V = 49k for the default
+model), and everything after it is elementwise work over C x V floats. Autograd, with the chunk
+checkpointed, runs the whole chunk forward twice (once more when the backward pass recomputes it),
+then the backward of every op in it: the log-normaliser, the temperature division, a zero-filled
+[C, V] gradient for the gather and, with entropies, the softmax and product. On a CPU those
+passes over memory cost about as much as the output layer's matmul.
+
+The gradients have a closed form, so this function computes them directly from one recomputation
+of the logits. With z the tempered logits, p = softmax(z), lp = z[y] - logsumexp(z) and
+H = logsumexp(z) - sum(p * z):
+
+    d lp / d z = onehot(y) - p
+    d H / d z  = -p * (z - sum(p * z))
+
+Only the hidden states, the targets and two numbers per row are kept between the passes. The
+logits are computed in the precision autocast would use, and the normaliser always in fp32; the
+backward pass uses the same precision for its matmuls, as autocast's own backward would.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float,
+                  with_entropy: bool, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprobs [K] of `targets` [K] under softmax(hidden @ weight.T / temperature) for hidden
+    states [K, H], and entropies [K] (None without `with_entropy`); float32, or float64 for float64
+    inputs. At most `chunk_size` rows of logits exist at once, in buffers reused chunk after chunk
+    (a fresh [C, V] tensor per operation costs more in page faults than the operation itself)."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        compute_dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    logprobs, entropy = _HeadLogprobs.apply(hidden, weight, targets, temperature, compute_dtype, with_entropy,
+                                            chunk_size)
+    return logprobs, (entropy if with_entropy else None)
+
+
+class _Logits:
+    """Tempered logits of successive chunks into one reused buffer (plus a low-precision one for
+    the matmul's output when it runs in bf16)."""
+
+    def __init__(self, weight, temperature, compute_dtype, rows):
+        self.weight = weight.to(compute_dtype)
+        self.temperature = temperature
+        self.dtype = torch.promote_types(compute_dtype, torch.float32)
+        self.buffer = torch.empty(rows, weight.shape[0], dtype=self.dtype, device=weight.device)
+        self.low = None if compute_dtype == self.dtype else torch.empty_like(self.buffer, dtype=compute_dtype)
+
+    def __call__(self, hidden):
+        rows = hidden.shape[0]
+        logits = self.buffer[:rows]
+        if self.low is None:
+            torch.mm(hidden.to(self.weight.dtype), self.weight.T, out=logits)
+        else:
+            logits.copy_(torch.mm(hidden.to(self.weight.dtype), self.weight.T, out=self.low[:rows]))
+        return logits if self.temperature == 1.0 else logits.div_(self.temperature)
+
+    def low_precision(self, values):
+        """`values` in the matmul's precision (the gradient's way back through the output layer)."""
+        return values if self.low is None else self.low[:values.shape[0]].copy_(values)
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, compute_dtype, with_entropy, chunk_size):
+        count = hidden.shape[0]
+        chunk_size = max(1, min(chunk_size, count))
+        logits_of = _Logits(weight, temperature, compute_dtype, chunk_size)
+        probs = torch.empty_like(logits_of.buffer) if with_entropy else None
+        log_normaliser = hidden.new_empty(count, dtype=logits_of.dtype)
+        logprobs = torch.empty_like(log_normaliser)
+        mean_logit = torch.empty_like(log_normaliser) if with_entropy else log_normaliser.new_zeros(0)
+        for start in range(0, count, chunk_size):
+            end = min(start + chunk_size, count)
+            logits = logits_of(hidden[start:end])  # [C, V]
+            target_logit = logits.gather(-1, targets[start:end].unsqueeze(-1)).squeeze(-1)
+            peak = logits.amax(dim=-1, keepdim=True)
+            if with_entropy:  # exp(z - max) into its own buffer: z is still needed for sum(p * z)
+                shifted = torch.sub(logits, peak, out=probs[:end - start]).exp_()
+                total = shifted.sum(-1)
+                mean_logit[start:end] = shifted.mul_(logits).sum(-1) / total
+            else:
+                total = logits.sub_(peak).exp_().sum(-1)
+            log_normaliser[start:end] = peak.squeeze(-1) + total.log()
+            logprobs[start:end] = target_logit - log_normaliser[start:end]
+        entropy = log_normaliser - mean_logit if with_entropy else mean_logit
+        ctx.save_for_backward(hidden, weight, targets, log_normaliser, mean_logit)
+        ctx.temperature, ctx.compute_dtype, ctx.chunk_size = temperature, compute_dtype, chunk_size
+        ctx.set_materialize_grads(False)  # an unused output (entropy kept out of the loss) gets None
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy):
+        hidden, weight, targets, log_normaliser, mean_logit = ctx.saved_tensors
+        none = (None,) * 5
+        if grad_logprobs is None and grad_entropy is None:
+            return (None, None) + none
+        count, chunk_size = hidden.shape[0], ctx.chunk_size
+        logits_of = _Logits(weight, ctx.temperature, ctx.compute_dtype, chunk_size)
+        probs = torch.empty_like(logits_of.buffer) if grad_entropy is not None else None
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=logits_of.dtype, device=weight.device) if want_weight else None
+        for start in range(0, count, chunk_size):
+            end = min(start + chunk_size, count)
+            logits = logits_of(hidden[start:end])
+            lse = log_normaliser[start:end].unsqueeze(-1)
+            if grad_entropy is not None:  # -p * (g_lp + g_H * (z - sum(p z))), in place of z
+                p = torch.sub(logits, lse, out=probs[:end - start]).exp_()
+                grad_logits = logits.sub_(mean_logit[start:end].unsqueeze(-1))
+                grad_logits.mul_(grad_entropy[start:end].unsqueeze(-1))
+                if grad_logprobs is not None:
+                    grad_logits.add_(grad_logprobs[start:end].unsqueeze(-1))
+                grad_logits.mul_(p).neg_()
+            else:  # -p * g_lp
+                grad_logits = logits.sub_(lse).exp_().mul_(grad_logprobs[start:end].unsqueeze(-1)).neg_()
+            if grad_logprobs is not None:  # + g_lp at the target: d lp / d z = onehot(y) - p
+                rows = torch.arange(end - start, device=logits.device)
+                grad_logits[rows, targets[start:end]] += grad_logprobs[start:end]
+            if ctx.temperature != 1.0:
+                grad_logits.div_(ctx.temperature)
+            grad_logits = logits_of.low_precision(grad_logits)
+            h = hidden[start:end].to(logits_of.weight.dtype)
+            if want_hidden:
+                grad_hidden[start:end] = grad_logits @ logits_of.weight
+            if want_weight:
+                if grad_weight.dtype == grad_logits.dtype:
+                    grad_weight.addmm_(grad_logits.T, h)
+                else:
+                    grad_weight += grad_logits.T @ h
+        if want_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        return (grad_hidden, grad_weight) + none

@@ -1,0 +1,68 @@
+"""The output layer's hand-written backward pass against autograd on full logits."""
+import pytest
+import torch
+
+from r1train.fused_head import head_logprobs
+
+
+def inputs(dtype=torch.float64, rows=5, hidden=8, vocab=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(rows, hidden, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(vocab, hidden, generator=g, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, vocab, (rows,), generator=g)
+    return h, w, y
+
+
+def autograd_reference(h, w, y, temperature):
+    logits = (h @ w.T).float() / temperature if h.dtype != torch.float64 else h @ w.T / temperature
+    logp = logits.log_softmax(-1)
+    return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("temperature,chunk_size", [(1.0, 1024), (0.7, 2)])
+def test_gradcheck_of_logprobs_and_entropy(temperature, chunk_size):
+    h, w, y = inputs()
+    assert torch.autograd.gradcheck(lambda h, w: head_logprobs(h, w, y, temperature, True, chunk_size), (h, w))
+    assert torch.autograd.gradcheck(lambda h, w: head_logprobs(h, w, y, temperature, False, chunk_size)[0], (h, w))
+
+
+@pytest.mark.parametrize("use", ["logprobs", "entropy", "both"])
+def test_values_and_gradients_equal_autograd(use):
+    h, w, y = inputs()
+    weights = torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got, want = [], []
+    for fn, out in ((lambda: head_logprobs(h, w, y, 0.7, True, chunk_size=3), got),
+                    (lambda: autograd_reference(h, w, y, 0.7), want)):
+        logprobs, entropy = fn()
+        loss = {"logprobs": (weights[0] * logprobs).sum(), "entropy": (weights[1] * entropy).sum(),
+                "both": (weights[0] * logprobs + weights[1] * entropy).sum()}[use]
+        out.extend([logprobs.detach(), entropy.detach(), *torch.autograd.grad(loss, (h, w))])
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_frozen_output_layer_gets_no_gradient():
+    h, w, y = inputs()
+    w.requires_grad_(False)
+    logprobs, _ = head_logprobs(h, w, y, 1.0, False)
+    logprobs.sum().backward()
+    assert h.grad is not None and w.grad is None
+
+
+def test_bf16_autocast_computes_the_logits_in_bf16_and_the_normaliser_in_fp32():
+    h, w, y = inputs(torch.float32, rows=6, hidden=32, vocab=50)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logprobs, entropy = head_logprobs(h, w, y, 1.0, True)
+        want, want_entropy = autograd_reference(h.bfloat16(), w.bfloat16(), y, 1.0)
+    assert logprobs.dtype == entropy.dtype == torch.float32
+    assert torch.allclose(logprobs, want, atol=1e-5) and torch.allclose(entropy, want_entropy, atol=1e-5)
+    grad_h, grad_w = torch.autograd.grad(logprobs.sum() + entropy.sum(), (h, w))
+    assert grad_h.dtype == grad_w.dtype == torch.float32
+    exact_h, exact_w = torch.autograd.grad(sum(t.sum() for t in autograd_reference(h, w, y, 1.0)), (h, w))
+    assert torch.allclose(grad_h, exact_h, atol=0.05) and torch.allclose(grad_w, exact_w, atol=0.05)
+
+
+def test_no_rows():
+    h, w, y = inputs(rows=0)
+    logprobs, entropy = head_logprobs(h, w, y, 1.0, True)
+    assert logprobs.shape == entropy.shape == (0,)
