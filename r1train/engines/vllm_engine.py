@@ -26,9 +26,11 @@ Things that are easy to get wrong, handled here:
   non-weight buffers such as rotary tables intact. vLLM's CPU build has no sleep mode, so on CPU
   the engine releases its KV cache itself: the storage under the cache tensors is shrunk to
   nothing (every view of it stays valid) and regrown on wake-up, when the prefix cache, whose
-  blocks were lost, is reset. Regrown pages are untouched, so the cache then only costs the
-  memory of the blocks a generation writes. generate() and sync_weights() wake the engine up
-  themselves if the caller has not.
+  blocks were lost, is reset. The regrown storage is zeroed: glibc serves a layer's cache
+  (under its 32 MiB mapping threshold) from heap memory the learner has just freed, and leftover
+  infinities there (attention masks hold them) made whole completions NaN (5 of 32 in one step of
+  a CPU run, before this). generate() and sync_weights() wake the engine up themselves if the
+  caller has not.
 """
 from __future__ import annotations
 
@@ -67,6 +69,14 @@ def import_vllm():
             ) from error
         raise
     return vllm
+
+
+def regrow_zeroed(storage: torch.UntypedStorage, nbytes: int) -> None:
+    """Give a shrunk KV cache storage its `nbytes` back, all zero. The C heap may serve them from
+    memory the learner just freed, and vLLM's CPU attention turns non-finite leftovers in unwritten
+    cache slots into NaN outputs."""
+    storage.resize_(nbytes)
+    storage.fill_(0)
 
 
 class VLLMEngine:
@@ -214,7 +224,7 @@ class VLLMEngine:
             return
         if self.on_cpu:
             for storage, nbytes in self._kv_storage_bytes:
-                storage.resize_(nbytes)
+                regrow_zeroed(storage, nbytes)
             self._kv_storage_bytes = []
             if not self.llm.reset_prefix_cache():  # the cached blocks' contents are gone
                 raise RuntimeError("vLLM could not reset its prefix cache after freeing the KV cache")

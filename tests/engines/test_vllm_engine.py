@@ -158,3 +158,18 @@ def test_sleep_frees_the_kv_cache_and_wake_up_brings_back_the_same_engine(engine
     engine.sleep()
     engine.sync_weights(learner)
     assert [c.token_ids for c in engine.generate(chat_prompts, n=1, sampling=greedy)] == before
+
+
+def test_a_regrown_kv_storage_holds_zeros_not_what_the_heap_held():
+    """The storage regrown on wake-up must not carry leftovers of freed memory: infinities there
+    made vLLM's CPU attention return NaN completions. A freed block of the same size, filled with
+    inf, is what glibc's heap hands out next for a request of that size."""
+    from r1train.engines.vllm_engine import regrow_zeroed
+
+    nbytes = 1 << 20  # under glibc's mapping threshold: served from the heap
+    storage = torch.zeros(nbytes // 4).untyped_storage()
+    storage.resize_(0)
+    poisoned = torch.full((nbytes // 4,), float("inf"))
+    del poisoned
+    regrow_zeroed(storage, nbytes)
+    assert torch.count_nonzero(torch.tensor([], dtype=torch.float32).set_(storage)) == 0
