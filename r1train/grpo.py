@@ -206,13 +206,21 @@ class GRPOTrainer:
         )
         truncated = torch.tensor([c.truncated for c in completions])
 
-        # 3. Reference log-probs, only when the KL term is on.
+        # 3. Reference log-probs, only when the KL term is on. Samples the engine scored with a
+        #    non-finite logprob are left out of the loss: they would make the whole step's loss NaN.
+        engine_logprobs = _engine_logprobs(completions) if self.use_engine_logprobs else None
+        broken = _non_finite(engine_logprobs, len(completions))
+        sample_mask = ~truncated if cfg.algorithm.overlong == "mask" else None
+        if broken.any():
+            log.warning("%d of %d completions came with non-finite engine logprobs; they are left out of "
+                        "this step's loss", int(broken.sum()), len(completions))
+            sample_mask = ~broken if sample_mask is None else sample_mask & ~broken
         batch = TrainBatch(
             prompt_ids=[c.prompt_token_ids for c in completions],
             completion_ids=[c.token_ids for c in completions],
             advantages=advantages,
-            engine_logprobs=_engine_logprobs(completions) if self.use_engine_logprobs else None,
-            sample_mask=~truncated if cfg.algorithm.overlong == "mask" else None,
+            engine_logprobs=engine_logprobs,
+            sample_mask=sample_mask,
         )
         t0 = time.perf_counter()
         if cfg.algorithm.beta > 0:
@@ -243,8 +251,10 @@ class GRPOTrainer:
         metrics.update(learn_metrics)
         if self.prefetcher:
             metrics["async/staleness"] = staleness
+        metrics["rollout/non_finite_logprob_samples"] = int(broken.sum())
         if batch.engine_logprobs is not None and cfg.rollout.verify_sync:
-            metrics.update(self._sync_metrics(batch.engine_logprobs, self.learner.pre_update_logprobs, staleness))
+            learner_logprobs = [None if bad else lp for bad, lp in zip(broken.tolist(), self.learner.pre_update_logprobs)]
+            metrics.update(self._sync_metrics(batch.engine_logprobs, learner_logprobs, staleness))
         lengths = [len(c.token_ids) for c in completions]
         gen_tokens = sum(lengths)
         metrics.update({
@@ -411,6 +421,13 @@ class GRPOTrainer:
                 "rewards": {name: values[i] for name, values in rollouts.per_function.items()},
             })
         return out
+
+
+def _non_finite(engine_logprobs: list[torch.Tensor] | None, count: int) -> torch.Tensor:
+    """[count] bool: which samples have a non-finite engine logprob (none without engine logprobs)."""
+    if engine_logprobs is None:
+        return torch.zeros(count, dtype=torch.bool)
+    return torch.tensor([not bool(torch.isfinite(lp).all()) for lp in engine_logprobs], dtype=torch.bool)
 
 
 def _engine_logprobs(completions: list[Completion]) -> list[torch.Tensor] | None:

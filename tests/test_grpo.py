@@ -132,6 +132,31 @@ def test_always_rewarded_completion_becomes_more_likely(tmp_path, tiny_model_dir
     assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2
 
 
+def test_completions_with_non_finite_engine_logprobs_are_left_out_not_the_whole_step(
+        tmp_path, tiny_model_dir, addition_files, text_length_reward):
+    """An engine that returns NaN logprobs for some completions (vLLM's CPU build did, reading
+    leftovers of freed memory) costs those samples, not the step: the others still train."""
+    train, _ = addition_files
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, train, rewards=[text_length_reward],
+                         training={"steps": 1, "learning_rate": 1e-2, "bf16": False})
+    trainer = GRPOTrainer(recipe, recipe.run_dir)
+    generate = trainer.engine.generate
+
+    def generate_with_two_broken(*args, **kwargs):
+        completions = generate(*args, **kwargs)
+        for completion in completions[:2]:
+            completion.logprobs = [float("nan")] * len(completion.logprobs)
+        return completions
+
+    trainer.engine.generate = generate_with_two_broken
+    before = {name: p.detach().clone() for name, p in trainer.learner.model.named_parameters()}
+    metrics, _ = trainer.step()
+    assert metrics["rollout/non_finite_logprob_samples"] == 2
+    assert metrics["nan_skipped_steps"] == 0 and trainer.learner.consecutive_nan_steps == 0
+    assert any(not torch.equal(p, before[name]) for name, p in trainer.learner.model.named_parameters())
+    assert metrics["sync/logprob_abs_diff_mean"] < 1e-3  # the broken samples are not compared
+
+
 @pytest.mark.parametrize("low_memory", [False, True])
 def test_cpu_low_memory_alone_switches_the_allocator_setting(tmp_path, tiny_model_dir, addition_files, monkeypatch,
                                                              low_memory):
