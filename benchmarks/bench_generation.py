@@ -93,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from r1train.engines import make_engine
-    from r1train.learner import bf16_autocast_supported
+    from r1train.hardware import bf16_autocast_supported
     from r1train.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model_dir
 
     model_dir = args.model_dir or resolve_model_dir(DEFAULT_MODEL)

@@ -31,7 +31,8 @@ import time
 import torch
 
 from r1train.batching import collate
-from r1train.learner import LossSettings, PolicyLearner, TrainBatch, bf16_autocast_supported
+from r1train.hardware import bf16_autocast_supported
+from r1train.learner import LossSettings, PolicyLearner, TrainBatch
 
 
 def load_model(name: str):

@@ -340,7 +340,7 @@ def run_trl(workload: dict) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
 
     from r1train.data import load_rows
-    from r1train.learner import bf16_autocast_supported
+    from r1train.hardware import bf16_autocast_supported
     from r1train.prompts import encode_prompt, prefill, render_prompt
 
     recipe = workload["recipe"]

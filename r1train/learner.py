@@ -42,6 +42,7 @@ from r1train.algorithm import compute_policy_loss
 from r1train.batching import pad_token_values, plan_micro_batches
 from r1train import fsdp as fsdp_sharding
 from r1train.distributed import all_reduce_max, all_reduce_sum
+from r1train.hardware import bf16_autocast_supported
 from r1train.logprobs import compute_token_logprobs
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
 
@@ -75,17 +76,6 @@ class LossSettings:
     beta: float = 0.0
     tis_cap: float | None = 2.0  # used when the batch carries engine logprobs
     entropy_coef: float = 0.0
-
-
-def bf16_autocast_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is faster than fp32 here: CUDA with bf16, or a CPU with native bf16
-    instructions. Without them, CPU bf16 matmuls are emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        native = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, but the only probes
-        return any(getattr(torch.cpu, probe, lambda: False)() for probe in native)
-    return False
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str) -> float:

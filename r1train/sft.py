@@ -46,7 +46,8 @@ from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
 from r1train.data import DataError, PromptSampler, load_rows
 from r1train.evaluation import evaluate_model_dir
-from r1train.learner import bf16_autocast_supported, lr_factor
+from r1train.hardware import bf16_autocast_supported
+from r1train.learner import lr_factor
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.prompts import BUILT_IN, encode_prompt
 from r1train.run_state import RunState

@@ -42,7 +42,7 @@ import torch
 from r1train.engines.base import Completion, SamplingSettings, decode_completion
 from r1train.engines.weights import checkpoint_weights
 from r1train.heap import return_free_memory
-from r1train.learner import bf16_autocast_supported
+from r1train.hardware import bf16_autocast_supported
 
 _GIB = 1024**3
 _KEPT_UNTIL_EXIT: list = []  # engines of a multi-process run, never shut down early (see close())

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from r1train.engines import make_engine
 from r1train.engines.base import SamplingSettings
 from r1train.engines.sync_check import SYNC_WARN_MEAN_ABS_DIFF, compare_logprobs
-from r1train.learner import bf16_autocast_supported
+from r1train.hardware import bf16_autocast_supported
 
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vLLM is not installed", allow_module_level=True)
