@@ -153,7 +153,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: li
             segment[row, start:end] = number
             position_ids[row, start:end] = torch.arange(prompt_length, prompt_length + length)
             # Token 0 is predicted by the prompt's last position, token i by the one before it.
-            predictors = [prompt_length - 1] + list(range(start, end - 1))
+            predictors = [prompt_length - 1] + list(range(start, end - 1)) if length else []
             source.extend(row * width + p for p in predictors)
             target.extend(completion)
             sample.extend([sample_number] * length)

@@ -78,6 +78,11 @@ def test_packed_row_layout():
     assert allowed[4] == [1, 1, 1, 1, 1, 0]
 
 
+def test_an_empty_completion_scores_nothing():
+    batch = pack([[1, 2], [1, 2]], [[], [9]], [[0, 1]], pad_token_id=0, device=torch.device("cpu"))
+    assert batch.source.tolist() == [1] and batch.target.tolist() == [9] and batch.sample.tolist() == [1]
+
+
 def test_rows_without_shared_prompts_stay_plain():
     batch = pack([[1, 2], [3]], [[7, 8], [9]], [[0], [1]], pad_token_id=0, device=torch.device("cpu"))
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]] and batch.position_ids is None
