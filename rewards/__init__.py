@@ -5,7 +5,8 @@ Every reward is a plain function `fn(completions: list[str], **columns) -> list[
 reward does not judge that sample. Built-in rewards register themselves by name on import:
 
     accuracy, format, tag_count, language_consistency, cosine_length, repetition_penalty,
-    soft_overlong, countdown, reward_model (a sequence-classification model folder)
+    soft_overlong, countdown, code (programs run against tests in a bubblewrap sandbox),
+    reward_model (a sequence-classification model folder)
 
     >>> from rewards import get_reward
     >>> fmt = get_reward("format", prefix="<think>")
@@ -22,6 +23,7 @@ from rewards.registry import (
     resolve_reward,
 )
 from rewards.accuracy import accuracy_reward, get_accuracy_reward
+from rewards.code import extract_program, get_code_reward
 from rewards.countdown import countdown_reward
 from rewards.format import format_reward, get_format_reward, get_tag_count_reward, tag_count_reward
 from rewards.language import get_language_consistency_reward, language_consistency_reward
@@ -42,8 +44,10 @@ __all__ = [
     "check_reward_signature",
     "cosine_length_reward",
     "countdown_reward",
+    "extract_program",
     "format_reward",
     "get_accuracy_reward",
+    "get_code_reward",
     "get_cosine_length_reward",
     "get_format_reward",
     "get_language_consistency_reward",

@@ -8,6 +8,15 @@ VENV=.venv
 STAMP=$VENV/.r1train-installed
 HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
+# The code reward runs model-written programs inside bubblewrap; it refuses to run without it.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "r1train: bubblewrap (bwrap) is missing; the code reward needs it: run 'apt-get install -y bubblewrap' as root" >&2
+  fi
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   echo "r1train: .venv is up to date (delete $STAMP to force a reinstall)"
   exit 0
