@@ -8,6 +8,7 @@ else `accuracy` against the `answer` column.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -22,28 +23,55 @@ from r1train.prompts import encode_prompt, prefill
 from r1train.scoring import reward_columns
 
 
-def correctness_function(columns: dict[str, list]) -> tuple[str, Callable] | None:
-    import rewards
-
+def correctness_rule(columns: dict[str, list]) -> str | None:
+    """The name of the reward that says whether a sample of this data is correct."""
     if "numbers" in columns and "target" in columns:
-        return "countdown", rewards.countdown_reward
+        return "countdown"
+    if "tests" in columns or "io_tests" in columns:
+        return "code"
     if "answer" in columns:
-        return "accuracy", rewards.accuracy_reward
+        return "accuracy"
     return None
 
 
-def task_metrics(texts: list[str], columns: dict[str, list]) -> dict[str, float]:
+def correctness_function(columns: dict[str, list]) -> tuple[str, Callable] | None:
+    import rewards
+
+    name = correctness_rule(columns)
+    if name is None:
+        return None
+    if name == "code":
+        return name, _sandboxed_code_reward()
+    return name, {"countdown": rewards.countdown_reward, "accuracy": rewards.accuracy_reward}[name]
+
+
+@functools.lru_cache(maxsize=1)
+def _sandboxed_code_reward() -> Callable:
+    """The code reward with its default bubblewrap sandbox (refuses where bwrap is missing)."""
+    import rewards
+
+    return rewards.get_code_reward()
+
+
+def task_metrics(texts: list[str], columns: dict[str, list],
+                 scored: dict[str, list[float | None]] | None = None) -> dict[str, float]:
     """Accuracy (by the task's rule) and strict format rate of a batch, whatever the recipe weights.
 
     Accuracy is the mean over the samples the rule judges: prompts without a reference answer
-    (general prompts mixed into a batch) are left out rather than counted wrong.
+    (general prompts mixed into a batch) are left out rather than counted wrong. `scored` holds the
+    recipe's reward scores of this batch by name: a rule the recipe already ran (the code reward,
+    whose programs are costly to run twice) is read from there.
     """
     import rewards
 
     out = {"format_rate": sum(rewards.format_reward(texts)) / len(texts)}
-    rule = correctness_function(columns)
-    if rule is not None:
-        judged = [s for s in rule[1](texts, **columns) if s is not None]
+    name = correctness_rule(columns)
+    if name is not None:
+        if scored is not None and name in scored:
+            scores = scored[name]
+        else:
+            scores = correctness_function(columns)[1](texts, **columns)
+        judged = [s for s in scores if s is not None]
         if judged:
             out["accuracy"] = sum(judged) / len(judged)
     return out
@@ -109,7 +137,8 @@ class Evaluator:
         columns = reward_columns(self.rows, completions, self.answer_column)
         rule = correctness_function(columns)
         if rule is None:
-            raise ValueError("evaluation data needs an `answer` column (or `numbers` and `target` for countdown)")
+            raise ValueError("evaluation data needs an `answer` column (or `numbers` and `target` for countdown, "
+                             "or `tests` / `io_tests` for code)")
         correct = [float(s or 0.0) for s in rule[1](texts, **columns)]
         from rewards.extraction import tagged_answer
 

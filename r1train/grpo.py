@@ -344,7 +344,7 @@ class GRPOTrainer:
         prompts_text = [rows[c.prompt_index][data.question_column] for c in completions]
         result = self.scorer.score(texts, prompts_text, columns)
         metrics = dict(result.metrics)
-        metrics.update(task_metrics(texts, columns))
+        metrics.update(task_metrics(texts, columns, result.per_function))
         metrics["reward/mean"] = result.total.mean().item()
         metrics["reward/std"] = result.total.std().item() if len(texts) > 1 else 0.0
         timings["time/score"] += time.perf_counter() - t0

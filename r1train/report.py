@@ -40,7 +40,7 @@ REFLECTIVE_WORDS = ("wait", "check", "verify", "let me", "recheck", "re-evaluate
 _REFLECTIVE = re.compile(
     r"\b(?:" + "|".join(re.escape(word).replace(r"\ ", r"\s+") for word in REFLECTIVE_WORDS) + r")\b", re.IGNORECASE
 )
-CORRECTNESS_REWARDS = ("accuracy", "countdown")
+CORRECTNESS_REWARDS = ("accuracy", "countdown", "code")
 EVAL_TABLE = (("accuracy", "eval/accuracy"), ("greedy accuracy", "eval/greedy_accuracy"),
               ("last-number accuracy (format aside)", "eval/last_number_accuracy"),
               ("format rate", "eval/format_rate"), ("pass@1", "eval/pass@1"), ("maj@k", "eval/maj@k"),

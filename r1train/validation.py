@@ -23,6 +23,8 @@ from r1train.prompts import check_template, encode_all, require_chat_template
 
 # Columns each built-in reward reads from the dataset.
 REWARD_COLUMNS = {"accuracy": ("answer",), "countdown": ("numbers", "target")}
+# Built-in rewards that read at least one column of a set (the code reward: tests and/or io_tests).
+REWARD_ANY_COLUMNS = {"code": ("tests", "io_tests")}
 
 
 def check_recipe(recipe: Recipe) -> list[str]:
@@ -47,6 +49,7 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
     elif not model_ref.startswith("stage:"):
         _check_model(model_ref, f"{where}.model")
     needed = {recipe.data.question_column}
+    names: list[str] = []
     if kind in ("grpo", "rejection_sampling", "eval", "distill"):
         names = resolve_rewards(recipe)
         for name in names:
@@ -65,6 +68,7 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
             continue
         cols = needed if key == "train" else tuple(c for c in needed if c != recipe.data.completion_column)
         rows = load_rows(path, cols, what=f"{where}: data.{key}")
+        _check_any_columns(names, rows, f"{where}: data.{key} {path}")
         notes.append(f"{where}: data.{key} {path}: {len(rows)} rows")
         if key == "train":
             train_rows = rows
@@ -76,6 +80,14 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
     if kind == "eval" and recipe.data.eval is None:
         raise RunError(f"{where}: data.eval is required for an eval stage")
     return notes
+
+
+def _check_any_columns(reward_names: list[str], rows: list[dict], where: str) -> None:
+    for name in reward_names:
+        choices = REWARD_ANY_COLUMNS.get(name, ())
+        if choices and not any(column in rows[0] for column in choices):
+            raise RunError(f"{where}: the {name!r} reward needs a column named {' or '.join(choices)} "
+                           f"(has: {', '.join(rows[0])})")
 
 
 def resolve_rewards(recipe: Recipe) -> list[str]:

@@ -29,6 +29,7 @@ FILES = (
     "arithmetic_2digit/train.jsonl", "arithmetic_2digit/test.jsonl",
     "countdown/train.jsonl", "countdown/test.jsonl",
     "cold_start/train.jsonl", "general/train.jsonl",
+    "code/train.jsonl", "code/test.jsonl",
 )
 
 

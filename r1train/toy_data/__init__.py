@@ -9,6 +9,7 @@
 - `countdown/{train,test}`: the Countdown game of TinyZero with three numbers.
 - `cold_start/train`: worked solutions in the R1 template for the cold-start SFT stage.
 - `general/train`: short non-math prompts for the second RL stage.
+- `code/{train,test}`: function-writing tasks with assert tests, for the `code` reward.
 
 Everything is a function of the seed. Each dataset draws from its own `random.Random`, seeded with
 the seed and the dataset's name, so enlarging one never shifts another; files are written with a
@@ -32,6 +33,7 @@ works for all of it):
   `render_expression`, `evaluate_expression`).
 - `cold_start`: worked solutions in the R1 template (`make_cold_start`).
 - `general`: short non-math prompts (`make_general_prompts`).
+- `code_tasks`: function-writing tasks with tests (`make_code_tasks`, `code_task_row`).
 - `files`: writing, reading and describing the files (`generate_all`, `write_jsonl`,
   `read_jsonl`, `describe`).
 - `_common`: the row and expression-tree types and helpers the generators share.
@@ -43,6 +45,7 @@ from r1train.toy_data.arithmetic import (
     count_arithmetic_questions,
     make_arithmetic,
 )
+from r1train.toy_data.code_tasks import code_task_row, make_code_tasks
 from r1train.toy_data.cold_start import make_cold_start
 from r1train.toy_data.countdown import (
     countdown_row,
@@ -61,12 +64,14 @@ __all__ = [
     "Row",
     "Tree",
     "arithmetic_row",
+    "code_task_row",
     "count_arithmetic_questions",
     "countdown_row",
     "describe",
     "evaluate_expression",
     "generate_all",
     "make_arithmetic",
+    "make_code_tasks",
     "make_cold_start",
     "make_countdown",
     "make_general_prompts",

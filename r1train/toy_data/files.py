@@ -10,6 +10,7 @@ from typing import Any
 
 from r1train.toy_data._common import Row
 from r1train.toy_data.arithmetic import make_arithmetic
+from r1train.toy_data.code_tasks import make_code_tasks
 from r1train.toy_data.cold_start import make_cold_start
 from r1train.toy_data.countdown import make_countdown
 from r1train.toy_data.general import make_general_prompts
@@ -24,6 +25,7 @@ def generate_all(out: Path, seed: int = 0) -> list[Path]:
     test_questions = frozenset(row["question"] for rows in (arithmetic_test, two_digit_test, countdown_test) for row in rows)
     cold_start = make_cold_start(
         seed, [(arithmetic_train, 180), (two_digit_train, 60), (countdown_train, 60)], test_questions)
+    code_train, code_test = make_code_tasks(seed)
     datasets = {
         "arithmetic/train.jsonl": arithmetic_train,
         "arithmetic/test.jsonl": arithmetic_test,
@@ -33,6 +35,8 @@ def generate_all(out: Path, seed: int = 0) -> list[Path]:
         "countdown/test.jsonl": countdown_test,
         "cold_start/train.jsonl": cold_start,
         "general/train.jsonl": make_general_prompts(seed),
+        "code/train.jsonl": code_train,
+        "code/test.jsonl": code_test,
     }
     written = []
     for relative, rows in datasets.items():

@@ -1,0 +1,52 @@
+"""The toy code tasks: disjoint splits, tests that match their questions, reference solutions that the
+sandboxed code reward accepts, and wrong solutions that it rejects."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from r1train.toy_data import make_code_tasks, read_jsonl
+from rewards import get_code_reward
+
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "code"
+
+
+def test_splits_are_disjoint_and_distinct():
+    train, test = make_code_tasks(0)
+    names = [row["entry_point"] for row in train + test]
+    assert len(names) == len(set(names)) == 121
+    assert len(test) == 25
+    assert read_jsonl(SHIPPED / "test.jsonl") == test
+
+
+def test_rows_name_their_function_and_have_three_distinct_tests():
+    for row in make_code_tasks(3)[0]:
+        assert f"`{row['entry_point']}(" in row["question"]
+        assert len(set(row["tests"])) == 3
+        assert all(test.startswith(f"assert {row['entry_point']}(") for test in row["tests"])
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+def test_reference_solutions_pass_and_wrong_ones_fail():
+    train, test = make_code_tasks(0)
+    rows = train + test
+    reward = get_code_reward(workers=8)
+    right = [f"<think>easy</think><answer>```python\n{row['solution']}```</answer>" for row in rows]
+    # the same function returning None: wrong for every test of every template
+    wrong = [f"<answer>```python\ndef {row['entry_point']}(value):\n    return None\n```</answer>" for row in rows]
+    tests = [row["tests"] for row in rows]
+    assert reward(right, tests=tests) == [1.0] * len(rows)
+    assert reward(wrong, tests=tests) == [0.0] * len(rows)
+
+
+def test_code_reward_on_data_without_tests_fails_validation(monkeypatch):
+    from r1train.config import load_recipe
+    from r1train.errors import RunError
+    from r1train.validation import check_recipe
+
+    repository = SHIPPED.parents[1]
+    monkeypatch.chdir(repository)
+    recipe = load_recipe(repository / "recipes" / "r1_zero_code_toy.yaml",
+                         ["data.train=data/arithmetic/train.jsonl", "data.eval=null"])
+    with pytest.raises(RunError, match="needs a column named tests or io_tests"):
+        check_recipe(recipe)
