@@ -11,6 +11,7 @@ The first batch includes starting the sympy worker process (it imports sympy); l
 it. Nothing is cached across batches, so repeated batches cost what a new batch would.
 
     .venv/bin/python benchmarks/bench_rewards.py [--repeats 5]
+    .venv/bin/python benchmarks/bench_rewards.py --code [--workers 4]   # the sandboxed code reward
 """
 from __future__ import annotations
 
@@ -107,5 +108,47 @@ def main() -> None:
     print("means:", {k: round(v, 3) for k, v in result.metrics.items()}, "errors:", result.errors)
 
 
+def make_code_batch(size: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """`size` distinct simple programs with three assert tests each: 70% correct, 20% wrong,
+    10% not even Python. Every program differs (its constant), so nothing is deduplicated."""
+    rng = random.Random(seed)
+    completions, tests = [], []
+    for index in range(size):
+        name, roll = f"add_{index}", rng.random()
+        body = f"x + {index}" if roll < 0.7 else (f"x - {index}" if roll < 0.9 else f"x + {index} +")
+        completions.append(f"<think>add it</think><answer>```python\ndef {name}(x):\n    return {body}\n```</answer>")
+        tests.append([f"assert {name}({value}) == {value + index}" for value in (1, 7, 42)])
+    return completions, tests
+
+
+def bench_code_reward(size: int = 1024, workers: int | None = None, repeats: int = 1) -> None:
+    """Time the `code` reward (one bubblewrap sandbox per program) on a batch of simple programs."""
+    import os
+
+    from rewards import get_code_reward
+
+    completions, tests = make_code_batch(size)
+    reward = get_code_reward(workers=workers)
+    print(f"code batch: {size} programs, 3 tests each, {reward.sandbox.workers} sandboxes at once, "
+          f"{os.cpu_count()} CPUs")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        scores = reward(completions, tests=tests)
+        elapsed = time.perf_counter() - start
+        print(f"scored in {elapsed:.2f} s ({1000 * elapsed / size:.1f} ms per program); "
+              f"mean score {statistics.mean(scores):.3f}")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--code" in sys.argv:
+        code_parser = argparse.ArgumentParser(description="time the sandboxed code reward")
+        code_parser.add_argument("--code", action="store_true")
+        code_parser.add_argument("--size", type=int, default=1024)
+        code_parser.add_argument("--workers", type=int, default=None)
+        code_parser.add_argument("--repeats", type=int, default=1)
+        code_args = code_parser.parse_args()
+        bench_code_reward(code_args.size, code_args.workers, code_args.repeats)
+    else:
+        main()

@@ -69,7 +69,7 @@ def get_code_reward(sandbox: str = "bwrap", all_or_nothing: bool = False, worker
         sandbox: "bwrap" (default; refused with an install hint where bubblewrap is missing) or
             "none" (no isolation at all: only for machines without bubblewrap, and only by name).
         all_or_nothing: score 1.0 for all tests passed, else 0.0.
-        workers: sandboxes run at once (default: twice the CPU count).
+        workers: sandboxes run at once (default: four per CPU).
         wall_s, cpu_s, memory_mb, processes, file_mb, output_kb: per-run limits (`SandboxLimits`).
     Returns:
         code_reward(completions, **columns) -> list[float | None], reading the columns `tests`

@@ -114,7 +114,8 @@ class Sandbox:
         self.isolation = isolation
         self.interpreter = sandbox_interpreter()
         self.limits = limits or SandboxLimits()
-        self.workers = workers or max(2, 2 * (os.cpu_count() or 1))
+        # Most of a run is waiting on the kernel (namespaces), not CPU: more sandboxes than cores pay.
+        self.workers = workers or 4 * (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
