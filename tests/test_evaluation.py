@@ -42,3 +42,21 @@ def test_eval_rejects_a_file_without_questions(tiny_model_dir, tmp_path, capsys)
 def test_report_of_a_folder_without_metrics_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def test_task_metrics_reads_code_scores_the_recipe_already_ran():
+    # Running the programs again would score 0 ("assert False"); the batch's own code scores say 0.5.
+    from r1train.evaluation import correctness_rule, task_metrics
+
+    texts = ["<think>x</think><answer>print(1)</answer>"] * 2
+    columns = {"tests": [["assert False"]] * 2}
+    assert correctness_rule(columns) == "code"
+    assert task_metrics(texts, columns, scored={"code": [1.0, 0.0]})["accuracy"] == 0.5
+
+
+@pytest.mark.skipif(__import__("shutil").which("bwrap") is None, reason="bubblewrap is not installed")
+def test_task_metrics_runs_code_in_the_sandbox_when_not_given_scores():
+    from r1train.evaluation import task_metrics
+
+    texts = ["<answer>def f():\n    return 1</answer>", "<answer>def f():\n    return 2</answer>"]
+    assert task_metrics(texts, {"tests": [["assert f() == 1"]] * 2})["accuracy"] == 0.5
