@@ -6,7 +6,7 @@ trusted harness (`rewards/code_harness.py`). What the sandbox gives a program:
   no other process visible or reachable (killing its parent kills only its own sandbox);
 - a file system built from nothing: `/usr` (and the interpreter's install prefix when it lives
   elsewhere) read-only, fresh `/proc` and `/dev`, and a private `/scratch` tmpfs of bounded size
-  as the only writable place (HOME and TMPDIR point there); the project, the run folder, `/work`,
+  as the only writable place besides a bounded `/dev/shm` (HOME and TMPDIR point there); the project, the run folder, `/work`,
   `/root`, `/home`, `/tmp` and `/etc` are simply absent;
 - an unprivileged user (run as nobody when the trainer is root, since root ignores the process
   limit) and, set by the harness before the program runs, hard limits on CPU time, address space,
@@ -226,7 +226,11 @@ def _bwrap_prefix(scratch_bytes: int, interpreter: str) -> list[str]:
     prefix = str(Path(interpreter).parent.parent)  # e.g. pyenv's /root/.pyenv/versions/3.11.7
     if not prefix.startswith("/usr"):
         command += ["--ro-bind", prefix, prefix]
-    command += ["--size", str(scratch_bytes), "--perms", "0700", "--tmpfs", "/scratch", "--chdir", "/scratch"]
+    command += ["--size", str(scratch_bytes), "--perms", "0700", "--tmpfs", "/scratch"]
+    command += ["--size", str(scratch_bytes), "--tmpfs", "/dev/shm"]
+    # bwrap builds the tree on an unbounded tmpfs: once built, the root and /dev become read-only
+    # (a remount is per mount point, so /scratch and /dev/shm stay writable, and bounded).
+    command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/scratch"]
     return command
 
 

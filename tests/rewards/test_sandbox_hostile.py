@@ -50,6 +50,12 @@ def build_cases(paths: dict) -> list[tuple[str, str, list | None, list | None, f
          None, [{"input": "", "output": paths["readme_head"]}], 0.0),
         ("write a file outside scratch",
          f"open({paths['new_file']!r}, 'w').write('x')\nprint('escaped')", None, must_not_print, 0.0),
+        ("write into the sandbox's own /, /etc and /dev",
+         "import os\nfor folder in ('/', '/etc', '/dev'):\n    try:\n        open(os.path.join(folder, 'x'), 'w').write('x')\n"
+         "        print('escaped')\n    except OSError:\n        pass", None, must_not_print, 0.0),
+        ("fill the scratch folder and /dev/shm past their size with files under the file-size limit",
+         "for folder in ('/scratch', '/dev/shm'):\n    for i in range(4):\n"
+         "        open(f'{folder}/f{i}', 'wb').write(bytes(8 << 20))\nprint('escaped')", None, must_not_print, 0.0),
         ("delete the sentinel", f"import os\nos.remove({paths['sentinel']!r})\nprint('escaped')", None, must_not_print, 0.0),
         ("shell rm -rf of the home folder",
          f"import os, subprocess\nsaw = os.path.exists({paths['home_sentinel']!r})\n"
