@@ -60,7 +60,7 @@ def normalise_output(text: str) -> str:
 
 @register("code", factory=True)
 def get_code_reward(sandbox: str = "bwrap", all_or_nothing: bool = False, workers: int | None = None,
-                    wall_s: float = 10.0, cpu_s: int = 5, memory_mb: int = 1024, processes: int = 16,
+                    wall_s: float = 10.0, cpu_s: int = 5, memory_mb: int = 1024, processes: int = 8,
                     file_mb: int = 16, output_kb: int = 1024):
     """Build the code reward (registered as "code"): the fraction of a row's tests the program
     passes, or with `all_or_nothing` 1.0 only when it passes all of them.

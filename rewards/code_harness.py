@@ -99,7 +99,7 @@ def run_tests(program, tests, nonce, result_fd, _write=os.write, _exec=exec, _di
               _base=BaseException, _str=str, _range=range, _len=len):
     """Run the program once, then each test in its namespace; report each test that passed."""
     pristine_builtins = _dict(builtins.__dict__)
-    equal_name = "_r1train_equal_" + nonce[:12]
+    equal_name = "_r1train_equal_" + os.urandom(6).hex()  # nothing of the nonce: tests can see it
     compiled = []
     for source in tests:  # compiled before the program runs, with the harness's own ast module
         try:

@@ -53,12 +53,13 @@ class SandboxUnavailable(ValueError):
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-program limits. `output_kb` caps captured stdout; `file_mb` caps each file and the
-    scratch folder as a whole."""
+    scratch folder as a whole. `memory_mb` bounds each process's address space, so one sandbox
+    can hold up to `processes` x `memory_mb` (no cgroup bounds the sandbox as a whole)."""
 
     wall_s: float = 10.0
     cpu_s: int = 5
     memory_mb: int = 1024
-    processes: int = 16
+    processes: int = 8
     file_mb: int = 16
     output_kb: int = 1024
 
