@@ -50,3 +50,34 @@ def test_code_reward_on_data_without_tests_fails_validation(monkeypatch):
                          ["data.train=data/arithmetic/train.jsonl", "data.eval=null"])
     with pytest.raises(RunError, match="needs a column named tests or io_tests"):
         check_recipe(recipe)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+def test_grpo_step_on_code_tasks_scores_with_the_sandboxed_code_reward(tmp_path, tiny_model_dir):
+    """The trainer's path: a tiny model takes a GRPO step on code tasks, evaluated by the code rule."""
+    import json
+
+    from r1train.config import recipe_from_dict
+    from r1train.grpo import run_grpo
+    from r1train.tracking import read_metrics
+
+    train, test = make_code_tasks(0)
+    paths = []
+    for name, rows in (("train", train[:4]), ("test", test[:2])):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        paths.append(str(path))
+    recipe = recipe_from_dict({
+        "run_name": "code", "output_dir": str(tmp_path / "runs"), "seed": 0, "model": {"name": str(tiny_model_dir)},
+        "data": {"train": paths[0], "eval": paths[1], "max_prompt_tokens": 200},
+        "rollout": {"backend": "hf", "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8},
+        "rewards": [{"name": "code", "kwargs": {"wall_s": 5.0}}, {"name": "tag_count", "weight": 0.5}],
+        "training": {"steps": 1, "learning_rate": 1e-3, "checkpoint_every": 1, "bf16": False},
+        "evaluation": {"max_examples": 2, "samples": 2, "greedy": False},
+        "logging": {"tensorboard": False, "progress": False},
+    })
+    run_grpo(recipe, recipe.run_dir)
+    rows = read_metrics(recipe.run_dir / "metrics.jsonl")
+    assert rows[1]["reward/code"] == 0.0  # every row has tests, so every sample is judged (8 random tokens fail)
+    assert rows[1]["rewards/errors"] == 0.0
+    assert rows[1]["accuracy"] == 0.0 and rows[0]["eval/accuracy"] == 0.0
