@@ -13,7 +13,7 @@ Deliberate simplifications:
 - The "aha" signal counts whole-word, case-insensitive matches of a fixed list of reflective words
   (REFLECTIVE_WORDS) in the logged sample completions only, a handful per step, so the per-step
   share is noisy; the plot smooths it and the summary compares windows of several steps.
-- A sample counts as correct when its `accuracy` or `countdown` reward is 1; runs judged by
+- A sample counts as correct when its `accuracy`, `countdown` or `code` reward is 1; runs judged by
   other rewards get their end-of-training examples picked by highest total reward instead.
 - Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, without pyplot, so
   making a report changes no global matplotlib state of the process that calls it.
