@@ -1,4 +1,7 @@
-"""GRPO maths: advantages, the clipped policy loss and its reduction, DAPO's batch filters.
+"""GRPO maths: advantages, the loss's reduction, DAPO's batch filters.
+
+The per-token policy losses (PPO clip, GSPO, CISPO) and the engine/learner mismatch corrections
+live in `r1train/policy_loss.py`.
 
 Everything here is a pure function of tensors and scalars that returns tensors and a dict of
 plain-float metrics: no model, no I/O, no config objects. The learner (`r1train/learner.py`) calls
@@ -18,19 +21,27 @@ from __future__ import annotations
 import torch
 
 ADVANTAGE_SCALINGS = ("group", "batch", "none")
+ADVANTAGE_BASELINES = ("group_mean", "leave_one_out")
 LOSS_AGGREGATIONS = ("sequence_mean", "token_mean", "sum_over_max_len")
 
 
 def compute_group_advantages(
-    rewards: torch.Tensor, group_size: int, scaling: str = "group", eps: float = 1e-6
+    rewards: torch.Tensor, group_size: int, scaling: str = "group", eps: float = 1e-6,
+    baseline: str = "group_mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Group-relative advantages: each reward minus its group's mean, optionally scaled.
+    """Group-relative advantages: each reward minus a baseline from its group, optionally scaled.
 
     GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300) divides by the group's standard
     deviation. Dividing by the whole batch's standard deviation instead is the "group mean, batch
     std" combination of Liu et al. 2025 ("Tricks or Traps?", arXiv 2508.08221). Dr. GRPO (Liu et
     al. 2025, arXiv 2503.20783) does not divide at all, because the std division weights easy and
     hard prompts unequally.
+
+    The baseline is the group's mean, or with "leave_one_out" the mean of the group's other G - 1
+    rewards (RLOO, Ahmadian et al. 2024, arXiv 2402.14740), which keeps the baseline independent of
+    the sample it is subtracted from. It equals G / (G - 1) times the group-mean advantage, so with
+    "group" or "batch" scaling it changes only the step size; RLOO proper is "leave_one_out" with
+    scaling "none".
 
     A group whose rewards are all equal carries no learning signal: its advantages are exactly zero
     (not a rounding residue of the mean), and the share of such groups is reported.
@@ -40,6 +51,7 @@ def compute_group_advantages(
         group_size: G, completions per prompt.
         scaling: "group" (std of the group), "batch" (std of all N rewards) or "none".
         eps: added to the standard deviation before dividing.
+        baseline: "group_mean" or "leave_one_out".
 
     Returns:
         advantages: [N], same dtype as rewards.
@@ -47,10 +59,18 @@ def compute_group_advantages(
     """
     if scaling not in ADVANTAGE_SCALINGS:
         raise ValueError(f"unknown advantage scaling {scaling!r}; expected one of {ADVANTAGE_SCALINGS}")
+    if baseline not in ADVANTAGE_BASELINES:
+        raise ValueError(f"unknown advantage baseline {baseline!r}; expected one of {ADVANTAGE_BASELINES}")
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} entries, got {tuple(rewards.shape)}")
     grouped = rewards.view(-1, group_size)  # [num_groups, G]
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if baseline == "leave_one_out":
+        if group_size < 2:
+            raise ValueError("a leave-one-out baseline needs group_size >= 2")
+        others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+        centred = grouped - others_mean
+    else:
+        centred = grouped - grouped.mean(dim=1, keepdim=True)
     if scaling == "group":
         centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
     elif scaling == "batch":
@@ -155,107 +175,6 @@ def aggregate_loss(
     raise ValueError(f"unknown loss aggregation {mode!r}; expected one of {LOSS_AGGREGATIONS}")
 
 
-def compute_policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip: float | None = None,
-    aggregation: str = "token_mean",
-    max_completion_length: int | None = None,
-    ref_logprobs: torch.Tensor | None = None,
-    beta: float = 0.0,
-    engine_logprobs: torch.Tensor | None = None,
-    tis_cap: float | None = None,
-    entropy: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    batch_sequences: int | None = None,
-    batch_tokens: int | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO loss for one (micro-)batch: clipped surrogate, optional KL, TIS weight, entropy.
-
-    Per token, with ratio r = exp(logp - old) and advantage A of its sequence:
-        pg  = max(-A * r, -A * clip(r, 1 - eps_low, 1 + eps_high))    PPO clip; eps_high > eps_low
-                                                                       is DAPO's clip-higher
-        pg  = min(pg, -A * dual_clip)  where A < 0                     dual clip (Ye et al. 2020,
-                                                                       arXiv 1912.09729)
-        pg *= min(exp(old - engine), tis_cap), detached                truncated importance
-                                                                       sampling (Yao et al. 2025)
-        loss = pg + beta * k3 - entropy_coef * entropy
-    where k3 = exp(ref - logp) - (ref - logp) - 1 is Schulman's unbiased, non-negative KL
-    estimator, used by GRPO (arXiv 2402.03300). The TIS weight corrects for the rollout engine
-    sampling from slightly different probabilities than the learner computes ("Your efficient RL
-    framework secretly brings you off-policy RL training", Yao et al. 2025).
-
-    Args:
-        logprobs: [B, T] learner logprobs of the completion tokens, with gradient.
-        old_logprobs: [B, T] logprobs of the policy that sampled the batch (detached).
-        advantages: [B] per-sequence advantage.
-        mask: [B, T] 1 on completion tokens that count.
-        eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high] of the ratio.
-        dual_clip: c > 1 bounds the loss of negative-advantage tokens at -c * A; None disables.
-        aggregation, max_completion_length, batch_sequences, batch_tokens: see `aggregate_loss`.
-        ref_logprobs: [B, T] frozen reference model logprobs; required when beta > 0.
-        beta: KL weight.
-        engine_logprobs: [B, T] rollout engine logprobs; with tis_cap, enables the TIS weight.
-        tis_cap: C, the cap of the importance weight; None disables TIS.
-        entropy: [B, T] per-token entropy of the learner's distribution; measured when given.
-        entropy_coef: weight of the entropy bonus (needs `entropy` with gradient).
-
-    Returns:
-        loss: scalar.
-        metrics: token means of kl, clip/low_frac, clip/high_frac, clip/dual_frac, ratio/mean,
-            tis/clipped_frac, entropy, and ratio/max (a max); keys appear when measurable.
-    """
-    if beta > 0 and ref_logprobs is None:
-        raise ValueError("beta > 0 needs ref_logprobs")
-    if entropy_coef > 0 and entropy is None:
-        raise ValueError("entropy_coef > 0 needs entropy")
-    mask_bool = mask.bool()
-    adv = advantages.to(logprobs.dtype).unsqueeze(1)  # [B, 1]
-    ratio = torch.exp(logprobs - old_logprobs)
-    clipped_ratio = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-    pg = torch.maximum(-adv * ratio, -adv * clipped_ratio)
-    dual_active = torch.zeros_like(mask_bool)
-    if dual_clip is not None:
-        dual_bound = -adv * dual_clip
-        dual_active = (adv < 0) & (pg > dual_bound)
-        pg = torch.where(adv < 0, torch.minimum(pg, dual_bound), pg)
-    metrics: dict[str, float] = {}
-    if engine_logprobs is not None and tis_cap is not None:
-        raw_weight = torch.exp(old_logprobs - engine_logprobs).detach()
-        pg = pg * raw_weight.clamp(max=tis_cap)
-        metrics["tis/clipped_frac"] = _token_mean(raw_weight > tis_cap, mask_bool)
-    loss_mat = pg
-    if ref_logprobs is not None:
-        log_ratio_ref = ref_logprobs - logprobs
-        kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1.0
-        if beta > 0:
-            loss_mat = loss_mat + beta * kl
-        metrics["kl"] = _token_mean(kl, mask_bool)
-    if entropy is not None:
-        if entropy_coef > 0:
-            loss_mat = loss_mat - entropy_coef * entropy
-        metrics["entropy"] = _token_mean(entropy, mask_bool)
-    loss = aggregate_loss(loss_mat, mask, aggregation, max_completion_length, batch_sequences, batch_tokens)
-
-    # The clip takes effect (and zeroes the gradient) only on the side the advantage pushes to.
-    metrics["clip/low_frac"] = _token_mean((ratio < 1.0 - eps_low) & (adv < 0), mask_bool)
-    metrics["clip/high_frac"] = _token_mean((ratio > 1.0 + eps_high) & (adv > 0), mask_bool)
-    metrics["clip/dual_frac"] = _token_mean(dual_active, mask_bool)
-    metrics["ratio/mean"] = _token_mean(ratio, mask_bool)
-    metrics["ratio/max"] = ratio.detach()[mask_bool].max().item() if mask_bool.any() else 1.0
-    return loss, metrics
-
-
 def _groups_all_equal(grouped: torch.Tensor) -> torch.Tensor:
     return grouped.max(dim=1).values == grouped.min(dim=1).values
 
-
-def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    values = values.detach().float()
-    if not mask.any():
-        return 0.0
-    return values[mask].mean().item()

@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from r1train.algorithm import ADVANTAGE_BASELINES, ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS
+from r1train.policy_loss import POLICY_LOSSES, TIS_MODES
+
 
 class ConfigError(ValueError):
     """A recipe problem; the message names the key and how to fix it."""
@@ -123,6 +126,8 @@ class RolloutConfig:
 @dataclass
 class AlgorithmConfig:
     advantage_scaling: str = "group"  # "group" std, "batch" std, or "none" (Dr. GRPO)
+    advantage_baseline: str = "group_mean"  # or "leave_one_out" (RLOO, with advantage_scaling: none)
+    policy_loss: str = "ppo_clip"  # "ppo_clip" (token ratio) | "gspo" (sequence ratio) | "cispo"
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2  # > epsilon_low is DAPO's clip-higher
     dual_clip: float | None = None  # c > 1 bounds the loss of negative-advantage tokens
@@ -130,23 +135,34 @@ class AlgorithmConfig:
     loss_aggregation: str = "token_mean"  # "sequence_mean" | "token_mean" | "sum_over_max_len"
     updates_per_batch: int = 1  # mu
     mini_batches: int = 1  # optimiser steps per batch and update
-    tis_cap: float | None = 2.0  # truncated importance sampling cap C; null disables
+    tis_cap: float | None = 2.0  # engine/learner mismatch correction: cap C of the weight (or range); null disables
+    tis_mode: str = "token_truncate"  # level and mode of that correction (r1train/policy_loss.py)
+    tis_floor: float | None = None  # lower bound of the kept range for the *_mask modes; null: 1 / tis_cap
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
     max_sampling_retries: int = 3
     overlong: str = "none"  # "none" | "mask" (truncated completions get no loss)
     entropy_coef: float = 0.0
 
     def validate(self, at: str) -> None:
-        _one_of(self.advantage_scaling, ("group", "batch", "none"), f"{at}.advantage_scaling")
-        _one_of(self.loss_aggregation, ("sequence_mean", "token_mean", "sum_over_max_len"), f"{at}.loss_aggregation")
+        _one_of(self.advantage_scaling, ADVANTAGE_SCALINGS, f"{at}.advantage_scaling")
+        _one_of(self.advantage_baseline, ADVANTAGE_BASELINES, f"{at}.advantage_baseline")
+        _one_of(self.policy_loss, POLICY_LOSSES, f"{at}.policy_loss")
+        _one_of(self.loss_aggregation, LOSS_AGGREGATIONS, f"{at}.loss_aggregation")
+        _one_of(self.tis_mode, TIS_MODES, f"{at}.tis_mode")
         _one_of(self.overlong, ("none", "mask"), f"{at}.overlong")
         _check(0 < self.epsilon_low < 1, f"{at}.epsilon_low", "must be in (0, 1)")
         _check(self.epsilon_high > 0, f"{at}.epsilon_high", "must be positive")
         _check(self.dual_clip is None or self.dual_clip > 1, f"{at}.dual_clip", "must be greater than 1 (or null)")
+        _check(self.dual_clip is None or self.policy_loss == "ppo_clip", f"{at}.dual_clip",
+               f"applies to policy_loss: ppo_clip, not {self.policy_loss}; set it to null")
         _check(self.beta >= 0, f"{at}.beta", "must be non-negative")
         _check(self.updates_per_batch >= 1, f"{at}.updates_per_batch", "must be at least 1")
         _check(self.mini_batches >= 1, f"{at}.mini_batches", "must be at least 1")
         _check(self.tis_cap is None or self.tis_cap >= 1, f"{at}.tis_cap", "must be at least 1 (or null)")
+        _check(self.tis_floor is None or self.tis_mode.endswith("_mask"), f"{at}.tis_floor",
+               f"bounds the kept range of the *_mask modes; tis_mode {self.tis_mode} only truncates at tis_cap: "
+               "set tis_floor to null")
+        _check(self.tis_floor is None or 0 < self.tis_floor <= 1, f"{at}.tis_floor", "must be in (0, 1] (or null)")
         _check(self.max_sampling_retries >= 0, f"{at}.max_sampling_retries", "must be non-negative")
         _check(self.entropy_coef >= 0, f"{at}.entropy_coef", "must be non-negative")
 
@@ -330,6 +346,15 @@ class Recipe:
             _check(not self.model.lora.enabled, "training.fsdp",
                    "does not combine with model.lora (the adapters are small enough to replicate: leave fsdp "
                    "off and launch data-parallel as usual)")
+        truncated_sampling = self.rollout.top_p < 1.0 or self.rollout.top_k > 0
+        if truncated_sampling and self.algorithm.tis_cap is not None:
+            # The engines report the log-probs of the full distribution, not of the top-p/top-k one
+            # the tokens were drawn from, so the importance weight would not be the one it claims.
+            what = f"rollout.top_p: {self.rollout.top_p}" if self.rollout.top_p < 1.0 else f"rollout.top_k: {self.rollout.top_k}"
+            _check(False, "algorithm.tis_cap",
+                   f"{what} samples from a truncated distribution whose log-probs the engines do not report, "
+                   "so no importance correction can be computed; set algorithm.tis_cap: null (no correction), "
+                   "or sample with rollout.top_p: 1.0 and rollout.top_k: 0")
         if self.rollout.async_generation:
             # The stale policy is corrected with the engine's log-probs, which are raw (temperature 1).
             _check(self.rollout.temperature == 1.0, "rollout.async_generation",

@@ -154,8 +154,9 @@ def gather_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def combine_rank_metrics(per_rank: list[dict[str, Any]]) -> dict[str, float]:
-    """Merge per-rank metric dicts: maxima (keys ending in "max") take the max, counts and
-    throughputs (`SUMMED_METRICS`) the sum, everything else the mean over the ranks that have it.
+    """Merge per-rank metric dicts: maxima (keys ending in "max") take the max, minima (ending in
+    "/min") the min, counts and throughputs (`SUMMED_METRICS`) the sum, everything else the mean
+    over the ranks that have it.
 
     Ranks hold equal numbers of prompts, so the mean of per-rank means is the batch mean for
     per-sample metrics (reward/mean, accuracy, format_rate, completion_len/mean). Token-weighted
@@ -175,6 +176,8 @@ def combine_rank_metrics(per_rank: list[dict[str, Any]]) -> dict[str, float]:
             out[key] = None
         elif key.endswith("max"):
             out[key] = max(values)
+        elif key.endswith("/min"):
+            out[key] = min(values)
         elif key in SUMMED_METRICS:
             out[key] = sum(values)
         else:

@@ -202,7 +202,7 @@ class GRPOTrainer:
 
         # 2. Group-relative advantages from the weighted rewards.
         advantages, adv_metrics = algorithm.compute_group_advantages(
-            rollouts.rewards, G, cfg.algorithm.advantage_scaling
+            rollouts.rewards, G, cfg.algorithm.advantage_scaling, baseline=cfg.algorithm.advantage_baseline
         )
         truncated = torch.tensor([c.truncated for c in completions])
 
@@ -369,7 +369,8 @@ class GRPOTrainer:
         return LossSettings(
             eps_low=a.epsilon_low, eps_high=a.epsilon_high, dual_clip=a.dual_clip,
             aggregation=a.loss_aggregation, max_completion_length=self.recipe.rollout.max_new_tokens,
-            beta=a.beta, tis_cap=a.tis_cap, entropy_coef=a.entropy_coef,
+            beta=a.beta, tis_cap=a.tis_cap, entropy_coef=a.entropy_coef, policy_loss=a.policy_loss,
+            tis_mode=a.tis_mode, tis_floor=a.tis_floor,
         )
 
     @staticmethod

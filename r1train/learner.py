@@ -4,8 +4,9 @@
 AdamW optimiser and learning-rate schedule. One call to `train_on_batch` runs `updates_per_batch`
 (PPO's mu) passes over the batch, each split into `mini_batches` optimiser steps; each step
 accumulates gradients over micro-batches sized by a token budget. The loss maths lives in
-`r1train/algorithm.py`; the micro-batches' losses are normalised by counts of the whole
-mini-batch, so accumulating them gives exactly the gradient of the mini-batch taken at once.
+`r1train/policy_loss.py` and `r1train/algorithm.py`; the micro-batches' losses are normalised by
+counts of the whole mini-batch, so accumulating them gives exactly the gradient of the mini-batch
+taken at once.
 
 Speed on CPU comes from not doing work: no logits for prompt positions and never a full
 [B, L, V] fp32 logits tensor (`r1train/logprobs.py`), a group's prompt run once for all of its
@@ -38,13 +39,13 @@ from dataclasses import dataclass
 
 import torch
 
-from r1train.algorithm import compute_policy_loss
 from r1train.batching import pad_token_values, plan_micro_batches
 from r1train import fsdp as fsdp_sharding
 from r1train.distributed import all_reduce_max, all_reduce_sum
 from r1train.hardware import bf16_autocast_supported
 from r1train.logprobs import compute_token_logprobs
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
+from r1train.policy_loss import compute_policy_loss
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
@@ -76,6 +77,9 @@ class LossSettings:
     beta: float = 0.0
     tis_cap: float | None = 2.0  # used when the batch carries engine logprobs
     entropy_coef: float = 0.0
+    policy_loss: str = "ppo_clip"
+    tis_mode: str = "token_truncate"
+    tis_floor: float | None = None
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str) -> float:
@@ -283,7 +287,8 @@ class PolicyLearner:
         nan_skipped_steps,
         throughput/learn_tokens_per_s (prompt + completion tokens of the samples learned from per
         second, a shared prompt counted once per sample, so packing shows as a higher rate) and the
-        token-weighted means of `compute_policy_loss`'s metrics (ratio/max: their max). With several
+        token-weighted means of `compute_policy_loss`'s metrics (keys ending /max or /min: their max or
+        min). With several
         processes, loss and grad_norm are those of the whole batch, the others this process's.
         """
         start_time = time.perf_counter()
@@ -375,7 +380,8 @@ class PolicyLearner:
             ref_logprobs=gather(batch.ref_logprobs), beta=settings.beta,
             engine_logprobs=gather(batch.engine_logprobs), tis_cap=settings.tis_cap,
             entropy=entropy if settings.entropy_coef > 0 else entropy.detach(), entropy_coef=settings.entropy_coef,
-            batch_sequences=batch_sequences, batch_tokens=batch_tokens,
+            batch_sequences=batch_sequences, batch_tokens=batch_tokens, policy_loss=settings.policy_loss,
+            tis_mode=settings.tis_mode, tis_floor=settings.tis_floor,
         )
         self._backward(loss)
         totals.add_micro_batch(metrics, completion_tokens=int(lengths.sum()),
@@ -499,6 +505,7 @@ class _MetricTotals:
         self.sums: dict[str, float] = {}
         self.weights: dict[str, float] = {}
         self.maxima: dict[str, float] = {}
+        self.minima: dict[str, float] = {}
         self.tokens = 0
         self.steps = 0
         self.loss = 0.0
@@ -511,6 +518,8 @@ class _MetricTotals:
         for key, value in metrics.items():
             if key.endswith("/max"):
                 self.maxima[key] = max(self.maxima.get(key, -math.inf), value)
+            elif key.endswith("/min"):
+                self.minima[key] = min(self.minima.get(key, math.inf), value)
             else:
                 self.sums[key] = self.sums.get(key, 0.0) + value * completion_tokens
                 self.weights[key] = self.weights.get(key, 0.0) + completion_tokens
@@ -523,6 +532,7 @@ class _MetricTotals:
     def result(self) -> dict[str, float]:
         out = {key: self.sums[key] / max(self.weights[key], 1) for key in self.sums}
         out.update(self.maxima)
+        out.update(self.minima)
         if self.steps:
             out["loss"] = self.loss / self.steps
             out["grad_norm"] = self.grad_norm / self.steps

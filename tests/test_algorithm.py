@@ -7,11 +7,11 @@ import torch
 from r1train.algorithm import (
     aggregate_loss,
     compute_group_advantages,
-    compute_policy_loss,
     overlong_mask,
     select_informative_groups,
     soft_overlong_penalty,
 )
+from r1train.policy_loss import compute_policy_loss
 
 AGGREGATIONS = ("sequence_mean", "token_mean", "sum_over_max_len")
 MAX_LEN = 7

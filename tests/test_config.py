@@ -90,3 +90,28 @@ def test_every_shipped_recipe_validates(path, monkeypatch):
 
     monkeypatch.chdir(path.parents[1] if path.parent.name != "recipes" else path.parent.parent)
     check_recipe(load_recipe(path))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"algorithm": {"policy_loss": "gpso"}}, "algorithm.policy_loss: 'gpso' is not one of ppo_clip, gspo, cispo (did you mean 'gspo'?)"),
+        ({"algorithm": {"advantage_baseline": "rloo"}}, "algorithm.advantage_baseline: 'rloo' is not one of group_mean, leave_one_out"),
+        ({"algorithm": {"tis_mode": "sequence_masks"}}, "did you mean 'sequence_mask'"),
+        ({"algorithm": {"tis_floor": 0.5}}, "algorithm.tis_floor: bounds the kept range of the *_mask modes"),
+        ({"algorithm": {"tis_mode": "token_mask", "tis_floor": 1.5}}, "algorithm.tis_floor: must be in (0, 1]"),
+        ({"algorithm": {"policy_loss": "cispo", "dual_clip": 3.0}}, "algorithm.dual_clip: applies to policy_loss: ppo_clip"),
+        # The engines report the full distribution's log-probs, not the truncated one sampled from.
+        ({"rollout": {"top_p": 0.9}}, "rollout.top_p: 0.9 samples from a truncated distribution"),
+        ({"rollout": {"top_k": 20}, "algorithm": {"tis_mode": "sequence_mask"}}, "set algorithm.tis_cap: null"),
+    ],
+)
+def test_policy_loss_and_correction_keys_are_checked(tmp_path, data, message):
+    with pytest.raises(ConfigError) as err:
+        load_recipe(write(tmp_path, data))
+    assert message in str(err.value)
+
+
+def test_truncated_sampling_runs_without_an_importance_correction(tmp_path):
+    recipe = load_recipe(write(tmp_path, {"rollout": {"top_p": 0.9, "top_k": 20}, "algorithm": {"tis_cap": None}}))
+    assert recipe.rollout.top_p == 0.9 and recipe.algorithm.tis_cap is None
