@@ -1,0 +1,191 @@
+"""Policy-loss, baseline and aggregation variants on one task, one budget: which of them matter here?
+
+Trains the toy R1-Zero recipe (`recipes/r1_zero_toy.yaml`) once per variant and seed, each run in
+its own child process (`r1train run ... --fresh`), every run with the same step budget, then prints
+a table and plots one PNG of held-out accuracy, held-out format rate, entropy and time per step.
+
+    .venv/bin/python benchmarks/compare_variants.py                         # 6 variants x 2 seeds x 40 steps
+    .venv/bin/python benchmarks/compare_variants.py --steps 2 --seeds 1 --variants gspo --eval-examples 8
+    .venv/bin/python benchmarks/compare_variants.py --plot-only --out runs/compare_variants
+
+Every variant runs with `--mini-batches` optimiser steps per batch (default 2): with one step per
+batch the policy ratio is 1 in value on every token, no clip ever fires, and GSPO, CISPO and the
+default differ only by their aggregation. Two mini-batches make the second step's ratio move off 1,
+as it does in any PPO-style run that takes several steps per batch. The extra cost is one no-grad
+forward pass per batch (the old log-probs), the same for every variant.
+
+Deliberate simplifications: held-out scores are measured at the end (and every `--eval-every`
+steps), with the recipe's evaluation settings unless `--eval-examples` lowers the count; the base
+model's score is one extra evaluation per seed only with `--eval-at-start`. Seeds change the prompt
+order and the samples; they do not change the initial weights (the same pretrained model).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Each variant: recipe overrides on top of the toy recipe. Values follow each paper's own setting
+# where it gives one (GSPO's clip range and per-sequence mean; RLOO and Dr. GRPO without std scaling).
+VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},  # the recipe as it is: PPO clip per token, group std, token mean, token TIS at 2
+    "gspo": {"algorithm.policy_loss": "gspo", "algorithm.epsilon_low": 3e-4, "algorithm.epsilon_high": 4e-4,
+             "algorithm.loss_aggregation": "sequence_mean"},
+    # MiniMax-M1 bounds the weight from above only; epsilon_low just under 1 leaves it unbounded below.
+    "cispo": {"algorithm.policy_loss": "cispo", "algorithm.epsilon_low": 0.99, "algorithm.epsilon_high": 4.0},
+    "seq_mask_is": {"algorithm.tis_mode": "sequence_mask", "algorithm.tis_cap": 2.0},
+    "rloo": {"algorithm.advantage_baseline": "leave_one_out", "algorithm.advantage_scaling": "none"},
+    "dr_grpo": {"algorithm.advantage_scaling": "none", "algorithm.loss_aggregation": "sum_over_max_len"},
+}
+COLUMNS = (("eval/accuracy", "held-out accuracy"), ("eval/format_rate", "held-out format rate"),
+           ("entropy", "entropy (last steps)"), ("time/step", "seconds per step"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--recipe", default=str(ROOT / "recipes" / "r1_zero_toy.yaml"))
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant")
+    p.add_argument("--steps", type=int, default=40, help="training steps of every run")
+    p.add_argument("--mini-batches", type=int, default=2, help="optimiser steps per batch, every variant")
+    p.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every N steps (0: at the end)")
+    p.add_argument("--eval-examples", type=int, default=None, help="held-out questions (default: the recipe's)")
+    p.add_argument("--eval-at-start", action="store_true", help="also score the base model in every run")
+    p.add_argument("--last", type=int, default=10, help="training steps averaged for entropy")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra recipe override for every run, e.g. --set rollout.backend=hf")
+    p.add_argument("--out", default=str(ROOT / "runs" / "compare_variants"), help="folder for the runs and results")
+    p.add_argument("--reuse", action="store_true", help="skip runs whose metrics already reach --steps")
+    p.add_argument("--plot-only", action="store_true", help="train nothing: summarise the runs already in --out")
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants:
+        p.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}")
+    for name, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--mini-batches", args.mini_batches),
+                        ("--last", args.last)):
+        if value < 1:
+            p.error(f"{name} must be at least 1, got {value}")
+    if not Path(args.recipe).is_file():
+        p.error(f"--recipe: file not found: {args.recipe}")
+    return args
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-seed{seed}"
+
+
+def overrides(args: argparse.Namespace, variant: str, seed: int) -> list[str]:
+    common = {
+        "seed": seed, "run_name": run_name(variant, seed), "output_dir": str(Path(args.out).resolve()),
+        "training.steps": args.steps, "algorithm.mini_batches": args.mini_batches,
+        "evaluation.every": args.eval_every, "evaluation.at_start": str(args.eval_at_start).lower(),
+        "evaluation.at_end": "true", "training.checkpoint_every": args.steps, "logging.progress": "false",
+    }
+    if args.eval_examples is not None:
+        common["evaluation.max_examples"] = args.eval_examples
+    return [f"{k}={v}" for k, v in {**common, **VARIANTS[variant]}.items()] + list(args.set)
+
+
+def train(args: argparse.Namespace, variant: str, seed: int) -> None:
+    command = [sys.executable, "-m", "r1train.cli", "run", args.recipe, "--fresh"]
+    for item in overrides(args, variant, seed):
+        command += ["--set", item]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    from r1train.tracking import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    return read_metrics(path) if path.is_file() else []
+
+
+def finished(rows: list[dict], steps: int) -> bool:
+    return any(r["step"] == steps and "eval/accuracy" in r for r in rows)
+
+
+def summarise(rows: list[dict], last: int) -> dict[str, float | None]:
+    """One run's figures: its last held-out scores, entropy over its last steps, median s/step."""
+    train_rows = [r for r in rows if "reward/mean" in r]
+    evals = [r for r in rows if "eval/accuracy" in r]
+    entropy = [r["entropy"] for r in train_rows[-last:] if r.get("entropy") is not None]
+    times = [r["time/step"] for r in train_rows if r.get("time/step") is not None]
+    return {
+        "eval/accuracy": evals[-1]["eval/accuracy"] if evals else None,
+        "eval/format_rate": evals[-1].get("eval/format_rate") if evals else None,
+        "entropy": statistics.fmean(entropy) if entropy else None,
+        "time/step": statistics.median(times) if times else None,
+    }
+
+
+def table(results: dict[str, list[dict]], steps: int) -> str:
+    """Markdown: per variant, the mean over seeds and each seed's value."""
+    header = "| variant | seeds | " + " | ".join(title for _, title in COLUMNS) + " |"
+    lines = [f"Each run {steps} steps; cells: mean over seeds (each seed's value).", "", header,
+             "|" + "---|" * (len(COLUMNS) + 2)]
+    for variant, per_seed in results.items():
+        cells = []
+        for key, _ in COLUMNS:
+            values = [s[key] for s in per_seed if s[key] is not None]
+            cells.append(f"{statistics.fmean(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})" if values else "-")
+        lines.append(f"| {variant} | {len(per_seed)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[list[dict]]], path: Path) -> None:
+    """Per variant, one line per seed over the steps for each column (held-out: at each evaluation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(COLUMNS), figsize=(4.2 * len(COLUMNS), 3.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, title) in zip(axes, COLUMNS):
+        for index, (variant, seeds) in enumerate(runs.items()):
+            for number, rows in enumerate(seeds):
+                points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+                ax.plot([s for s, _ in points], [v for _, v in points], marker="o" if len(points) < 4 else None,
+                        color=colours[index % len(colours)], alpha=0.85, linewidth=1.2,
+                        label=variant if number == 0 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    if not args.plot_only:
+        for seed in range(args.seeds):  # seed-major: a stopped comparison still has every variant once
+            for variant in args.variants:
+                if args.reuse and finished(read_rows(out / run_name(variant, seed)), args.steps):
+                    continue
+                train(args, variant, seed)
+    runs = {v: [read_rows(out / run_name(v, s)) for s in range(args.seeds)] for v in args.variants}
+    runs = {v: [rows for rows in seeds if rows] for v, seeds in runs.items()}
+    runs = {v: seeds for v, seeds in runs.items() if seeds}
+    if not runs:
+        print(f"compare_variants: no runs found in {out}; run without --plot-only first", file=sys.stderr)
+        raise SystemExit(2)
+    results = {v: [summarise(rows, args.last) for rows in seeds] for v, seeds in runs.items()}
+    text = table(results, args.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_variants.md").write_text(text + "\n")
+    plot(runs, out / "compare_variants.png")
+    print(text)
+    print(f"table: {out / 'compare_variants.md'}\nplot: {out / 'compare_variants.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""benchmarks/compare_variants.py: every variant it names is a valid recipe, and bad options exit 2."""
+import sys
+from pathlib import Path
+
+import pytest
+
+from r1train.config import load_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import compare_variants  # noqa: E402
+
+
+@pytest.mark.parametrize("variant", list(compare_variants.VARIANTS))
+def test_each_variant_builds_a_valid_recipe(tmp_path, variant):
+    args = compare_variants.parse_args(["--variants", variant, "--steps", "3", "--out", str(tmp_path),
+                                        "--eval-examples", "5"])
+    recipe = load_recipe(args.recipe, compare_variants.overrides(args, variant, seed=1))
+    assert (recipe.seed, recipe.training.steps, recipe.algorithm.mini_batches) == (1, 3, 2)
+    assert recipe.evaluation.max_examples == 5 and recipe.run_name == f"{variant}-seed1"
+    for key, value in compare_variants.VARIANTS[variant].items():
+        section, name = key.split(".")
+        assert getattr(getattr(recipe, section), name) == value, key
+
+
+@pytest.mark.parametrize("argv", [["--variants", "ppo2"], ["--steps", "0"], ["--seeds", "0"]])
+def test_bad_options_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compare_variants.parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+def test_summary_and_table_from_metrics_rows():
+    rows = [{"step": 1, "reward/mean": 0.1, "entropy": 1.0, "time/step": 10.0},
+            {"step": 2, "reward/mean": 0.2, "entropy": 0.5, "time/step": 30.0, "eval/accuracy": 0.25,
+             "eval/format_rate": 0.75}]
+    summary = compare_variants.summarise(rows, last=1)
+    assert summary == {"eval/accuracy": 0.25, "eval/format_rate": 0.75, "entropy": 0.5, "time/step": 20.0}
+    text = compare_variants.table({"gspo": [summary, {**summary, "eval/accuracy": 0.35}]}, steps=2)
+    assert "| gspo | 2 | 0.300 (0.250, 0.350) | 0.750 (0.750, 0.750) |" in text
