@@ -155,7 +155,7 @@ def plot(runs: dict[str, list[list[dict]]], path: Path) -> None:
                 ax.plot([s for s, _ in points], [v for _, v in points], marker="o" if len(points) < 4 else None,
                         color=colours[index % len(colours)], alpha=0.85, linewidth=1.2,
                         label=variant if number == 0 else None)
-        ax.set_title(title)
+        ax.set_title(title.replace(" (last steps)", ""))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
