@@ -1,4 +1,4 @@
-"""The `r1train` command line: run, validate, eval, data, report.
+"""The `r1train` command line: run, validate, eval, data, report, rollout-workers.
 
 Every user error (bad recipe, missing file, unknown reward) ends in one line on stderr and exit
 code 2, before any work starts; training failures end with exit code 1, and a run stopped by
@@ -78,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("path")
     describe.set_defaults(func=_cmd_data_describe)
 
+    workers = sub.add_parser("rollout-workers", help="start `vllm serve` rollout workers for rollout.placement: remote")
+    workers.add_argument("--model", required=True, help="the model folder (or alias) the run starts from")
+    workers.add_argument("--workers", type=int, default=1, help="how many workers (default 1)")
+    workers.add_argument("--port", type=int, default=8001, help="first worker's port; the others follow (default 8001)")
+    workers.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    workers.add_argument("--max-model-len", type=int, default=2048, help="longest prompt + completion (default 2048)")
+    workers.add_argument("--dtype", default="bfloat16", help="the workers' weight dtype (default bfloat16)")
+    workers.add_argument("--kv-cache-gib", type=float, default=1.0, help="CPU only: KV cache per worker (default 1)")
+    workers.add_argument("--gpus", help="GPU ids, one per worker (default 1..N: GPU 0 is left to the learner)")
+    workers.add_argument("--timeout", type=float, default=600, help="seconds to wait for the workers (default 600)")
+    workers.add_argument("--log-dir", default="rollout_workers", help="folder for the workers' logs")
+    workers.set_defaults(func=_cmd_rollout_workers)
+
     report = sub.add_parser("report", help="write plots and a markdown summary for a run folder")
     report.add_argument("run_dir")
     report.set_defaults(func=_cmd_report)
@@ -135,6 +148,15 @@ def _cmd_data_describe(args) -> int:
 
     print(describe(Path(args.path)))
     return 0
+
+
+def _cmd_rollout_workers(args) -> int:
+    from r1train.errors import RunError
+    from r1train.rollout_workers import rollout_workers_cli
+
+    if args.workers < 1:
+        raise RunError("--workers must be at least 1")
+    return rollout_workers_cli(args)
 
 
 def _cmd_report(args) -> int:

@@ -88,11 +88,22 @@ class DataConfig:
         )
 
 
+# Which rollout backends each placement can run: the one table `validate` and `engine_for` follow.
+# Remote workers are `vllm serve` processes, so only the vLLM backend runs there.
+BACKENDS_BY_PLACEMENT = {"colocate": ("hf", "vllm"), "remote": ("vllm",)}
+# How the learner's weights reach remote workers: "nccl" broadcasts them (CUDA on every side), "disk"
+# writes them once as safetensors that every worker reloads; "auto" takes nccl where it can.
+WEIGHT_SYNC_METHODS = ("auto", "nccl", "disk")
+
+
 @dataclass
 class RolloutConfig:
     backend: str = "hf"  # "hf" (transformers generate) or "vllm"
-    placement: str = "colocate"  # "colocate" (in-process) or "remote" (separate vLLM servers)
+    placement: str = "colocate"  # "colocate" (in-process) or "remote" (`vllm serve` workers)
     remote_urls: list[str] = field(default_factory=list)
+    weight_sync: str = "auto"  # remote placement: one of WEIGHT_SYNC_METHODS
+    weight_sync_dir: str | None = None  # disk sync: a folder every worker can read (default: a temp folder)
+    remote_timeout_s: float = 600.0  # remote placement: wait for workers at start, and for each request
     group_size: int = 8  # G completions per prompt
     prompts_per_step: int = 16
     max_new_tokens: int = 256
@@ -108,7 +119,15 @@ class RolloutConfig:
 
     def validate(self, at: str) -> None:
         _one_of(self.backend, ("hf", "vllm"), f"{at}.backend")
-        _one_of(self.placement, ("colocate", "remote"), f"{at}.placement")
+        _one_of(self.placement, tuple(BACKENDS_BY_PLACEMENT), f"{at}.placement")
+        _check(
+            self.backend in BACKENDS_BY_PLACEMENT[self.placement],
+            f"{at}.backend",
+            f"{self.backend!r} does not run with placement {self.placement!r} (remote workers are `vllm serve` "
+            "processes): set rollout.backend: vllm, or rollout.placement: colocate",
+        )
+        _one_of(self.weight_sync, WEIGHT_SYNC_METHODS, f"{at}.weight_sync")
+        _check(self.remote_timeout_s > 0, f"{at}.remote_timeout_s", "must be positive")
         _check(
             self.placement == "colocate" or self.remote_urls,
             f"{at}.remote_urls",

@@ -15,6 +15,10 @@ class MissingExtraError(ImportError):
     """An optional dependency (vLLM) is not installed; the message names the extra."""
 
 
+class RolloutWorkerError(ConnectionError):
+    """A remote rollout worker is unreachable, failed a request, or serves another model than the run's."""
+
+
 def _reward_spec_error() -> tuple[type, ...]:
     try:
         from rewards import RewardSpecError
@@ -24,5 +28,5 @@ def _reward_spec_error() -> tuple[type, ...]:
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataError, ModelNotFoundError, PromptError, RunError, MissingExtraError,
+    ConfigError, DataError, ModelNotFoundError, PromptError, RunError, MissingExtraError, RolloutWorkerError,
 ) + _reward_spec_error()

@@ -31,7 +31,7 @@ from r1train.data import PromptSampler, load_rows
 from r1train.heap import map_large_allocations
 from r1train.runtime import engine_for, seed_everything, set_threads
 from r1train.engines.base import Completion, SamplingSettings
-from r1train.engines.sync_check import compare_logprobs, sync_warning
+from r1train.engines.sync_check import compare_logprobs, sync_check_metrics
 from r1train.evaluation import Evaluator, task_metrics
 from r1train.learner import LossSettings, PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
@@ -254,7 +254,8 @@ class GRPOTrainer:
         metrics["rollout/non_finite_logprob_samples"] = int(broken.sum())
         if batch.engine_logprobs is not None and cfg.rollout.verify_sync:
             learner_logprobs = [None if bad else lp for bad, lp in zip(broken.tolist(), self.learner.pre_update_logprobs)]
-            metrics.update(self._sync_metrics(batch.engine_logprobs, learner_logprobs, staleness))
+            metrics.update(self._sync_metrics(batch.engine_logprobs, learner_logprobs, staleness,
+                                              [c.worker for c in completions]))
         lengths = [len(c.token_ids) for c in completions]
         gen_tokens = sum(lengths)
         metrics.update({
@@ -375,7 +376,7 @@ class GRPOTrainer:
 
     @staticmethod
     def _sync_metrics(engine_logprobs: list[torch.Tensor], learner_logprobs: list[torch.Tensor | None],
-                      staleness: int = 0) -> dict[str, float]:
+                      staleness: int = 0, workers: list[int | None] | None = None) -> dict[str, float]:
         """How far the engine's logprobs of its samples are from the learner's on the same weights.
 
         The learner's first forward pass of a step runs on the weights last pushed to the engine,
@@ -383,16 +384,18 @@ class GRPOTrainer:
         A stale batch (async mode) was sampled with older weights than the learner's: the difference
         then measures how far the policy moved, is logged as such, and is no sync failure.
         """
-        pairs = [(e, l) for e, l in zip(engine_logprobs, learner_logprobs) if l is not None]
-        if not pairs:
+        workers = workers or [None] * len(engine_logprobs)
+        kept = [(e, l, w) for e, l, w in zip(engine_logprobs, learner_logprobs, workers) if l is not None]
+        if not kept:
             return {}
-        diff = compare_logprobs([e for e, _ in pairs], [l for _, l in pairs])
+        engine, learner, workers = zip(*kept)
+        diff = compare_logprobs(engine, learner)
         if staleness:
             return {"async/logprob_abs_diff_mean": diff["mean_abs_diff"], "async/logprob_abs_diff_max": diff["max_abs_diff"]}
-        warning = sync_warning(diff)
-        if warning:
+        metrics, warnings = sync_check_metrics(engine, learner, workers)
+        for warning in warnings:
             log.warning(warning)
-        return {"sync/logprob_abs_diff_mean": diff["mean_abs_diff"], "sync/logprob_abs_diff_max": diff["max_abs_diff"]}
+        return metrics
 
     def _check_finite(self, metrics: dict[str, float]) -> None:
         """Stop the run after `training.max_nan_steps` optimiser steps in a row were skipped."""
@@ -448,7 +451,7 @@ def _take(batch: Rollouts, rows_idx: list[int], keep_idx: list[int]) -> Rollouts
     completions = []
     for i in keep_idx:
         c = batch.completions[i]
-        completions.append(Completion(new_index[c.prompt_index], c.prompt_token_ids, c.token_ids, c.text, c.logprobs, c.finish_reason))
+        completions.append(dataclasses.replace(c, prompt_index=new_index[c.prompt_index]))
     return Rollouts(
         rows=[batch.rows[g] for g in rows_idx],
         completions=completions,
@@ -467,7 +470,7 @@ def _merge(parts: list[Rollouts], wanted: int, G: int) -> Rollouts:
         offset = len(rows)
         rows += part.rows
         for c in part.completions:
-            completions.append(Completion(c.prompt_index + offset, c.prompt_token_ids, c.token_ids, c.text, c.logprobs, c.finish_reason))
+            completions.append(dataclasses.replace(c, prompt_index=c.prompt_index + offset))
         texts += part.texts
         rewards.append(part.rewards)
         for k in per_function:

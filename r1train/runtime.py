@@ -26,15 +26,6 @@ def set_threads(threads: int | None) -> None:
 
 def engine_for(recipe: Recipe, model, model_dir: str, tokenizer):
     """The rollout engine of `recipe.rollout`, generating from `model` (HF) or a copy of it (vLLM)."""
-    from r1train.engines import make_engine
+    from r1train.engines import engine_from_recipe
 
-    r = recipe.rollout
-    options = {"seed": recipe.seed}
-    if r.backend == "hf" and r.async_generation:
-        options["own_copy"] = True  # the learner updates its weights while the engine samples
-    if r.backend == "vllm":
-        options.update(kv_cache_gib=r.vllm_kv_cache_gib, sleep_mode=r.vllm_sleep,
-                       max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens)
-        if r.placement == "remote":
-            options.update(remote_urls=list(r.remote_urls))
-    return make_engine(r.backend if r.placement == "colocate" else "remote", model, model_dir, tokenizer, **options)
+    return engine_from_recipe(recipe, model, model_dir, tokenizer)

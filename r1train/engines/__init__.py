@@ -1,10 +1,12 @@
-"""Rollout engines: one interface (base.RolloutEngine), three placements.
+"""Rollout engines: one interface (base.RolloutEngine), three engines.
 
     "hf"      transformers generate on the learner's own model object (works everywhere)
     "vllm"    vLLM in the learner's process, weights pushed after every optimiser step
-    "remote"  `vllm serve` processes on other GPUs, weights pushed over NCCL
+    "remote"  `vllm serve` worker processes, weights pushed from disk or over NCCL
 
-Only the chosen backend's module is imported, so vLLM is imported only when it is used.
+A recipe's (rollout.backend, rollout.placement) picks one through `ENGINE_BY_RECIPE`, and each
+engine takes its own options from the recipe (`from_recipe`). Only the chosen engine's module is
+imported, so vLLM is imported only when it is used.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import torch
 from r1train.engines.base import Completion, RolloutEngine, SamplingSettings
 
 BACKENDS = ("hf", "vllm", "remote")
+# (rollout.backend, rollout.placement) -> engine; config.BACKENDS_BY_PLACEMENT refuses the other pairs.
+ENGINE_BY_RECIPE = {("hf", "colocate"): "hf", ("vllm", "colocate"): "vllm", ("vllm", "remote"): "remote"}
 
 
 def make_engine(
@@ -30,23 +34,38 @@ def make_engine(
         **options: the backend's own keyword arguments: HFEngine (batch_size, autocast_dtype,
             eos_token_ids, seed), VLLMEngine (max_model_len, seed, kv_cache_gib,
             gpu_memory_utilization, sleep_mode, dtype, eos_token_ids), RemoteVLLMEngine
-            (remote_urls, seed, master_address, master_port, dtype, timeout_s, eos_token_ids).
+            (remote_urls, seed, weight_sync, weight_sync_dir, model_names, min_model_len, timeout_s,
+            master_address, master_port, eos_token_ids).
     """
     if backend == "hf":
-        from r1train.engines.hf import HFEngine
-
-        return HFEngine(model, tokenizer, **options)
+        return _engine_class("hf")(model, tokenizer, **options)
     if backend == "vllm":
-        from r1train.engines.vllm_engine import VLLMEngine
-
         if model_dir is None:
             raise ValueError("the vllm backend needs model_dir, a safetensors folder of the starting weights")
-        return VLLMEngine(model_dir, tokenizer, **options)
+        return _engine_class("vllm")(model_dir, tokenizer, **options)
     if backend == "remote":
-        from r1train.engines.remote import RemoteVLLMEngine
-
-        return RemoteVLLMEngine(tokenizer=tokenizer, **options)
+        return _engine_class("remote")(tokenizer=tokenizer, **options)
     raise ValueError(f"unknown rollout backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Completion", "RolloutEngine", "SamplingSettings", "make_engine"]
+def engine_from_recipe(recipe, model: torch.nn.Module, model_dir: str | Path, tokenizer) -> RolloutEngine:
+    """The engine of the recipe's rollout backend and placement, built from the recipe's options."""
+    r = recipe.rollout
+    return _engine_class(ENGINE_BY_RECIPE[r.backend, r.placement]).from_recipe(recipe, model, model_dir, tokenizer)
+
+
+def _engine_class(backend: str):
+    if backend == "hf":
+        from r1train.engines.hf import HFEngine
+
+        return HFEngine
+    if backend == "vllm":
+        from r1train.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine
+    from r1train.engines.remote import RemoteVLLMEngine
+
+    return RemoteVLLMEngine
+
+
+__all__ = ["BACKENDS", "ENGINE_BY_RECIPE", "Completion", "RolloutEngine", "SamplingSettings", "engine_from_recipe", "make_engine"]

@@ -32,6 +32,7 @@ class Completion:
     text: str  # decoded completion, special tokens skipped
     logprobs: list[float] | None  # engine's log-prob of each sampled token; None if unsupported
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (hit max_new_tokens)
+    worker: int | None = None  # which remote rollout worker sampled it (None: an in-process engine)
 
     @property
     def truncated(self) -> bool:

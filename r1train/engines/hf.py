@@ -101,6 +101,11 @@ class HFEngine:
             self.model.train(was_training)
         return completions
 
+    @classmethod
+    def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "HFEngine":
+        # With async generation the learner updates its weights while the engine samples.
+        return cls(model, tokenizer, seed=recipe.seed, own_copy=recipe.rollout.async_generation)
+
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Copy `model`'s weights into the engine's own copy; with a shared model, nothing to copy."""
         if self.own_copy:

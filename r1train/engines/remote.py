@@ -1,65 +1,66 @@
-"""Rollouts from separate `vllm serve` processes, weights pushed to them over NCCL.
+"""Rollouts from `vllm serve` worker processes; the learner's weights pushed to them after every step.
 
-Placement: the learner keeps its own GPU(s); one or more vLLM servers run on other GPUs of the same
-node (or other nodes), so generation and learning scale separately. Prompts are split across the
-servers and sent as token ids to the OpenAI-compatible `/v1/completions` route; after each optimiser
-step the learner's weights are broadcast to every server's workers through vLLM 0.32's
-weight-transfer API (`vllm.distributed.weight_transfer`, dense "nccl" backend), then each server's
-prefix cache is reset so no KV computed with the old weights is reused.
+Placement: the learner keeps its own device(s); one or more vLLM servers (rollout workers) run
+beside it, on other GPUs, other nodes, or other CPU cores, so generation and learning scale
+separately. `r1train rollout-workers --model DIR --workers N` starts them (r1train/rollout_workers.py
+shows the `vllm serve` command each one runs, for starting them by hand).
 
-Start each server with the development routes (weight transfer, world size, prefix-cache reset) and
-the NCCL weight-transfer engine enabled, one per GPU (or group of GPUs with --tensor-parallel-size):
+Generation. A step's prompts are cut into contiguous ranges, one per worker, so each worker samples
+whole groups; every prompt is its own `/v1/completions` request (token ids in, `n` = group size), all
+sent at once, and the step waits for all of them. Each prompt gets its own sampling seed, derived
+from the engine seed, the call and the prompt's index: a seed shared by several prompts would give
+them the same random draws (correlated groups), and seeding by index gives the same samples whatever
+the number of workers. Every completion records which worker sampled it, so the trainer's post-sync
+log-prob check is reported per worker: a worker that missed an update shows up by itself.
 
-    VLLM_SERVER_DEV_MODE=1 CUDA_VISIBLE_DEVICES=1 vllm serve MODEL_DIR --port 8001 \\
-        --dtype bfloat16 --max-model-len 2048 --logprobs-mode raw_logprobs \\
-        --weight-transfer-config '{"backend": "nccl"}'
+Weights (remote_weights.py): "disk" writes them once as safetensors, which every worker reloads;
+"nccl" broadcasts them (CUDA on the learner and every worker); "auto" takes nccl where every side
+has CUDA and disk otherwise. After a push every worker's prefix cache is reset, so no KV computed
+with the old weights is reused.
 
-and give the learner `remote_urls=["http://127.0.0.1:8001", ...]`. MODEL_DIR is the same safetensors
-folder the learner starts from. The learner joins the NCCL group as rank 0 from its current CUDA
-device; the servers must reach `master_address:master_port` (defaults: 127.0.0.1 and a free port,
-right when the servers run on the learner's node).
-
-How weight sync works (vLLM's protocol, driven by `NCCLTrainerWeightTransferEngine`): the first sync
-asks every server for its worker count (`/get_world_size`), opens an NCCL group of 1 + all workers,
-and tells each server its workers' rank offset (`/init_weight_transfer_engine`). Each sync then
-posts `/start_weight_update`, posts `/update_weights` (parameter names, dtypes, shapes) to every
-server at once while the learner broadcasts the tensors, and posts `/finish_weight_update`.
-
-What is tested and what is not. Generation against a real `vllm serve` (CPU build, tiny model) is
-covered by tests/engines/test_remote_engine.py. The weight-transfer path needs NCCL, hence CUDA GPUs on
-both sides, and has not been run by this project: it follows the installed vLLM 0.32 source
-(`weight_transfer/nccl_engine.py`, `clients.py`, `entrypoints/rl/online/api_router.py`), but its
-rendezvous, the rank offsets given to several servers, and the logprob agreement after a sync are
-untested. The trainer's post-sync logprob check (sync_check.py) is the safeguard: a broken
-transfer shows up there on the first step.
+Faults end in one line naming the worker, never a hang: at start the engine waits (with a progress
+line) up to `timeout_s` for every worker, then checks each serves the run's model with a long
+enough context; during the run a request that fails, or takes longer than `timeout_s`, stops the
+step with a `RolloutWorkerError`. The run's last checkpoint stays, and `r1train run --resume`
+continues once the worker is back.
 """
 from __future__ import annotations
 
 import json
-import socket
+import re
+import sys
 import time
+import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from r1train.engines.base import Completion, SamplingSettings, decode_completion
-from r1train.engines.weights import checkpoint_weights
+from r1train.engines.remote_weights import DiskWeightPush, NCCLWeightPush
+from r1train.errors import RolloutWorkerError
+
+START_HINT = "start them with `r1train rollout-workers --model MODEL_DIR --workers N`, or fix rollout.remote_urls"
+RESUME_HINT = "the last checkpoint is kept: restart the worker, then `r1train run RECIPE --resume` continues"
 
 
 class RemoteVLLMEngine:
-    """Generate on `vllm serve` processes; push weights to them over NCCL.
+    """Generate on `vllm serve` workers; push the learner's weights to them from disk or over NCCL.
 
     Args:
-        remote_urls: base URLs of the servers, e.g. ["http://127.0.0.1:8001"].
+        remote_urls: base URLs of the workers, e.g. ["http://127.0.0.1:8001"].
         tokenizer: the learner's tokenizer; decodes completions (text = decoded token ids).
-        seed: per-call sampling seeds are derived from it (seed, seed + 1, ...), so a run repeats;
-            None leaves sampling to the servers' own `--seed` stream.
-        master_address: address of the learner's NCCL endpoint as the servers see it.
-        master_port: its port; None picks a free one.
-        dtype: dtype the weights travel in (the servers' dtype).
-        timeout_s: per HTTP request, and for the servers to come up.
+        seed: sampling seeds derive from it; None leaves sampling to the workers' own streams.
+        weight_sync: "auto", "disk" or "nccl" (see the module docstring).
+        weight_sync_dir: disk sync: a folder every worker can read; None: a temporary folder.
+        model_names: the model the workers must serve: any of these names or folders (the
+            learner's starting folder, the recipe's model name).
+        min_model_len: the longest prompt + completion the run needs; a worker with a shorter
+            context is refused.
+        timeout_s: how long to wait for the workers at start, and for any one request.
+        master_address, master_port: nccl sync: the learner's NCCL endpoint as the workers see it.
         eos_token_ids: extra token ids that end a completion, besides the model's own EOS.
     """
 
@@ -69,10 +70,13 @@ class RemoteVLLMEngine:
         tokenizer,
         *,
         seed: int | None = None,
+        weight_sync: str = "auto",
+        weight_sync_dir: str | Path | None = None,
+        model_names: tuple[str, ...] = (),
+        min_model_len: int | None = None,
+        timeout_s: float = 600.0,
         master_address: str = "127.0.0.1",
         master_port: int | None = None,
-        dtype: str = "bfloat16",
-        timeout_s: float = 600.0,
         eos_token_ids: list[int] | None = None,
     ):
         if not remote_urls:
@@ -80,74 +84,90 @@ class RemoteVLLMEngine:
         self.urls = [url.rstrip("/") for url in remote_urls]
         self.tokenizer = tokenizer
         self.seed = seed
-        self.master_address = master_address
-        self.master_port = master_port
-        self.dtype = getattr(torch, dtype)
         self.timeout_s = timeout_s
         self.eos_token_ids = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
         self._calls = 0
-        self._sender = None  # vLLM's trainer-side NCCL engine, created by the first sync
-        for url in self.urls:
-            _wait_until_healthy(url, timeout_s)
+        wait_for_workers(self.urls, timeout_s)
+        self.workers = [self._check_worker(url, model_names, min_model_len) for url in self.urls]
+        dtype = getattr(torch, self.workers[0]["dtype"])
+        if weight_sync == "auto":
+            everywhere_cuda = torch.cuda.is_available() and all(w["device"] == "cuda" for w in self.workers)
+            weight_sync = "nccl" if everywhere_cuda else "disk"
+        self.weight_sync = weight_sync
+        if weight_sync == "nccl":
+            self._push = NCCLWeightPush(self.urls, dtype, timeout_s, self._get, master_address, master_port)
+        else:
+            self._push = DiskWeightPush(weight_sync_dir, self._reload_from, self.urls, dtype)
 
+    @classmethod
+    def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "RemoteVLLMEngine":
+        r = recipe.rollout
+        engine = cls(
+            list(r.remote_urls), tokenizer, seed=recipe.seed, weight_sync=r.weight_sync,
+            weight_sync_dir=r.weight_sync_dir, timeout_s=r.remote_timeout_s,
+            model_names=(str(model_dir), recipe.model.name),
+            min_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens,
+        )
+        engine.sync_weights(model)  # workers keep the last weights pushed to them, maybe by another run
+        return engine
+
+    # -----------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        seed = sampling.seed if sampling.seed is not None else (None if self.seed is None else self.seed + self._calls)
+        call = self._calls
         self._calls += 1
-        chunks = _split(len(prompts), len(self.urls))  # contiguous prompt ranges, one per server
-        with ThreadPoolExecutor(max_workers=len(self.urls)) as pool:
-            replies = list(
-                pool.map(
-                    lambda job: self._complete(job[0], prompts[job[1] : job[2]], n, sampling, seed),
-                    [(url, start, end) for url, (start, end) in zip(self.urls, chunks) if end > start],
-                )
-            )
+        owners = [i * len(self.urls) // len(prompts) for i in range(len(prompts))]  # whole groups per worker
+        pool = ThreadPoolExecutor(max_workers=min(len(prompts), 256))
+        futures = [pool.submit(self._complete, self.urls[w], prompt, n, sampling, self._seed(sampling, call, i))
+                   for i, (w, prompt) in enumerate(zip(owners, prompts))]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        pool.shutdown(wait=not pending, cancel_futures=True)  # a failed worker leaves nothing to wait for
         completions = []
-        for (start, _end), choices in zip([c for c in chunks if c[1] > c[0]], replies):
-            for choice in sorted(choices, key=lambda c: c["index"]):
-                prompt_index = start + choice["index"] // n  # vLLM numbers choices prompt-major
+        for i, (worker, prompt, future) in enumerate(zip(owners, prompts, futures)):
+            for choice in sorted(future.result(), key=lambda c: c["index"]):
                 token_ids = list(choice["token_ids"])
                 if choice["finish_reason"] not in ("stop", "length"):
                     raise RuntimeError(f"a completion ended with finish_reason={choice['finish_reason']!r}")
-                completions.append(
-                    Completion(
-                        prompt_index=prompt_index,
-                        prompt_token_ids=list(prompts[prompt_index]),
-                        token_ids=token_ids,
-                        text=decode_completion(self.tokenizer, token_ids, sampling.stop),
-                        logprobs=[float(x) for x in choice["logprobs"]["token_logprobs"]],
-                        finish_reason=choice["finish_reason"],
-                    )
-                )
+                completions.append(Completion(
+                    prompt_index=i,
+                    prompt_token_ids=list(prompt),
+                    token_ids=token_ids,
+                    text=decode_completion(self.tokenizer, token_ids, sampling.stop),
+                    logprobs=[float(x) for x in choice["logprobs"]["token_logprobs"]],
+                    finish_reason=choice["finish_reason"],
+                    worker=worker,
+                ))
         return completions
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Broadcast `model`'s weights (LoRA merged) to every server, then reset their prefix caches."""
-        if self._sender is None:
-            self._sender = self._connect(model)
-        self._sender.send_weights()
+        """Push `model`'s weights (LoRA merged) to every worker, then reset their prefix caches."""
+        self._push.push(model)
         for url in self.urls:
-            _post(url, "/reset_prefix_cache", None, self.timeout_s)
+            self._post(url, "/reset_prefix_cache", None)
 
     def sleep(self) -> None:
-        """The servers have GPUs of their own: nothing to free on the learner's."""
+        """The workers hold their own memory: nothing to free in the learner's process."""
 
     def wake_up(self) -> None:
         """See sleep()."""
 
     def close(self) -> None:
-        """Tear down the NCCL group; the servers keep running (they were started outside)."""
-        if self._sender is not None:
-            self._sender.shutdown()
-            for url in self.urls:
-                _post(url, "/shutdown_weight_transfer_engine", None, self.timeout_s)
-            self._sender = None
+        """Remove the pushed weights / tear down the NCCL group; the workers keep running."""
+        if isinstance(self._push, NCCLWeightPush):
+            self._push.close(lambda url, route: self._post(url, route, None))
+        else:
+            self._push.close()
 
-    def _complete(self, url: str, prompts: list[list[int]], n: int, sampling: SamplingSettings, seed: int | None):
+    # -----------------------------------------------------------------------------------------
+    def _seed(self, sampling: SamplingSettings, call: int, prompt_index: int) -> int | None:
+        base = sampling.seed if sampling.seed is not None else (None if self.seed is None else self.seed + call)
+        return None if base is None else (base * 1_000_003 + prompt_index) % 2**31
+
+    def _complete(self, url: str, prompt: list[int], n: int, sampling: SamplingSettings, seed: int | None):
         body: dict[str, Any] = {
-            "prompt": [list(p) for p in prompts],
+            "prompt": list(prompt),
             "n": n,
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
@@ -161,110 +181,87 @@ class RemoteVLLMEngine:
         }
         if seed is not None:
             body["seed"] = seed
-        return _post(url, "/v1/completions", body, self.timeout_s)["choices"]
+        return self._post(url, "/v1/completions", body)["choices"]
 
-    def _connect(self, model: torch.nn.Module):
-        """Open the NCCL group with every server's workers (vLLM's trainer-side handshake)."""
-        from r1train.engines.vllm_engine import import_vllm
+    def _reload_from(self, url: str, folder: str) -> None:
+        """Ask the worker to reload its weights, in place, from the safetensors in `folder`."""
+        self._post(url, "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": folder}})
 
-        import_vllm()
-        from vllm.distributed.weight_transfer import WeightTransferTrainerFactory
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+    def _check_worker(self, url: str, model_names: tuple[str, ...], min_model_len: int | None) -> dict[str, Any]:
+        """The worker's model folder, context, dtype and device; refuses one that cannot serve this run."""
+        (card,) = self._get(url, "/v1/models")["data"][:1]
+        if model_names and not any(_same_model(card["root"], name) or card["id"] == name for name in model_names):
+            raise RolloutWorkerError(
+                f"rollout worker {url} serves {card['root']}, but this run needs {model_names[0]}: "
+                f"restart the workers with --model {model_names[0]}")
+        if min_model_len is not None and card["max_model_len"] < min_model_len:
+            raise RolloutWorkerError(
+                f"rollout worker {url} serves at most {card['max_model_len']} tokens, but this run needs "
+                f"{min_model_len} (data.max_prompt_tokens + rollout.max_new_tokens): restart the workers "
+                f"with --max-model-len {min_model_len}")
+        try:
+            info = self._get(url, "/server_info")["vllm_config"]  # a development route
+        except RolloutWorkerError:
+            raise RolloutWorkerError(
+                f"rollout worker {url} lacks the weight-update routes: start it with VLLM_SERVER_DEV_MODE=1 "
+                "(r1train rollout-workers does)") from None
+        return {"root": card["root"], "max_model_len": card["max_model_len"],
+                "dtype": re.search(r"\bdtype=torch\.(\w+)", info).group(1),
+                "device": re.search(r"\bdevice_config=(\w+)", info).group(1)}
 
-        world_sizes = [_get(url, "/get_world_size", self.timeout_s)["world_size"] for url in self.urls]
-        init_info = NCCLTrainerInitInfo(
-            master_address=self.master_address,
-            master_port=self.master_port or _free_port(),
-            world_size=1 + sum(world_sizes),
-            rank=0,
-        )
-        client = _AllServersClient(self.urls, world_sizes, self.timeout_s)
-        return WeightTransferTrainerFactory.trainer_init(init_info, client=client, source=_learner_source(model, self.dtype))
+    def _post(self, url: str, route: str, body: dict | None) -> dict:
+        data = json.dumps(body).encode() if body is not None else b""
+        request = urllib.request.Request(url + route, data=data, headers={"Content-Type": "application/json"}, method="POST")
+        return _answer(request, url, route, self.timeout_s)
 
-
-class _AllServersClient:
-    """vLLM's `VLLMWeightSyncClient` protocol over several servers at once.
-
-    Every call goes to all servers concurrently (their workers all sit in the same NCCL broadcast).
-    vLLM's trainer engine places the workers at rank offset 1, after the learner; server k's
-    workers are shifted further by the worker counts of servers 0..k-1.
-    """
-
-    def __init__(self, urls: list[str], world_sizes: list[int], timeout_s: float):
-        from vllm.distributed.weight_transfer import HTTPVLLMWeightSyncClient
-
-        self.clients = [HTTPVLLMWeightSyncClient(url, timeout=timeout_s) for url in urls]
-        self.offsets = [sum(world_sizes[:k]) for k in range(len(urls))]
-
-    def _all(self, call) -> None:
-        with ThreadPoolExecutor(max_workers=len(self.clients)) as pool:
-            for future in [pool.submit(call, k, client) for k, client in enumerate(self.clients)]:
-                future.result()
-
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        self._all(lambda k, c: c.init_weight_transfer_engine({**init_info, "rank_offset": init_info["rank_offset"] + self.offsets[k]}))
-
-    def start_weight_update(self) -> None:
-        self._all(lambda k, c: c.start_weight_update())
-
-    def update_weights(self, update_info) -> None:
-        self._all(lambda k, c: c.update_weights(update_info))
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self._all(lambda k, c: c.finish_weight_update(weight_version))
+    def _get(self, url: str, route: str) -> dict:
+        return _answer(urllib.request.Request(url + route), url, route, self.timeout_s)
 
 
-def _learner_source(model: torch.nn.Module, dtype: torch.dtype):
-    """A vLLM `WeightSource` replaying `checkpoint_weights(model)` on every sync."""
-    from vllm.distributed.weight_transfer import ParamMeta, WeightSource
-
-    class LearnerWeights(WeightSource):
-        def __init__(self):
-            self._meta: list[ParamMeta] | None = None
-
-        def metadata(self) -> list[ParamMeta]:
-            if self._meta is None:  # names, dtypes and shapes never change during training
-                self._meta = [ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in checkpoint_weights(model, dtype)]
-            return self._meta
-
-        def __iter__(self):
-            return checkpoint_weights(model, dtype)
-
-    return LearnerWeights()
-
-
-def _split(count: int, parts: int) -> list[tuple[int, int]]:
-    """`count` items cut into `parts` contiguous, near-equal (start, end) ranges."""
-    bounds = [round(k * count / parts) for k in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _post(url: str, route: str, body: dict | None, timeout_s: float) -> dict:
-    data = json.dumps(body).encode() if body is not None else b""
-    request = urllib.request.Request(url + route, data=data, headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        text = response.read()
+def _answer(request: urllib.request.Request, url: str, route: str, timeout_s: float) -> dict:
+    """The JSON a worker answers, or a RolloutWorkerError naming it."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            text = response.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")[:300]
+        raise RolloutWorkerError(f"rollout worker {url} refused {route} (HTTP {error.code}: {detail})") from None
+    except OSError as error:  # refused, reset, timed out: the worker is gone or stuck
+        reason = getattr(error, "reason", error)
+        raise RolloutWorkerError(f"rollout worker {url} did not answer {route} ({reason}); {RESUME_HINT}") from None
     return json.loads(text) if text else {}
 
 
-def _get(url: str, route: str, timeout_s: float) -> dict:
-    with urllib.request.urlopen(url + route, timeout=timeout_s) as response:
-        return json.loads(response.read())
-
-
-def _wait_until_healthy(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+def wait_for_workers(urls: list[str], timeout_s: float, poll_s: float = 2.0) -> None:
+    """Return once every worker answers /health; print a progress line meanwhile, fail after timeout_s."""
+    start = time.monotonic()
+    waiting = list(urls)
+    last_report = 0.0
     while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=10):
-                return
-        except OSError as error:
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"no vLLM server answered at {url}/health within {timeout_s:.0f} s") from error
-            time.sleep(2)
+        for url in list(waiting):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5).close()
+                waiting.remove(url)
+            except OSError as error:
+                reason = getattr(error, "reason", error)
+        elapsed = time.monotonic() - start
+        if not waiting:
+            if last_report:
+                print(f"r1train: all {len(urls)} rollout workers answer", file=sys.stderr, flush=True)
+            return
+        if elapsed > timeout_s:
+            raise RolloutWorkerError(
+                f"rollout worker {waiting[0]} did not answer within {timeout_s:.0f} s ({reason}): {START_HINT}")
+        if elapsed - last_report >= 10 or not last_report:
+            print(f"r1train: waiting for rollout workers: {len(urls) - len(waiting)}/{len(urls)} answer "
+                  f"({waiting[0]}: {reason}), {elapsed:.0f}/{timeout_s:.0f} s", file=sys.stderr, flush=True)
+            last_report = max(elapsed, 1e-9)
+        time.sleep(poll_s)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def _same_model(served: str, name: str) -> bool:
+    """Whether a worker's model (its folder, as it was started) is `name` (a folder or a hub id)."""
+    if served == name:
+        return True
+    served_path, path = Path(served).expanduser(), Path(name).expanduser()
+    return served_path.exists() and path.exists() and served_path.resolve() == path.resolve()

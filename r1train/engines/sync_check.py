@@ -63,6 +63,58 @@ def sync_warning(stats: dict[str, float], bound: float = SYNC_WARN_MEAN_ABS_DIFF
     )
 
 
+def compare_logprobs_by_worker(
+    engine_logprobs: Sequence[Sequence[float] | torch.Tensor],
+    learner_logprobs: Sequence[Sequence[float] | torch.Tensor],
+    workers: Sequence[int],
+) -> dict[str, dict[str, float]]:
+    """`compare_logprobs` over each rollout worker's completions, by worker index.
+
+    Args:
+        engine_logprobs, learner_logprobs: per completion, as for `compare_logprobs` (lists).
+        workers: per completion, the index of the worker that sampled it.
+
+    Returns:
+        {worker index: {"mean_abs_diff", "max_abs_diff"}} for every worker that sampled any.
+    """
+    by_worker: dict[int, tuple[list, list]] = {}
+    for engine_row, learner_row, worker in zip(engine_logprobs, learner_logprobs, workers):
+        engine_rows, learner_rows = by_worker.setdefault(worker, ([], []))
+        engine_rows.append(engine_row)
+        learner_rows.append(learner_row)
+    return {worker: compare_logprobs(*rows) for worker, rows in sorted(by_worker.items())}
+
+
+def sync_check_metrics(
+    engine_logprobs: Sequence[Sequence[float] | torch.Tensor],
+    learner_logprobs: Sequence[Sequence[float] | torch.Tensor],
+    workers: Sequence[int | None],
+) -> tuple[dict[str, float], list[str]]:
+    """A step's `sync/*` metrics and the warnings worth printing.
+
+    With remote rollout workers (`workers` holds each completion's worker index) every worker gets
+    its own check, `sync/worker<i>/logprob_abs_diff_{mean,max}`, and the worst worker's mean is
+    `sync/worst_worker_logprob_abs_diff_mean`: a worker that missed an update shows up by itself
+    instead of being averaged away. In-process engines (worker None) get the overall check only.
+    """
+    overall = compare_logprobs(engine_logprobs, learner_logprobs)
+    checks = {"": overall}
+    if workers and workers[0] is not None:
+        checks = {f"worker{w}/": d for w, d in compare_logprobs_by_worker(engine_logprobs, learner_logprobs, workers).items()}
+    metrics, warnings = {}, []
+    for name, check in checks.items():
+        warning = sync_warning(check)
+        if warning:
+            warnings.append(f"rollout {name[:-1]}: {warning}" if name else warning)
+        metrics[f"sync/{name}logprob_abs_diff_mean"] = check["mean_abs_diff"]
+        metrics[f"sync/{name}logprob_abs_diff_max"] = check["max_abs_diff"]
+    metrics["sync/logprob_abs_diff_mean"] = overall["mean_abs_diff"]
+    metrics["sync/logprob_abs_diff_max"] = overall["max_abs_diff"]
+    if "" not in checks:
+        metrics["sync/worst_worker_logprob_abs_diff_mean"] = max(d["mean_abs_diff"] for d in checks.values())
+    return metrics, warnings
+
+
 def _flat_abs_diffs(engine, learner, mask: torch.Tensor | None) -> torch.Tensor:
     if isinstance(engine, torch.Tensor) and engine.dim() == 2:
         if not isinstance(learner, torch.Tensor) or learner.shape != engine.shape:

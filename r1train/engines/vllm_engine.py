@@ -159,6 +159,12 @@ class VLLMEngine:
         self._asleep = False
         self._kv_storage_bytes: list = []  # CPU sleep: (storage, size) of the freed KV cache
 
+    @classmethod
+    def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "VLLMEngine":
+        r = recipe.rollout
+        return cls(model_dir, tokenizer, seed=recipe.seed, kv_cache_gib=r.vllm_kv_cache_gib, sleep_mode=r.vllm_sleep,
+                   max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens)
+
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
         if n < 1:

