@@ -13,8 +13,9 @@ the development routes (`/collective_rpc` to reload weights from disk, `/server_
 
 - GPUs: one per worker, GPUs 1..N by default (GPU 0 is left to the learner), `--gpus` to choose.
 - CPU: vLLM's CPU server pins its OpenMP threads to cores (VLLM_CPU_OMP_THREADS_BIND); left to
-  itself every worker would pin to the same core. The cores are split into one contiguous slice per
-  worker instead; with more workers than cores, threads are left unpinned. The KV cache gets a fixed
+  itself every worker would pin to the same cores. With several workers the cores are split into
+  one contiguous slice per worker instead (with more workers than cores, threads are left unpinned);
+  a single worker keeps vLLM's own binding. The KV cache gets a fixed
   budget (`--kv-cache-gib`), since there is no GPU memory to size it from.
 
 The command waits until every worker answers, prints the `rollout.remote_urls` line for the recipe,
@@ -80,7 +81,7 @@ class WorkerPool:
                 env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
                 if self.on_gpu:
                     env["CUDA_VISIBLE_DEVICES"] = str(gpus[i])
-                else:
+                elif workers > 1:  # one worker: vLLM's own binding (all cores but one for its scheduler)
                     env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(i, workers, cores)
                 self._envs.append(env)
                 command = worker_command(model_dir, port + i, host=host, max_model_len=max_model_len, dtype=dtype,
