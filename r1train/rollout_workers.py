@@ -99,21 +99,17 @@ class WorkerPool:
     def wait_until_healthy(self, timeout_s: float) -> None:
         """Return once every worker answers; fail at once if one exits, or after `timeout_s`."""
         from r1train.engines.remote import wait_for_workers
+
+        wait_for_workers(self.urls, timeout_s, check=self._raise_if_one_exited)
+
+    def _raise_if_one_exited(self) -> None:
         from r1train.errors import RolloutWorkerError
 
-        deadline = time.monotonic() + timeout_s
         for i, (url, process) in enumerate(zip(self.urls, self.processes)):
-            while True:
-                if process.poll() is not None:
-                    tail = self.log_path(i).read_text(errors="replace").strip().splitlines()[-1:]
-                    raise RolloutWorkerError(f"rollout worker {i} ({url}) exited with code {process.returncode}: "
-                                             f"{tail[0] if tail else ''} (log: {self.log_path(i)})")
-                try:
-                    wait_for_workers([url], timeout_s=min(10.0, max(deadline - time.monotonic(), 0.0)))
-                    break
-                except RolloutWorkerError:
-                    if time.monotonic() > deadline:
-                        raise
+            if process.poll() is not None:
+                lines = self.log_path(i).read_text(errors="replace").strip().splitlines()
+                raise RolloutWorkerError(f"rollout worker {i} ({url}) exited with code {process.returncode}: "
+                                         f"{lines[-1] if lines else 'no output'} (log: {self.log_path(i)})")
 
     def stop(self) -> None:
         """SIGTERM every worker (its whole process group: the server and its engine core), then SIGKILL

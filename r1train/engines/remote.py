@@ -32,6 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,17 @@ class RemoteVLLMEngine:
             raise ValueError(f"n must be at least 1, got {n}")
         call = self._calls
         self._calls += 1
+        if not prompts:
+            return []
         owners = [i * len(self.urls) // len(prompts) for i in range(len(prompts))]  # whole groups per worker
         pool = ThreadPoolExecutor(max_workers=min(len(prompts), 256))
         futures = [pool.submit(self._complete, self.urls[w], prompt, n, sampling, self._seed(sampling, call, i))
                    for i, (w, prompt) in enumerate(zip(owners, prompts))]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        pool.shutdown(wait=not pending, cancel_futures=True)  # a failed worker leaves nothing to wait for
+        pool.shutdown(wait=not pending, cancel_futures=True)  # one failed request fails the step: stop waiting
+        for future in done:
+            if future.exception() is not None:
+                raise future.exception()
         completions = []
         for i, (worker, prompt, future) in enumerate(zip(owners, prompts, futures)):
             for choice in sorted(future.result(), key=lambda c: c["index"]):
@@ -232,11 +238,15 @@ def _answer(request: urllib.request.Request, url: str, route: str, timeout_s: fl
     return json.loads(text) if text else {}
 
 
-def wait_for_workers(urls: list[str], timeout_s: float, poll_s: float = 2.0) -> None:
-    """Return once every worker answers /health; print a progress line meanwhile, fail after timeout_s."""
+def wait_for_workers(urls: list[str], timeout_s: float, check: Callable[[], None] | None = None,
+                     poll_s: float = 2.0) -> None:
+    """Return once every worker answers /health; print a progress line meanwhile, fail after timeout_s.
+
+    `check`, called at every poll, may raise to stop waiting early (a worker process that exited).
+    """
     start = time.monotonic()
-    waiting = list(urls)
-    last_report = 0.0
+    waiting, reason = list(urls), ""
+    last_report = None
     while True:
         for url in list(waiting):
             try:
@@ -246,16 +256,18 @@ def wait_for_workers(urls: list[str], timeout_s: float, poll_s: float = 2.0) -> 
                 reason = getattr(error, "reason", error)
         elapsed = time.monotonic() - start
         if not waiting:
-            if last_report:
+            if last_report is not None:
                 print(f"r1train: all {len(urls)} rollout workers answer", file=sys.stderr, flush=True)
             return
+        if check is not None:
+            check()
         if elapsed > timeout_s:
             raise RolloutWorkerError(
                 f"rollout worker {waiting[0]} did not answer within {timeout_s:.0f} s ({reason}): {START_HINT}")
-        if elapsed - last_report >= 10 or not last_report:
+        if last_report is None or elapsed - last_report >= 10:
             print(f"r1train: waiting for rollout workers: {len(urls) - len(waiting)}/{len(urls)} answer "
                   f"({waiting[0]}: {reason}), {elapsed:.0f}/{timeout_s:.0f} s", file=sys.stderr, flush=True)
-            last_report = max(elapsed, 1e-9)
+            last_report = elapsed
         time.sleep(poll_s)
 
 

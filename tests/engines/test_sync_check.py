@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from r1train.engines.sync_check import SYNC_WARN_MEAN_ABS_DIFF, compare_logprobs, sync_warning
+from r1train.engines.sync_check import SYNC_WARN_MEAN_ABS_DIFF, compare_logprobs, sync_check_metrics, sync_warning
 
 
 def test_ragged_lists_are_compared_token_by_token():
@@ -47,3 +47,24 @@ def test_warning_only_above_the_bound():
     assert sync_warning({"mean_abs_diff": SYNC_WARN_MEAN_ABS_DIFF / 2, "max_abs_diff": 3.0}) is None
     message = sync_warning({"mean_abs_diff": 1.2, "max_abs_diff": 8.0})
     assert message is not None and "1.200" in message
+
+
+def test_remote_workers_are_checked_one_by_one_so_a_stale_one_stands_out():
+    # Worker 1 missed an update: over all tokens its difference of 2.0 averages down to 0.5; only
+    # the per-worker check says which worker it was.
+    engine = [[-1.0, -1.0], [-1.0], [-3.0]]
+    learner = [[-1.0, -1.0], [-1.0], [-1.0]]
+    metrics, warnings = sync_check_metrics(engine, learner, [0, 0, 1])
+
+    assert metrics["sync/worker0/logprob_abs_diff_mean"] == 0.0
+    assert metrics["sync/worker1/logprob_abs_diff_mean"] == pytest.approx(2.0)
+    assert metrics["sync/worst_worker_logprob_abs_diff_mean"] == pytest.approx(2.0)
+    assert metrics["sync/logprob_abs_diff_mean"] == pytest.approx(0.5)
+    assert len(warnings) == 1 and warnings[0].startswith("rollout worker1:")
+
+
+def test_an_in_process_engine_gets_the_overall_check_only():
+    metrics, warnings = sync_check_metrics([[-1.0]], [[-1.5]], [None])
+
+    assert metrics == {"sync/logprob_abs_diff_mean": 0.5, "sync/logprob_abs_diff_max": 0.5}
+    assert len(warnings) == 1 and warnings[0].startswith("engine and learner")

@@ -1,0 +1,34 @@
+"""`r1train rollout-workers`: the command each worker runs and where its threads go. The workers
+themselves are started and stopped by tests/engines/test_remote_workers.py."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r1train.cli import main
+from r1train.rollout_workers import cpu_binding, worker_command
+
+
+@pytest.mark.parametrize("workers, cores, expected", [
+    (2, [0, 1], ["0", "1"]),  # this machine: one core each
+    (2, [0, 1, 2, 3, 4], ["0,1", "2,3,4"]),  # contiguous, near-equal slices
+    (3, [0, 1], ["nobind"] * 3),  # more workers than cores: leave the threads to the OS
+])
+def test_every_worker_gets_its_own_cores(workers, cores, expected):
+    assert [cpu_binding(i, workers, cores) for i in range(workers)] == expected
+
+
+def test_the_worker_command_asks_for_raw_logprobs_and_the_device_specific_options():
+    cpu = worker_command("/m", 8001, host="127.0.0.1", max_model_len=1024, dtype="bfloat16", kv_cache_gib=0.5, on_gpu=False)
+    gpu = worker_command("/m", 8002, host="0.0.0.0", max_model_len=1024, dtype="bfloat16", kv_cache_gib=0.5, on_gpu=True)
+
+    assert cpu[cpu.index("--logprobs-mode") + 1] == "raw_logprobs" == gpu[gpu.index("--logprobs-mode") + 1]
+    assert cpu[cpu.index("--kv-cache-memory-bytes") + 1] == str(1 << 29) and "--enforce-eager" in cpu
+    assert json.loads(gpu[gpu.index("--weight-transfer-config") + 1]) == {"backend": "nccl"}
+    assert "--kv-cache-memory-bytes" not in gpu
+
+
+def test_zero_workers_is_refused_in_one_line(capsys):
+    assert main(["rollout-workers", "--model", "/m", "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "r1train: error: --workers must be at least 1"
