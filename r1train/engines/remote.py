@@ -91,9 +91,14 @@ class RemoteVLLMEngine:
         wait_for_workers(self.urls, timeout_s)
         self.workers = [self._check_worker(url, model_names, min_model_len) for url in self.urls]
         dtype = getattr(torch, self.workers[0]["dtype"])
+        everywhere_cuda = torch.cuda.is_available() and all(w["device"] == "cuda" for w in self.workers)
         if weight_sync == "auto":
-            everywhere_cuda = torch.cuda.is_available() and all(w["device"] == "cuda" for w in self.workers)
             weight_sync = "nccl" if everywhere_cuda else "disk"
+        if weight_sync == "nccl" and not everywhere_cuda:
+            devices = ", ".join(f"{url}: {w['device']}" for url, w in zip(self.urls, self.workers))
+            raise RolloutWorkerError(
+                f"rollout.weight_sync: nccl needs CUDA on the learner (here: {'cuda' if torch.cuda.is_available() else 'none'}) "
+                f"and on every worker ({devices}): set rollout.weight_sync: disk or auto")
         self.weight_sync = weight_sync
         if weight_sync == "nccl":
             self._push = NCCLWeightPush(self.urls, dtype, timeout_s, self._get, master_address, master_port)
