@@ -183,7 +183,7 @@ def test_workers_not_up_end_in_one_line_naming_the_url(tmp_path, tiny_model_dir,
     assert last.startswith("r1train: error:") and url in last and "r1train rollout-workers" in last
 
 
-def test_worker_with_another_model_or_a_shorter_context_is_refused(tmp_path, tiny_model_dir, worker_urls, capsys):
+def test_worker_with_another_model_a_shorter_context_or_no_cuda_for_nccl_is_refused(tmp_path, tiny_model_dir, worker_urls, capsys):
     other_model = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir, other_model)
     recipe = write_remote_recipe(tmp_path, other_model, worker_urls)
@@ -195,6 +195,12 @@ def test_worker_with_another_model_or_a_shorter_context_is_refused(tmp_path, tin
     assert main(["run", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert worker_urls[0] in err and f"at most {WORKER_MAX_MODEL_LEN} tokens" in err and "--max-model-len 300" in err
+
+    if not torch.cuda.is_available():  # CPU workers take their weights from disk only
+        recipe = write_remote_recipe(tmp_path, tiny_model_dir, worker_urls, weight_sync="nccl")
+        assert main(["run", str(recipe)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "weight_sync: nccl needs CUDA" in err and f"{worker_urls[0]}: cpu" in err
 
 
 def test_worker_killed_mid_run_fails_the_step_then_resume_continues(tmp_path, tiny_model_dir, monkeypatch, capsys):
