@@ -356,10 +356,11 @@ class GRPOTrainer:
 
         The HF engine's own random stream would start again from the seed when a killed run resumes;
         a seed made of (seed, step, draw) gives each step the samples it would have had in an
-        uninterrupted run, so resuming is exact. vLLM applies a request seed to every prompt of a
-        call alike (correlated groups), so it keeps its engine-level stream instead.
+        uninterrupted run, so resuming is exact. The colocated vLLM engine applies a request seed to
+        every prompt of a call alike (correlated groups), so it keeps its engine-level stream instead;
+        remote workers derive one seed per prompt from it.
         """
-        if self.recipe.rollout.backend != "hf":
+        if (self.recipe.rollout.backend, self.recipe.rollout.placement) == ("vllm", "colocate"):
             return self.sampling
         rank = f"-{self.rank}" if self.world_size > 1 else ""  # processes sampling alike would correlate
         seed = random.Random(f"{self.recipe.seed}-{step}-{draw}{rank}").getrandbits(63)

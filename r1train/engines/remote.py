@@ -262,7 +262,7 @@ def wait_for_workers(urls: list[str], timeout_s: float, check: Callable[[], None
         elapsed = time.monotonic() - start
         if not waiting:
             if last_report is not None:
-                print(f"r1train: all {len(urls)} rollout workers answer", file=sys.stderr, flush=True)
+                print(f"r1train: rollout workers answer: {len(urls)}/{len(urls)}", file=sys.stderr, flush=True)
             return
         if check is not None:
             check()
