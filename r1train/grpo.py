@@ -390,8 +390,8 @@ class GRPOTrainer:
         if not kept:
             return {}
         engine, learner, workers = zip(*kept)
-        diff = compare_logprobs(engine, learner)
         if staleness:
+            diff = compare_logprobs(engine, learner)
             return {"async/logprob_abs_diff_mean": diff["mean_abs_diff"], "async/logprob_abs_diff_max": diff["max_abs_diff"]}
         metrics, warnings = sync_check_metrics(engine, learner, workers)
         for warning in warnings:
