@@ -235,7 +235,7 @@ class TrainingConfig:
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     max_nan_steps: int = 3  # consecutive non-finite steps before the run stops
-    threads: int | None = None  # torch intra-op threads; null keeps torch's default
+    threads: int | None = None  # torch intra-op threads; null: one per core the process may use (r1train/threads.py)
     fsdp: bool = False  # multi-process GRPO: shard weights, gradients and optimiser state (torch FSDP2)
     # GRPO learner: a prompt's completions share one row, the prompt computed once, where that saves
     # work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored.

@@ -6,6 +6,7 @@ import random
 import torch
 
 from r1train.config import Recipe
+from r1train.threads import usable_cpus
 
 
 def seed_everything(seed: int) -> None:
@@ -20,8 +21,9 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+    """Torch's intra-op threads: `threads`, or by default one per core this process may use
+    (r1train/threads.py), never more than torch's own default."""
+    torch.set_num_threads(threads or min(torch.get_num_threads(), usable_cpus()))
 
 
 def engine_for(recipe: Recipe, model, model_dir: str, tokenizer):

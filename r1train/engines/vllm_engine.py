@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from r1train.engines.base import Completion, SamplingSettings, decode_completion
+from r1train.engines.direct_sync import DirectWeightSync, learner_tensors
 from r1train.engines.weights import checkpoint_weights
 from r1train.heap import return_free_memory
 from r1train.hardware import bf16_autocast_supported
@@ -158,6 +159,10 @@ class VLLMEngine:
         self._sampling_params_cls = vllm.SamplingParams
         self._asleep = False
         self._kv_storage_bytes: list = []  # CPU sleep: (storage, size) of the freed KV cache
+        # Weight sync: a plan of direct copies, recorded on the first sync of a plain model; why
+        # there is none, if recording found the direct copy could not reproduce vLLM's load.
+        self._direct_sync: DirectWeightSync | None = None
+        self._direct_sync_refusal: str | None = None
 
     @classmethod
     def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "VLLMEngine":
@@ -206,10 +211,26 @@ class VLLMEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Load `model`'s current weights (LoRA merged) into the engine and drop stale prefix KV."""
         self.wake_up()
-        weights = checkpoint_weights(model, self.dtype)
-        self.llm.collective_rpc(lambda worker: worker.model_runner.reload_weights(weights_iterator=weights))
+        tensors = learner_tensors(model)
+        if self._direct_sync is not None and self._direct_sync.accepts(tensors):
+            self._direct_sync.push(tensors)
+        elif tensors is not None and self._direct_sync_refusal is None:
+            self._record_direct_sync(model, tensors)
+        else:  # LoRA, FSDP, or a model whose load the direct copy cannot reproduce
+            weights = checkpoint_weights(model, self.dtype)
+            self.llm.collective_rpc(lambda worker: worker.model_runner.reload_weights(weights_iterator=weights))
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after a weight sync")
+
+    def _record_direct_sync(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        """Sync through vLLM's loaders once, recording where each tensor lands (see direct_sync)."""
+        engine_model = self.llm.collective_rpc(lambda worker: worker.model_runner.get_model())[0]
+        # Each learner tensor under every name it has (the tied embedding under both), uncast: the
+        # loaders' copy_ casts, and the recorder recognises the learner's own tensors.
+        weights = ((name, param.detach()) for name, param in model.named_parameters(remove_duplicate=False))
+        with torch.no_grad(), DirectWeightSync.record(engine_model, tensors) as recording:
+            self.llm.collective_rpc(lambda worker: worker.model_runner.reload_weights(weights_iterator=weights))
+        self._direct_sync, self._direct_sync_refusal = recording.plan, recording.refusal
 
     def sleep(self) -> None:
         """Free the KV cache's memory (on GPU also offload the weights to host memory)."""

@@ -9,6 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from r1train.engines import make_engine
 from r1train.engines.base import SamplingSettings
+from r1train.engines.direct_sync import learner_tensors
+from r1train.engines.weights import checkpoint_weights
 from r1train.engines.sync_check import SYNC_WARN_MEAN_ABS_DIFF, compare_logprobs
 from r1train.hardware import bf16_autocast_supported
 
@@ -76,11 +78,39 @@ def test_sync_brings_the_engine_to_the_learners_changed_weights(engine, learner,
     perturb_(learner)
 
     stale = diff_to_learner(learner, engine.generate(long_chat_prompts, n=2, sampling=sampling), score)
-    engine.sync_weights(learner)
+    assert engine._direct_sync is not None and engine._direct_sync.accepts(learner_tensors(learner))
+    engine.sync_weights(learner)  # the direct copy: the fixture's first sync recorded its plan
     synced = diff_to_learner(learner, engine.generate(long_chat_prompts, n=2, sampling=sampling), score)
 
     assert stale["mean_abs_diff"] > 5 * SYNC_WARN_MEAN_ABS_DIFF  # the check can tell a missed sync
     assert synced["mean_abs_diff"] < SYNC_WARN_MEAN_ABS_DIFF
+
+
+def sync_through_vllms_loaders(engine, model) -> None:
+    """The general path the direct copy replaces, as the reference it must reproduce."""
+    weights = checkpoint_weights(model, engine.dtype)
+    engine.llm.collective_rpc(lambda worker: worker.model_runner.reload_weights(weights_iterator=weights))
+    assert engine.llm.reset_prefix_cache()
+
+
+def test_the_direct_copy_leaves_the_engine_as_vllms_loaders_do(engine, learner, long_chat_prompts):
+    """Bit for bit: the same greedy tokens and the same log-probs as after vLLM's own load, for
+    weights changed everywhere (stacked qkv and gate_up slices, norms, the tied embedding)."""
+    greedy = SamplingSettings(max_new_tokens=16, temperature=0.0)
+    perturb_(learner, scale=0.2, seed=3)
+    with torch.no_grad():
+        for p in learner.parameters():
+            if p.dim() == 1:
+                p.mul_(1.3)  # the norms too
+    engine.sync_weights(learner)
+    direct = engine.generate(long_chat_prompts, n=1, sampling=greedy)
+    sync_through_vllms_loaders(engine, learner)
+    loaded = engine.generate(long_chat_prompts, n=1, sampling=greedy)
+    assert [c.token_ids for c in direct] == [c.token_ids for c in loaded]
+    assert [c.logprobs for c in direct] == [c.logprobs for c in loaded]
+    perturb_(learner, scale=0.2, seed=4)
+    engine.sync_weights(learner)  # and it changes them: a direct copy that did nothing fails here
+    assert [c.logprobs for c in engine.generate(long_chat_prompts, n=1, sampling=greedy)] != [c.logprobs for c in loaded]
 
 
 def test_sync_of_only_the_tied_embedding_reaches_the_output_layer(engine, learner, chat_prompts, score):
