@@ -18,7 +18,7 @@ from typing import Any, Callable
 from r1train import eval_metrics
 from r1train.config import Recipe
 from r1train.data import load_rows
-from r1train.engines.base import SamplingSettings
+from r1train.engines.base import SamplingSettings, generate_many
 from r1train.prompts import encode_prompt, prefill
 from r1train.scoring import reward_columns
 
@@ -105,7 +105,10 @@ class Evaluator:
         t0 = time.perf_counter()
         prompts = [encode_prompt(self.tokenizer, r[self.question_column], self.template, self.system_prompt) for r in self.rows]
         k = self.samples
-        sampled = engine.generate(prompts, k, self.sampling)
+        # Greedy and sampled requests in one engine call where the engine can batch them together:
+        # vLLM then decodes them in the same steps instead of in a second, smaller pass.
+        requests = [(prompts, k, self.sampling)] + ([(prompts, 1, _greedy(self.sampling))] if self.greedy else [])
+        sampled, *greedy = generate_many(engine, requests)
         texts, correct, answers, lengths = self._judge(sampled)
         problems = [
             {"correct": correct[i * k:(i + 1) * k], "answers": answers[i * k:(i + 1) * k]} for i in range(len(self.rows))
@@ -120,9 +123,8 @@ class Evaluator:
                                                                 for c in sampled])
         if format_aside is not None:
             out["eval/last_number_accuracy"] = sum(format_aside) / len(format_aside)
-        if self.greedy:
-            greedy = engine.generate(prompts, 1, _greedy(self.sampling))
-            _, greedy_correct, _, _ = self._judge(greedy)
+        if greedy:
+            _, greedy_correct, _, _ = self._judge(greedy[0])
             out["eval/greedy_accuracy"] = sum(greedy_correct) / len(greedy_correct)
         out["time/eval"] = time.perf_counter() - t0
         if details is not None:

@@ -51,6 +51,15 @@ def decode_completion(tokenizer, token_ids: list[int], stop: list[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
+def generate_many(engine, requests: list[tuple[list[list[int]], int, SamplingSettings]]) -> list[list[Completion]]:
+    """Several `generate(prompts, n, sampling)` requests; an engine that can serve them in one call
+    (vLLM: one continuous batch, mixed sampling settings) does, the others take them in turn."""
+    together = getattr(engine, "generate_many", None)
+    if together is not None:
+        return together(requests)
+    return [engine.generate(prompts, n, sampling) for prompts, n, sampling in requests]
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     def generate(

@@ -1,9 +1,11 @@
 """Rollouts with vLLM running inside the learner's process (colocated).
 
 The engine is a `vllm.LLM` created in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so pushing
-new weights is a function call on the worker object, with no serialisation: after each optimiser
-step `sync_weights` streams the learner's parameters, cast to the engine's dtype one at a time,
-into `worker.model_runner.reload_weights`. vLLM is imported only here, when this backend is chosen.
+new weights is a function call on the worker object, with no serialisation. After each optimiser
+step `sync_weights` copies the learner's parameters straight into the engine's (direct_sync.py: a
+plan recorded on the first sync through vLLM's own loaders); a LoRA or FSDP learner goes through
+`worker.model_runner.reload_weights` instead, cast to the engine's dtype one tensor at a time.
+vLLM is imported only here, when this backend is chosen.
 
 Log-probabilities. vLLM is created with `logprobs_mode="raw_logprobs"`: the log-probability it
 returns for a sampled token is `log_softmax` of the model's raw logits (before temperature, top-k
@@ -172,10 +174,27 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+        return self.generate_many([(prompts, n, sampling)])[0]
+
+    def generate_many(self, requests: list[tuple[list[list[int]], int, SamplingSettings]]) -> list[list[Completion]]:
+        """Several generate() calls' requests in one engine call, so they share its batches (and
+        the prefix cache); returns each request's completions as generate() would."""
         self.wake_up()
-        params = self._sampling_params_cls(
+        inputs, params = [], []
+        for prompts, n, sampling in requests:
+            if n < 1:
+                raise ValueError(f"n must be at least 1, got {n}")
+            inputs += [{"prompt_token_ids": list(p)} for p in prompts]
+            params += [self._sampling_params(n, sampling)] * len(prompts)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        results, start = [], 0
+        for prompts, _, sampling in requests:
+            results.append(self._completions(prompts, outputs[start:start + len(prompts)], sampling))
+            start += len(prompts)
+        return results
+
+    def _sampling_params(self, n: int, sampling: SamplingSettings):
+        return self._sampling_params_cls(
             n=n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -187,9 +206,8 @@ class VLLMEngine:
             logprobs=0,  # the sampled token's own log-prob only
             seed=sampling.seed,
         )
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
-        )
+
+    def _completions(self, prompts: list[list[int]], outputs, sampling: SamplingSettings) -> list[Completion]:
         completions = []
         for prompt_index, (prompt, request) in enumerate(zip(prompts, outputs)):
             for sample in sorted(request.outputs, key=lambda s: s.index):

@@ -162,6 +162,19 @@ def test_stop_strings_and_eos_end_completions_and_are_kept(engine, learner, toke
     assert ended.token_ids == tokens[:3] and ended.finish_reason == "stop" and len(ended.logprobs) == 3
 
 
+def test_requests_generated_together_come_back_as_separate_calls_give_them(engine, learner, chat_prompts):
+    from r1train.engines.base import generate_many
+
+    greedy = SamplingSettings(max_new_tokens=10, temperature=0.0)
+    sampled = SamplingSettings(max_new_tokens=6, temperature=1.0)
+    together_sampled, together_greedy = generate_many(engine, [(chat_prompts, 3, sampled), (chat_prompts[:2], 1, greedy)])
+    assert [c.prompt_index for c in together_sampled] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(len(c.token_ids) == 6 for c in together_sampled)
+    alone = engine.generate(chat_prompts[:2], 1, greedy)
+    assert [c.token_ids for c in together_greedy] == [c.token_ids for c in alone]
+    assert [c.prompt_index for c in together_greedy] == [0, 1]
+
+
 def test_a_call_seed_repeats_the_samples(engine, learner, chat_prompts):
     sampling = SamplingSettings(max_new_tokens=8, temperature=0.8, top_p=0.9, seed=11)
     first = engine.generate(chat_prompts, n=2, sampling=sampling)
