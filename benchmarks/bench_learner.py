@@ -18,6 +18,13 @@ autocast where the CPU or GPU has native bf16 (see `bf16_autocast_supported`). T
 
 Tokens per second counts the real (unpadded) prompt and completion tokens of the batch. Runs
 alternate between the two sides and the median is reported, since the machine is shared.
+
+The same run measures the machine's matmul peak (the best of a few square matmuls in the dtype the
+learner computes in: bf16 with native bf16, else fp32) and prints each side's share of it. A side's
+FLOPs are its matmuls' forward and backward (6 per weight per token) over the tokens it computes
+(a group's shared prompt once for `learner`), plus the output layer at the positions it scores
+(every position for the baseline, completion positions for the learner); attention scores,
+gradient-checkpointing recomputation and the optimiser are not counted, so the share is a floor.
 """
 from __future__ import annotations
 
@@ -75,6 +82,33 @@ def make_batch(prompts: int, group_size: int, prompt_tokens: tuple[int, int], co
     advantages = torch.randn(len(prompt_ids), generator=g)
     advantages = advantages + advantages.sign() * 0.1  # never zero
     return TrainBatch(prompt_ids, completion_ids, advantages)
+
+
+def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
+    """The best FLOP/s of a [size, size] @ [size, size] matmul in `dtype` over `repeats` tries."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)  # warm-up: oneDNN picks and caches its kernel
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def step_flops(model, batch: TrainBatch, side: str) -> float:
+    """Matmul FLOPs of one training step of `side` on `batch` (see the module docstring)."""
+    config = model.config
+    head = config.hidden_size * config.vocab_size
+    body = sum(p.numel() for p in model.parameters()) - head  # embedding lookup is no matmul
+    if side == "learner":
+        prompts = {id(p): len(p) for p in batch.prompt_ids}  # a group's completions share one prompt list
+        body_tokens = sum(prompts.values()) + sum(len(c) for c in batch.completion_ids)
+        head_tokens = sum(len(c) for c in batch.completion_ids)
+    else:
+        body_tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
+        head_tokens = body_tokens if side == "baseline" else sum(len(c) for c in batch.completion_ids)
+    return 6.0 * (body * body_tokens + head * head_tokens)
 
 
 def baseline_step(model, optimizer, batch: TrainBatch, sequences_per_micro_batch: int) -> None:
@@ -155,6 +189,13 @@ def main() -> None:
                 timings[name].append(elapsed)
             print(f"  {'warm-up' if not repeat else f'run {repeat}'} {name}: {elapsed:.1f} s "
                   f"({tokens / elapsed:.0f} tokens/s)", flush=True)
+
+    compute_dtype = torch.bfloat16 if args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_supported(torch.device("cpu"))) else torch.float32
+    peak = measure_matmul_peak(compute_dtype)
+    print(f"matmul peak ({str(compute_dtype).removeprefix('torch.')}, 2048^3, best of 8): {peak / 1e12:.2f} TFLOP/s")
+    for side in sides:
+        achieved = step_flops(model, batch, side) / statistics.median(timings[side])
+        print(f"  {side}: {achieved / 1e12:.2f} TFLOP/s of counted matmuls = {achieved / peak:.0%} of the peak")
 
     labels = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
               "learner_unpacked": "r1train, one row per sample"}

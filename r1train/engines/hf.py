@@ -34,6 +34,7 @@ from collections.abc import Iterator
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from r1train.hardware import bf16_autocast_supported
 from r1train.engines.base import Completion, SamplingSettings, decode_completion
 from r1train.fsdp import is_sharded
 
@@ -104,7 +105,14 @@ class HFEngine:
     @classmethod
     def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "HFEngine":
         # With async generation the learner updates its weights while the engine samples.
-        return cls(model, tokenizer, seed=recipe.seed, own_copy=recipe.rollout.async_generation)
+        autocast_dtype = None
+        device = next(model.parameters()).device
+        if recipe.training.bf16 and device.type == "cuda" and bf16_autocast_supported(device):
+            # On a GPU, sample in the learner's precision (bf16 autocast over its fp32 weights); on
+            # CPU the HF engine keeps fp32 generation, as the CPU recipes and their figures assume.
+            autocast_dtype = torch.bfloat16
+        return cls(model, tokenizer, seed=recipe.seed, own_copy=recipe.rollout.async_generation,
+                   autocast_dtype=autocast_dtype)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Copy `model`'s weights into the engine's own copy; with a shared model, nothing to copy."""
