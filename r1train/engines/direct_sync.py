@@ -75,7 +75,7 @@ class _CopyRecorder(TorchFunctionMode):
         super().__init__()
         self.engine_model = engine_model
         self.source_names = {_view_key(t): name for name, t in sources.items()}
-        self.pieces: list[tuple[str, str, torch.Tensor, torch.Tensor]] = []  # (module, param, base, view)
+        self.pieces: list[tuple[str, str, torch.Tensor, torch.Tensor]] = []  # (learner name, engine parameter name, its data, the copy destination)
         self.unmatched = 0  # copies from a learner tensor into memory that is no engine parameter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
