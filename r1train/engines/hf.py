@@ -34,9 +34,9 @@ from collections.abc import Iterator
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from r1train.hardware import bf16_autocast_supported
 from r1train.engines.base import Completion, SamplingSettings, decode_completion
 from r1train.fsdp import is_sharded
+from r1train.hardware import bf16_autocast_supported
 
 
 class HFEngine:
