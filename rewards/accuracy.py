@@ -18,13 +18,14 @@ ANSWER_SOURCES = {"answer": tagged_answer, "boxed": boxed_answer}
 
 
 @register("accuracy", factory=True)
-def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 2.0) -> RewardFunction:
+def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 5.0) -> RewardFunction:
     """Build the accuracy reward.
 
     Args:
         answer_source: "answer" takes the final `<answer>…</answer>` (a `\\boxed{}` inside it is
             the answer); "boxed" the last `\\boxed{}` after the thinking.
-        timeout_s: the most time one sample may spend in Math-Verify; past it the sample scores 0.
+        timeout_s: the most time one sample may spend in Math-Verify; past it the sample scores 0
+            (5 s: Math-Verify's own default).
     """
     if answer_source not in ANSWER_SOURCES:
         raise ValueError(f"answer_source must be one of {sorted(ANSWER_SOURCES)}, got {answer_source!r}")

@@ -20,7 +20,7 @@ import re
 from rewards.extraction import reference_answer
 from rewards.math_client import MathClient
 
-MAX_ANSWER_CHARS = 1_000
+MAX_ANSWER_CHARS = 10_000  # a worked solution may sit in the answer; a megabyte may not
 MAX_NESTING = 50
 MAX_NUMBER_DIGITS = 100
 _DIGIT_RUN = re.compile(r"\d+")

@@ -66,16 +66,18 @@ def boxed_answer(text: str) -> str | None:
 def reference_answer(reference: str) -> str:
     """The final answer inside a reference as datasets write it.
 
-    GSM8K ends its worked solution with "#### 72"; MATH's solution holds its answer in the last
-    `\\boxed{}`; anything else is taken as the answer itself.
+    GSM8K ends its worked solution with "#### 72"; MATH's solution holds its answer in a
+    `\\boxed{}` (the last, when boxes repeat the same answer); a reference whose boxes differ
+    (`\\boxed{1}, \\boxed{2}`: several answers) and anything else is taken whole.
 
     Example: reference_answer("3 + 4 = 7 ... #### 1,072") == "1,072";
     reference_answer("so $x = \\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"; reference_answer(" 5 ") == "5".
     """
     if "\\boxed" in reference:
-        boxes = braced_arguments(reference, "\\boxed", max_chars=len(reference))
-        if boxes:
-            return boxes[-1].strip()
+        boxes = {box.strip() for box in braced_arguments(reference, "\\boxed", max_chars=len(reference))}
+        if len(boxes) == 1:
+            return boxes.pop()
+        return reference.strip()
     marker = reference.rfind("####")
     if marker >= 0:
         return reference[marker + 4:].strip()

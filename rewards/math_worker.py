@@ -11,15 +11,15 @@ answer takes too long. The address space is capped too, so a runaway simplificat
 MemoryError here instead of exhausting the machine.
 
 What this file adds around Math-Verify, each for a reason:
-- an answer that is one bare expression (no `$`, `\\(`, `\\[` or `\\boxed`) is parsed whole, as
-  if boxed, so that `x \\geq 5` stays an inequality and `2^{10}` a power; an answer with maths
-  delimiters in prose is searched the way Math-Verify searches a completion;
+- an answer that is one bare expression (no `$`, `\\(`, `\\[` or `\\boxed`, no two words in a
+  row) is parsed whole, as if boxed, so that `x \\geq 5` stays an inequality and `2^{10}` a
+  power; prose and delimited maths are searched the way Math-Verify searches a completion;
 - a prose answer whose best-ranked matches hold two different numbers is several answers and
   matches nothing (Math-Verify would take the last: "10, no, 12" would be paid for 12);
 - a tree safety check before anything is evaluated (exponent towers, huge factorials, sums over
   huge ranges), since sympy would otherwise compute `9^{9^{9^9}}` until killed;
 - a reference that is a plain number accepts only a plain number: "16 + 20" for 36 restates the
-  question rather than answering it;
+  question rather than answering it (a long decimal, evidently rounded, accepts an exact value);
 - answers that are words ("yes", `\\text{odd}`) compare as words: parsed as maths they are
   products of one-letter symbols, so "sey" would equal "yes";
 - scientific notation (`1e3`), which Math-Verify reads as 1·e·3;
@@ -51,6 +51,11 @@ RELATIVE_TOLERANCE = 1e-4
 _DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")  # an escaped \$ is a dollar sign
 _WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox)\{([^{}]*)\}")
+_NEGATION = re.compile(r"\bnot\s*\S?$")
+_TWO_WORDS = re.compile(r"[A-Za-z]{2,}[\s,:;.]+[A-Za-z]{2,}")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_PERCENT_WORD = re.compile(r"(\d)\s*(?:percentage|percent|pct)\b", re.IGNORECASE)
+_PERCENT_SIGN = re.compile(r"(?<!\\)%")  # a bare % starts a LaTeX comment
 _SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([-+]?\d+)(?![\w.])")
 
 
@@ -84,38 +89,49 @@ class Checker:
 
     # -- parsing -----------------------------------------------------------------------------
 
-    def parse_answer(self, text: str) -> list:
+    def parse_answer(self, text: str, trusted: bool = False) -> list:
         """Math-Verify's parse of a final answer: [sympy object, text] when it parsed, [text]
-        when it did not, [] when there is no answer or several different ones."""
+        when it did not, [] when there is no answer or (unless `trusted`, as references are)
+        several different ones."""
         text = _SCIENTIFIC.sub(r"\1\\times 10^{\2}", text.strip())
         if not text:
             return []
-        if not _DELIMITER.search(text):
-            parsed = self._parse("\\boxed{" + text + "}", self.config, parsing_timeout=None)
+        if not _DELIMITER.search(text) and not _is_prose(text):
+            bare = _PERCENT_SIGN.sub(r"\\%", _PERCENT_WORD.sub(r"\1\\%", text))
+            parsed = self._parse("\\boxed{" + bare + "}", self.config, parsing_timeout=None)
             if parsed and not isinstance(parsed[0], str):
                 return parsed
-        if self._hedges(text):
+        if not trusted and self._hedges(text):
             return []
         return self._parse(text, self.config, parsing_timeout=None)
 
     def _hedges(self, text: str) -> bool:
-        """Whether the best-ranked matches in prose name two different symbol-free values."""
+        """Whether the best-ranked matches in prose name two different symbol-free values.
+
+        Matches nested inside another match of the same rank are readings of the same answer
+        (the 13 inside `$\\frac13$`), and a value right after "not" is rejected, not proposed:
+        neither is a further answer.
+        """
         patterns = [
             (pattern, target, priority)
             for regexes, target in self._parser.get_extraction_regexes(self.config)
             for pattern, priority in regexes
         ]
         for priority in sorted({priority for _, _, priority in patterns}):
-            values = []
+            found = []
             for pattern, target, rank in patterns:
                 if rank != priority:
                     continue
                 for match in pattern.finditer(text):
                     value, _ = self._parser.extract_match(match, target)
-                    if value is not None:
-                        values.append(value)
-            if values:
-                numbers = {self.sympy.srepr(v) for v in values if _is_symbol_free_number(v)}
+                    negated = _NEGATION.search(text, max(0, match.start() - 8), match.start() + 1)
+                    if value is not None and not negated:
+                        found.append((match.start(), match.end(), value))
+            if found:
+                outer = [value for start, end, value in found
+                         if not any(s <= start and end <= e and (s, e) != (start, end)
+                                    for s, e, _ in found)]
+                numbers = {self.sympy.srepr(v) for v in outer if _is_symbol_free_number(v)}
                 return len(numbers) > 1
         return False
 
@@ -129,7 +145,8 @@ class Checker:
         answer_words, reference_words = _as_words(answer_text), _as_words(reference_text)
         if answer_words and reference_words:
             return answer_words == reference_words
-        references, answers = self.parse_answer(reference_text), self.parse_answer(answer_text)
+        references = self.parse_answer(reference_text, trusted=True)
+        answers = self.parse_answer(answer_text)
         if not references or not answers:
             return False
         reference, answer = references[0], answers[0]
@@ -140,7 +157,8 @@ class Checker:
             check_safe(answer)
         except Unsafe:
             return False
-        if self.is_plain_number(reference) and not self.is_plain_number(_assigned_value(answer)):
+        if (self.is_plain_number(reference) and not _is_approximation(reference)
+                and not self.is_plain_number(_assigned_value(answer))):
             return False
         if self._verify(references, answers, timeout_seconds=None):
             return True
@@ -189,6 +207,12 @@ class Checker:
         return abs(r - a) <= RELATIVE_TOLERANCE * max(abs(r), abs(a))
 
 
+def _is_approximation(expr) -> bool:
+    """A decimal with more than six decimal places: evidently a rounded value, which an exact
+    expression (\\sqrt{17} for 4.123105625617661) answers as well as a number does."""
+    return type(expr).__name__ == "Float" and "." in str(expr) and len(str(expr).split(".")[1].rstrip("0")) > 6
+
+
 def _is_symbol_free_number(expr) -> bool:
     return getattr(expr, "is_number", False) is True and not getattr(expr, "free_symbols", True)
 
@@ -209,6 +233,11 @@ def _assigned_value(expr):
     if type(expr).__name__ == "And" and all(type(a).__name__ == "Equality" for a in expr.args):
         expr = getattr(expr, "_unsorted_args", expr.args)[-1]
     return expr.rhs if type(expr).__name__ == "Equality" else expr
+
+
+def _is_prose(text: str) -> bool:
+    """Two words in a row outside LaTeX commands and `\\text{}`: a sentence, not an expression."""
+    return bool(_TWO_WORDS.search(_LATEX_COMMAND.sub(" ", _TEXT_WRAPPER.sub(" ", text))))
 
 
 def _as_words(text: str) -> str | None:
@@ -255,7 +284,7 @@ def check_safe(expr) -> int:
     if isinstance(expr, (sympy.Sum, sympy.Product)):
         for limit in expr.limits:
             low, high = (_small_constant(bound) for bound in limit[1:3])
-            if low is None or high is None or abs(high - low) > MAX_RANGE:
+            if low is not None and high is not None and abs(high - low) > MAX_RANGE:
                 raise Unsafe("sum or product over too many terms")
     return _checked(sum(check_safe(argument) for argument in expr.args) + 1)
 
@@ -270,10 +299,10 @@ def _small_constant(expr) -> float | None:
     """The value of a symbol-free subtree when it is cheap to compute; None if symbolic."""
     if getattr(expr, "free_symbols", None):
         return None
-    if check_safe(expr) > 8:
+    if check_safe(expr) > 60:  # a few dozen digits evaluate at once; a tower would not
         raise Unsafe("constant too large")
     try:
-        value = complex(expr.doit() if hasattr(expr, "doit") else expr)
+        value = complex(expr)
     except (TypeError, ValueError, OverflowError, AttributeError):
         return None
     if value.imag or math.isnan(value.real):

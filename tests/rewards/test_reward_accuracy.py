@@ -59,6 +59,27 @@ EQUIVALENT = [
     ("\\boxed{42}", "42"),  # a box inside the answer tag
     ("yes", "Yes"),  # text answers compared case-insensitively
     ("\\text{(A)}", "A"),  # multiple-choice letter
+    # The examples of issue 17, which the first (own-parser) version scored 0.
+    ("x \\geq 5", "x >= 5"),  # inequality in LaTeX against ASCII
+    ("5 \\leq x", "x \\geq 5"),  # the same inequality flipped
+    ("x \\in [-2,7]", "-2 \\le x \\le 7"),  # an interval for a double inequality
+    ("\\cfrac{1}{3}", "1/3"),  # \cfrac
+    ("\\boxed{125\\textnormal{ miles}}", "125 miles"),  # \textnormal unit inside a box
+    ("0.0833333333333333", "\\frac{1}{12}"),  # a long decimal for a fraction
+    ("(0.6,2.6667]", "(\\frac{3}{5},\\frac{8}{3}]"),  # decimals within 1e-4 in an interval
+    ("Final Answer: The largest $n$ is 34.", "34"),  # a sentence with one number
+    ("32,\\! 349", "32349"),  # thousands separator with \!
+    ("1e3", "1000"),  # scientific notation
+    # More of the categories real data holds.
+    ("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),  # matrix
+    ("\\{1, 2, 3\\}", "\\{3, 2, 1\\}"),  # sets in any order
+    ("(1, 2, 3)", "(1,2,3)"),  # a triple
+    ("90^{\\circ}", "90"),  # degrees
+    ("1{,}234{,}567", "1234567"),  # LaTeX thousands separators
+    ("2.5 \\times 10^{3}", "2500"),  # scientific notation in LaTeX
+    ("\\tfrac{3}{4}", "0.75"),  # \tfrac
+    ("3.1416", "\\pi"),  # a decimal within 1e-4 of an exact value
+    ("x = 5", "5"),  # an assignment for a plain reference
 ]
 
 NOT_EQUIVALENT = [
@@ -87,6 +108,21 @@ NOT_EQUIVALENT = [
     ("sey", "yes"),  # words are not products of symbols
     ("\\frac{1}{0}", "1"),  # division by zero is never right
     ("", "5"),  # empty answer
+    # The examples of issue 17 that the first version scored 1.
+    ("0", "a + 3z = 0"),  # the right-hand side of an equation is not its solution
+    ("11a+c", "7 = 11a+c"),  # one side of an equation is not the equation
+    ("It is 10, no wait, it is 12.", "12"),  # hedging in prose: several answers
+    ("3.14", "\\pi"),  # a decimal further than 1e-4 from the exact value
+    ("10^4", "10000"),  # a power left to evaluate
+]
+
+REFERENCES = [
+    ("72", "Natalia sold 48 clips in April and half as many in May: 48 + 24 = 72.\n#### 72", 1.0),  # GSM8K
+    ("1072", "She earns 1,000 + 72 = 1,072 dollars.\n#### 1,072", 1.0),  # GSM8K with a separator
+    ("73", "... #### 72", 0.0),  # GSM8K, wrong
+    ("0.5", "Half of one is $\\boxed{\\frac{1}{2}}$.", 1.0),  # MATH: the boxed answer of a solution
+    ("2", "We get $x = 2$, so $y = \\boxed{\\frac{1}{2}}$.", 0.0),  # MATH: not an intermediate value
+    ("\\frac{1}{2}", "0.5", 1.0),  # plain reference
 ]
 
 HOSTILE = [
@@ -113,6 +149,23 @@ def test_equivalent_answers_match(candidate, reference):
 @pytest.mark.parametrize("candidate, reference", NOT_EQUIVALENT)
 def test_different_answers_do_not_match(candidate, reference):
     assert not matches(candidate, reference)
+
+
+@pytest.mark.parametrize("answer, reference, expected", REFERENCES)
+def test_references_as_datasets_write_them(answer, reference, expected):
+    assert accuracy_reward([f"<answer>{answer}</answer>"], answer=[reference]) == [expected]
+
+
+def test_the_hostile_batch_scores_zero_in_under_a_second():
+    hostile = ["9**9**9**9", "10000!", "9" * 100_000, "(" * 5_000 + "1" + ")" * 5_000,
+               "10^{10^{10}}", "2^{2^{2^{2^{2^{2^{2}}}}}}", "\\sum_{i=1}^{10^{10}} i"]
+    completions = [f"<think>a</think><answer>{answer}</answer>" for answer in hostile]
+    completions.append("<think>" + "a " * 500_000 + "</think><answer>" + "1" * 1000 + "</answer>")  # 1 MB
+    accuracy_reward(["<answer>1</answer>"], answer=["2"])  # the worker is started before timing
+    start = time.monotonic()
+    scores = accuracy_reward(completions, answer=["5"] * len(completions))
+    assert scores == [0.0] * len(completions)
+    assert time.monotonic() - start < 1.0
 
 
 @pytest.mark.parametrize("candidate, reference", HOSTILE, ids=lambda v: repr(v[:20]))
