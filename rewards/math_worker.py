@@ -20,6 +20,9 @@ What this file adds around Math-Verify, each for a reason:
   huge ranges), since sympy would otherwise compute `9^{9^{9^9}}` until killed;
 - a reference that is a plain number accepts only a plain number: "16 + 20" for 36 restates the
   question rather than answering it (a long decimal, evidently rounded, accepts an exact value);
+  an equation answers it only when it states the value (`x = 5`, `2 + 3 = 5`, not `3x = 5`);
+- an inequality answers an interval reference (Math-Verify's allow_set_relation_comp);
+- thin spaces as thousands separators (`1\\,591\\,996`);
 - answers that are words ("yes", `\\text{odd}`) compare as words: parsed as maths they are
   products of one-letter symbols, so "sey" would equal "yes";
 - scientific notation (`1e3`), which Math-Verify reads as 1·e·3;
@@ -53,7 +56,11 @@ _WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mbox)\{([^{}]*)\}")
 _NEGATION = re.compile(r"\bnot\s*\S?$")
 _TWO_WORDS = re.compile(r"[A-Za-z]{2,}[\s,:;.]+[A-Za-z]{2,}")
-_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_LATEX_COMMAND = re.compile(r"\\(?:begin|end)\{[^{}]*\}|\\[A-Za-z]+")
+_LONG_WORD = re.compile(r"(?:^|(?<=\s))([A-Za-z]{3,})(?![A-Za-z(])")  # "5 apples", not "orW(x)"
+_FUNCTION_NAMES = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "exp", "arcsin",
+                   "arccos", "arctan", "sinh", "cosh", "tanh", "max", "min", "gcd", "lcm", "mod"}
+_THIN_SPACE_SEPARATOR = re.compile(r"(?<=\d)\\[,;:! ]\s*(?=\d{3}(?!\d))")  # 1\,591\,996
 _PERCENT_WORD = re.compile(r"(\d)\s*(?:percentage|percent|pct)\b", re.IGNORECASE)
 _PERCENT_SIGN = re.compile(r"(?<!\\)%")  # a bare % starts a LaTeX comment
 _SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([-+]?\d+)(?![\w.])")
@@ -98,6 +105,7 @@ class Checker:
             return []
         if not _DELIMITER.search(text) and not _is_prose(text):
             bare = _PERCENT_SIGN.sub(r"\\%", _PERCENT_WORD.sub(r"\1\\%", text))
+            bare = _THIN_SPACE_SEPARATOR.sub("", bare)
             parsed = self._parse("\\boxed{" + bare + "}", self.config, parsing_timeout=None)
             if parsed and not isinstance(parsed[0], str):
                 return parsed
@@ -157,10 +165,10 @@ class Checker:
             check_safe(answer)
         except Unsafe:
             return False
-        if (self.is_plain_number(reference) and not _is_approximation(reference)
-                and not self.is_plain_number(_assigned_value(answer))):
-            return False
-        if self._verify(references, answers, timeout_seconds=None):
+        if self.is_plain_number(reference) and not _is_approximation(reference):
+            if not self.is_plain_number(_assigned_value(answer)) or not _states_a_value(answer):
+                return False
+        if self._verify(references, answers, timeout_seconds=None, allow_set_relation_comp=True):
             return True
         return self._close(reference, answer)
 
@@ -236,14 +244,30 @@ def _assigned_value(expr):
 
 
 def _is_prose(text: str) -> bool:
-    """Two words in a row outside LaTeX commands and `\\text{}`: a sentence, not an expression."""
-    return bool(_TWO_WORDS.search(_LATEX_COMMAND.sub(" ", _TEXT_WRAPPER.sub(" ", text))))
+    """Words outside LaTeX commands and `\\text{}` (two in a row, or one of three letters that is
+    not a function name): a sentence or a unit ("283 dollars"), not an expression."""
+    text = _LATEX_COMMAND.sub(" ", _TEXT_WRAPPER.sub(" ", text))
+    if _TWO_WORDS.search(text):
+        return True
+    return any(word.lower() not in _FUNCTION_NAMES for word in _LONG_WORD.findall(text))
 
 
 def _as_words(text: str) -> str | None:
     """The text folded to lower case when it is only words ("Yes", "\\text{no solution}")."""
     text = " ".join(_TEXT_WRAPPER.sub(r"\1", text).replace("$", "").split()).rstrip(".")
     return text.casefold() if _WORDS.fullmatch(text) else None
+
+
+def _states_a_value(expr) -> bool:
+    """Not an equation, or one that states a value: `x = 5` or `f(2) = 5` (a lone symbol or
+    function value on the left) or `2 + 3 = 5` (no symbol on the left); `3x = 5` does not say
+    that 5 is the answer."""
+    if type(expr).__name__ == "And":
+        expr = getattr(expr, "_unsorted_args", expr.args)[0]
+    if type(expr).__name__ != "Equality":
+        return True
+    lhs = expr.lhs
+    return lhs.is_Symbol or type(type(lhs)).__name__ == "UndefinedFunction" or not lhs.free_symbols
 
 
 def _squash(text: str) -> str:

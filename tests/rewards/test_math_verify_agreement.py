@@ -26,7 +26,7 @@ CONFIGURATION = {
     31: "LaTeX-only extraction (a `$` block may not span lines); we also read plain numbers",
     32: "LaTeX-only extraction (a `\\(` block may not span lines); we also read plain numbers",
     133: "float_rounding=2 makes 0.33 equal 1/3; we use a relative tolerance of 1e-4",
-    186: "allow_set_relation_comp=True compares a relation with a reference set; we keep the default",
+    187: "allow_set_relation_comp=False: a relation does not answer a reference set; we allow it",
     195: "strict=False makes f(x) equal f(y); we keep the default (strict)",
 }
 OUR_RULES = {

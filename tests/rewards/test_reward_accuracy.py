@@ -80,6 +80,10 @@ EQUIVALENT = [
     ("\\tfrac{3}{4}", "0.75"),  # \tfrac
     ("3.1416", "\\pi"),  # a decimal within 1e-4 of an exact value
     ("x = 5", "5"),  # an assignment for a plain reference
+    ("18 < x \\le 26", "(18, 26]"),  # an inequality for an interval
+    ("1\\,591\\,996", "1591996"),  # thin spaces as thousands separators
+    ("283 dollars", "283"),  # a unit word
+    ("3x + 3", "y = 3x + 3"),  # the value of y for its equation, as 5 for x = 5
 ]
 
 NOT_EQUIVALENT = [
@@ -114,6 +118,8 @@ NOT_EQUIVALENT = [
     ("It is 10, no wait, it is 12.", "12"),  # hedging in prose: several answers
     ("3.14", "\\pi"),  # a decimal further than 1e-4 from the exact value
     ("10^4", "10000"),  # a power left to evaluate
+    ("3x = 12", "12"),  # an equation that does not state the value
+    ("12 = 3x", "y = 3x + 3"),  # a different equation
 ]
 
 REFERENCES = [
