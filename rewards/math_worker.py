@@ -11,8 +11,8 @@ answer takes too long. The address space is capped too, so a runaway simplificat
 MemoryError here instead of exhausting the machine.
 
 What this file adds around Math-Verify, each for a reason:
-- an answer that is one bare expression (no `$`, `\\(`, `\\[` or `\\boxed`, no two words in a
-  row) is parsed whole, as if boxed, so that `x \\geq 5` stays an inequality and `2^{10}` a
+- an answer that is one bare expression (no `$`, `\\(`, `\\[` or `\\boxed`, no sentence, no
+  unit word such as "dollars") is parsed whole, as if boxed, so that `x \\geq 5` stays an inequality and `2^{10}` a
   power; prose and delimited maths are searched the way Math-Verify searches a completion;
 - a prose answer whose best-ranked matches hold two different numbers is several answers and
   matches nothing (Math-Verify would take the last: "10, no, 12" would be paid for 12);
