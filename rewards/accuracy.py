@@ -1,7 +1,9 @@
 """The accuracy reward: is the final answer mathematically equal to the reference answer?
 
 The answer is cut out of the completion by `rewards.extraction` (which refuses answers inside the
-thinking, several different answers and empty answers) and compared by `rewards.equivalence`.
+thinking, several different answers and empty answers) and compared by `rewards.equivalence`
+with Hugging Face's Math-Verify, in a worker process with a time limit per sample. The reference
+may be a plain answer, a GSM8K solution ending in "#### 72" or a MATH solution with a `\\boxed{}`.
 Identical (answer, reference) pairs within a batch are compared once: the completions of one
 GRPO group often agree. A sample whose reference is None is not judged (None).
 """
@@ -10,18 +12,20 @@ from __future__ import annotations
 from rewards.equivalence import answers_match
 from rewards.extraction import boxed_answer, tagged_answer
 from rewards.registry import RewardFunction, register
-from rewards.sympy_client import shared_client
+from rewards.math_client import shared_client
 
 ANSWER_SOURCES = {"answer": tagged_answer, "boxed": boxed_answer}
 
 
 @register("accuracy", factory=True)
-def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 2.0) -> RewardFunction:
+def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 5.0) -> RewardFunction:
     """Build the accuracy reward.
 
     Args:
-        answer_source: "answer" takes the final `<answer>…</answer>`; "boxed" the last `\\boxed{}`.
-        timeout_s: the most time one sample may spend in sympy; past it the sample scores 0.
+        answer_source: "answer" takes the final `<answer>…</answer>` (a `\\boxed{}` inside it is
+            the answer); "boxed" the last `\\boxed{}` after the thinking.
+        timeout_s: the most time one sample may spend in Math-Verify; past it the sample scores 0
+            (5 s: Math-Verify's own default).
     """
     if answer_source not in ANSWER_SOURCES:
         raise ValueError(f"answer_source must be one of {sorted(ANSWER_SOURCES)}, got {answer_source!r}")
@@ -34,7 +38,9 @@ def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 2.0) -
 
         Args:
             completions: N completion texts.
-            columns: must hold `answer`, N reference answers (None: sample not judged).
+            columns: must hold `answer`, N reference answers (None: sample not judged), each a
+                plain answer ("72", "x \\geq 5"), a GSM8K solution ("... #### 72") or a MATH
+                solution (its last `\\boxed{}` is the answer).
         Returns:
             N scores in {0.0, 1.0}, or None where the reference is None.
 

@@ -63,6 +63,27 @@ def boxed_answer(text: str) -> str | None:
     return _single_final(braced_arguments(region, "\\boxed"))
 
 
+def reference_answer(reference: str) -> str:
+    """The final answer inside a reference as datasets write it.
+
+    GSM8K ends its worked solution with "#### 72"; MATH's solution holds its answer in a
+    `\\boxed{}` (the last, when boxes repeat the same answer); a reference whose boxes differ
+    (`\\boxed{1}, \\boxed{2}`: several answers) and anything else is taken whole.
+
+    Example: reference_answer("3 + 4 = 7 ... #### 1,072") == "1,072";
+    reference_answer("so $x = \\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"; reference_answer(" 5 ") == "5".
+    """
+    if "\\boxed" in reference:
+        boxes = {box.strip() for box in braced_arguments(reference, "\\boxed", max_chars=len(reference))}
+        if len(boxes) == 1:
+            return boxes.pop()
+        return reference.strip()
+    marker = reference.rfind("####")
+    if marker >= 0:
+        return reference[marker + 4:].strip()
+    return reference.strip()
+
+
 def braced_arguments(text: str, command: str, max_chars: int = 20_000) -> list[str]:
     """The brace-delimited argument of every occurrence of `command` (e.g. "\\boxed") in `text`.
 

@@ -8,7 +8,7 @@ import pytest
 
 from rewards import accuracy_reward, get_accuracy_reward
 from rewards.equivalence import answers_match
-from rewards.sympy_client import SympyClient, shared_client
+from rewards.math_client import MathClient, shared_client
 
 
 def matches(candidate: str, reference: str) -> bool:
@@ -59,6 +59,31 @@ EQUIVALENT = [
     ("\\boxed{42}", "42"),  # a box inside the answer tag
     ("yes", "Yes"),  # text answers compared case-insensitively
     ("\\text{(A)}", "A"),  # multiple-choice letter
+    # The examples of issue 17, which the first (own-parser) version scored 0.
+    ("x \\geq 5", "x >= 5"),  # inequality in LaTeX against ASCII
+    ("5 \\leq x", "x \\geq 5"),  # the same inequality flipped
+    ("x \\in [-2,7]", "-2 \\le x \\le 7"),  # an interval for a double inequality
+    ("\\cfrac{1}{3}", "1/3"),  # \cfrac
+    ("\\boxed{125\\textnormal{ miles}}", "125 miles"),  # \textnormal unit inside a box
+    ("0.0833333333333333", "\\frac{1}{12}"),  # a long decimal for a fraction
+    ("(0.6,2.6667]", "(\\frac{3}{5},\\frac{8}{3}]"),  # decimals within 1e-4 in an interval
+    ("Final Answer: The largest $n$ is 34.", "34"),  # a sentence with one number
+    ("32,\\! 349", "32349"),  # thousands separator with \!
+    ("1e3", "1000"),  # scientific notation
+    # More of the categories real data holds.
+    ("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),  # matrix
+    ("\\{1, 2, 3\\}", "\\{3, 2, 1\\}"),  # sets in any order
+    ("(1, 2, 3)", "(1,2,3)"),  # a triple
+    ("90^{\\circ}", "90"),  # degrees
+    ("1{,}234{,}567", "1234567"),  # LaTeX thousands separators
+    ("2.5 \\times 10^{3}", "2500"),  # scientific notation in LaTeX
+    ("\\tfrac{3}{4}", "0.75"),  # \tfrac
+    ("3.1416", "\\pi"),  # a decimal within 1e-4 of an exact value
+    ("x = 5", "5"),  # an assignment for a plain reference
+    ("18 < x \\le 26", "(18, 26]"),  # an inequality for an interval
+    ("1\\,591\\,996", "1591996"),  # thin spaces as thousands separators
+    ("283 dollars", "283"),  # a unit word
+    ("3x + 3", "y = 3x + 3"),  # the value of y for its equation, as 5 for x = 5
 ]
 
 NOT_EQUIVALENT = [
@@ -85,9 +110,25 @@ NOT_EQUIVALENT = [
     ("10^{-40}", "0"),  # tiny is not zero
     ("yes", "no"),  # different words
     ("sey", "yes"),  # words are not products of symbols
-    ("2X", "2x"),  # symbols are case-sensitive
     ("\\frac{1}{0}", "1"),  # division by zero is never right
     ("", "5"),  # empty answer
+    # The examples of issue 17 that the first version scored 1.
+    ("0", "a + 3z = 0"),  # the right-hand side of an equation is not its solution
+    ("11a+c", "7 = 11a+c"),  # one side of an equation is not the equation
+    ("It is 10, no wait, it is 12.", "12"),  # hedging in prose: several answers
+    ("3.14", "\\pi"),  # a decimal further than 1e-4 from the exact value
+    ("10^4", "10000"),  # a power left to evaluate
+    ("3x = 12", "12"),  # an equation that does not state the value
+    ("12 = 3x", "y = 3x + 3"),  # a different equation
+]
+
+REFERENCES = [
+    ("72", "Natalia sold 48 clips in April and half as many in May: 48 + 24 = 72.\n#### 72", 1.0),  # GSM8K
+    ("1072", "She earns 1,000 + 72 = 1,072 dollars.\n#### 1,072", 1.0),  # GSM8K with a separator
+    ("73", "... #### 72", 0.0),  # GSM8K, wrong
+    ("0.5", "Half of one is $\\boxed{\\frac{1}{2}}$.", 1.0),  # MATH: the boxed answer of a solution
+    ("2", "We get $x = 2$, so $y = \\boxed{\\frac{1}{2}}$.", 0.0),  # MATH: not an intermediate value
+    ("\\frac{1}{2}", "0.5", 1.0),  # plain reference
 ]
 
 HOSTILE = [
@@ -114,6 +155,23 @@ def test_equivalent_answers_match(candidate, reference):
 @pytest.mark.parametrize("candidate, reference", NOT_EQUIVALENT)
 def test_different_answers_do_not_match(candidate, reference):
     assert not matches(candidate, reference)
+
+
+@pytest.mark.parametrize("answer, reference, expected", REFERENCES)
+def test_references_as_datasets_write_them(answer, reference, expected):
+    assert accuracy_reward([f"<answer>{answer}</answer>"], answer=[reference]) == [expected]
+
+
+def test_the_hostile_batch_scores_zero_in_under_a_second():
+    hostile = ["9**9**9**9", "10000!", "9" * 100_000, "(" * 5_000 + "1" + ")" * 5_000,
+               "10^{10^{10}}", "2^{2^{2^{2^{2^{2^{2}}}}}}", "\\sum_{i=1}^{10^{10}} i"]
+    completions = [f"<think>a</think><answer>{answer}</answer>" for answer in hostile]
+    completions.append("<think>" + "a " * 500_000 + "</think><answer>" + "1" * 1000 + "</answer>")  # 1 MB
+    accuracy_reward(["<answer>1</answer>"], answer=["2"])  # the worker is started before timing
+    start = time.monotonic()
+    scores = accuracy_reward(completions, answer=["5"] * len(completions))
+    assert scores == [0.0] * len(completions)
+    assert time.monotonic() - start < 1.0
 
 
 @pytest.mark.parametrize("candidate, reference", HOSTILE, ids=lambda v: repr(v[:20]))
@@ -192,8 +250,8 @@ def test_one_megabyte_completions_score_quickly():
     assert time.monotonic() - start < 3.0
 
 
-def test_slow_sympy_question_times_out_and_the_worker_restarts():
-    client = SympyClient()
+def test_slow_question_times_out_and_the_worker_restarts():
+    client = MathClient()
     try:
         # Equal numerically at every point, so only sympy can decide, and expanding
         # (a+b+c+d)^30 (a-b+c-d)^30 takes far longer than the limit.
