@@ -16,12 +16,16 @@ ANSWER_SOURCES = {"answer": tagged_answer, "boxed": boxed_answer}
 
 
 @register("accuracy", factory=True)
-def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 2.0) -> RewardFunction:
+def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 2.0, exact: bool = False) -> RewardFunction:
     """Build the accuracy reward.
 
     Args:
         answer_source: "answer" takes the final `<answer>…</answer>`; "boxed" the last `\\boxed{}`.
         timeout_s: the most time one sample may spend in sympy; past it the sample scores 0.
+        exact: the answer must be the reference itself (surrounding whitespace aside): "20" for 20,
+            not "8 + 12 = 20" nor "The answer is 20", which the mathematical comparison accepts.
+            For tasks whose answers have one written form (toy arithmetic), where it keeps the
+            working in the thinking and the final answer alone in the answer block.
     """
     if answer_source not in ANSWER_SOURCES:
         raise ValueError(f"answer_source must be one of {sorted(ANSWER_SOURCES)}, got {answer_source!r}")
@@ -63,6 +67,9 @@ def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 2.0) -
                 scores.append(0.0)
                 continue
             key = (answer, str(reference))
+            if exact:
+                scores.append(float(answer.strip() == str(reference).strip()))
+                continue
             if key not in known:
                 known[key] = float(answers_match(answer, str(reference), client, timeout_s))
             scores.append(known[key])
