@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-examples", type=int, help="evaluate only the first N rows")
     evaluate.add_argument("--max-new-tokens", type=int, help="completion length limit")
     evaluate.add_argument("--temperature", type=float, default=1.0)
+    evaluate.add_argument("--no-think", action="store_true",
+                          help="also sample with the thinking forced empty ('<think>\\n</think>\\n<answer>' "
+                               "prefilled) and report the accuracy the thinking adds (thinking_gain)")
     evaluate.set_defaults(func=_cmd_eval)
 
     data = sub.add_parser("data", help="generate the toy datasets, or describe a data file")
@@ -91,8 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     workers.add_argument("--log-dir", default="rollout_workers", help="folder for the workers' logs")
     workers.set_defaults(func=_cmd_rollout_workers)
 
-    report = sub.add_parser("report", help="write plots and a markdown summary for a run folder")
-    report.add_argument("run_dir")
+    report = sub.add_parser("report", help="write plots and a markdown summary for a run folder; given several "
+                                           "runs of one recipe (seeds), their mean, spread and a row per run")
+    report.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    report.add_argument("--out", help="folder for a report over several runs (default: <runs>/seeds_report)")
     report.set_defaults(func=_cmd_report)
     return parser
 
@@ -162,11 +167,17 @@ def _cmd_rollout_workers(args) -> int:
 def _cmd_report(args) -> int:
     from r1train.errors import RunError
     from r1train.report import write_report
+    from r1train.seed_report import write_seed_report
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise RunError(f"{run_dir} has no metrics.jsonl: give a run folder, e.g. runs/r1_zero_toy")
-    print(write_report(run_dir))
+    for run_dir in map(Path, args.run_dirs):
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise RunError(f"{run_dir} has no metrics.jsonl: give a run folder, e.g. runs/r1_zero_toy")
+    if len(args.run_dirs) == 1:
+        if args.out:
+            raise RunError("--out is for a report over several runs; a single run's report goes into <run>/report")
+        print(write_report(Path(args.run_dirs[0])))
+    else:
+        print(write_seed_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None))
     return 0
 
 

@@ -270,6 +270,9 @@ class EvaluationConfig:
     temperature: float = 1.0
     greedy: bool = True  # also measure greedy accuracy
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    # Also evaluate with the thinking forced empty (`<think>\n</think>\n<answer>` prefilled):
+    # eval/no_think_accuracy and eval/thinking_gain, what the thinking is worth.
+    no_think: bool = False
     at_start: bool = True
     at_end: bool = True
 

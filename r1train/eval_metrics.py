@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 # Column order of the evaluation table; the names are the evaluator's metrics without "eval/".
 TABLE_METRICS = ("accuracy", "pass@1", "maj@k", "pass@k", "greedy_accuracy", "last_number_accuracy", "format_rate",
-                 "completion_len")
+                 "completion_len", "think_nonempty_frac", "think_len", "no_think_accuracy", "thinking_gain")
 
 
 def estimate_pass_at_k(n: int, c: int, k: int) -> float:
@@ -179,3 +179,39 @@ def last_number_correct(texts: list[str], references: list) -> list[float] | Non
         numbers = _NUMBER.findall(text)
         scores.append(float(bool(numbers) and float(numbers[-1]) == value))
     return scores
+
+
+def thinking_of(text: str) -> str:
+    """The thinking of a completion (assistant text with its prefill), stripped: between the first
+    `<think>` and the last `</think>`, or from `<think>` to the end while never closed (still
+    thinking when it stopped); "" without a `<think>`.
+
+    Example: thinking_of("<think>\n13 + 9 = 22\n</think>\n<answer>22</answer>") == "13 + 9 = 22",
+    thinking_of("<think>\n</think>\n<answer>22</answer>") == "".
+    """
+    from rewards.extraction import THINK_OPEN, think_text
+
+    inside = think_text(text)
+    if inside is None:
+        start = text.find(THINK_OPEN)
+        inside = "" if start < 0 else text[start + len(THINK_OPEN):]
+    return inside.strip()
+
+
+def think_stats(texts: list[str]) -> dict[str, float]:
+    """How much the completions think.
+
+    Args:
+        texts: N >= 1 assistant responses (prefill included).
+    Returns:
+        {"think_nonempty_frac": share whose thinking holds any non-space character,
+         "think_len": mean length of the thinking in characters (empty ones count as 0)}.
+
+    Example: think_stats(["<think>\n3+4=7\n</think><answer>7</answer>", "<think>\n</think><answer>7</answer>"])
+        == {"think_nonempty_frac": 0.5, "think_len": 2.5}
+    """
+    if not texts:
+        raise ValueError("think_stats needs at least one completion")
+    thoughts = [thinking_of(text) for text in texts]
+    return {"think_nonempty_frac": sum(1 for t in thoughts if t) / len(thoughts),
+            "think_len": sum(len(t) for t in thoughts) / len(thoughts)}

@@ -1,5 +1,6 @@
 """Held-out evaluation: k samples per question, scored by the task's rule, summarised as
-pass@1 / maj@k / pass@k / strict format rate / length, plus greedy accuracy.
+pass@1 / maj@k / pass@k / strict format rate / length / thinking share, plus greedy accuracy and,
+optionally, the accuracy with the thinking forced empty (what the thinking is worth).
 
 Used four ways: periodically inside GRPO (`Evaluator.run`), on a saved model at the end of SFT
 (`evaluate_model_dir`), as a pipeline stage (`run_eval_stage`), and from the command line
@@ -55,7 +56,8 @@ def _sandboxed_code_reward() -> Callable:
 
 def task_metrics(texts: list[str], columns: dict[str, list],
                  scored: dict[str, list[float | None]] | None = None) -> dict[str, float]:
-    """Accuracy (by the task's rule) and strict format rate of a batch, whatever the recipe weights.
+    """Accuracy (by the task's rule), strict format rate and thinking share and length of a batch,
+    whatever the recipe weights.
 
     Accuracy is the mean over the samples the rule judges: prompts without a reference answer
     (general prompts mixed into a batch) are left out rather than counted wrong. `scored` holds the
@@ -64,7 +66,7 @@ def task_metrics(texts: list[str], columns: dict[str, list],
     """
     import rewards
 
-    out = {"format_rate": sum(rewards.format_reward(texts)) / len(texts)}
+    out = {"format_rate": sum(rewards.format_reward(texts)) / len(texts), **eval_metrics.think_stats(texts)}
     name = correctness_rule(columns)
     if name is not None:
         if scored is not None and name in scored:
@@ -88,6 +90,8 @@ class Evaluator:
     samples: int
     sampling: SamplingSettings
     greedy: bool
+    # Also sample with `<think>\n</think>\n<answer>` prefilled: accuracy without thinking, and the gain.
+    no_think: bool = False
 
     @classmethod
     def from_recipe(cls, cfg: Recipe, tokenizer, path: str | None = None) -> "Evaluator":
@@ -98,18 +102,18 @@ class Evaluator:
             top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop),
         )
         return cls(rows, tokenizer, cfg.data.prompt_template, cfg.data.system_prompt, cfg.data.question_column,
-                   cfg.data.answer_column, e.samples, sampling, e.greedy)
+                   cfg.data.answer_column, e.samples, sampling, e.greedy, e.no_think)
 
     def run(self, engine, details: list | None = None) -> dict[str, float]:
         """Evaluate `engine`'s current weights; returns metrics prefixed `eval/`."""
         t0 = time.perf_counter()
-        prompts = [encode_prompt(self.tokenizer, r[self.question_column], self.template, self.system_prompt) for r in self.rows]
+        prompts = self._prompts(no_think=False)
         k = self.samples
         # Greedy and sampled requests in one engine call where the engine can batch them together:
         # vLLM then decodes them in the same steps instead of in a second, smaller pass.
         requests = [(prompts, k, self.sampling)] + ([(prompts, 1, _greedy(self.sampling))] if self.greedy else [])
         sampled, *greedy = generate_many(engine, requests)
-        texts, correct, answers, lengths = self._judge(sampled)
+        texts, correct, answers, lengths = self._judge(sampled, prefill(self.template))
         problems = [
             {"correct": correct[i * k:(i + 1) * k], "answers": answers[i * k:(i + 1) * k]} for i in range(len(self.rows))
         ]
@@ -119,13 +123,16 @@ class Evaluator:
         summary = eval_metrics.summarize(problems, formats, lengths, k)
         out = {f"eval/{name}": value for name, value in summary.items()}
         out["eval/accuracy"] = out["eval/pass@1"]
+        out.update({f"eval/{name}": value for name, value in eval_metrics.think_stats(texts).items()})
         format_aside = eval_metrics.last_number_correct(texts, [self.rows[c.prompt_index].get(self.answer_column)
                                                                 for c in sampled])
         if format_aside is not None:
             out["eval/last_number_accuracy"] = sum(format_aside) / len(format_aside)
         if greedy:
-            _, greedy_correct, _, _ = self._judge(greedy[0])
+            _, greedy_correct, _, _ = self._judge(greedy[0], prefill(self.template))
             out["eval/greedy_accuracy"] = sum(greedy_correct) / len(greedy_correct)
+        if self.no_think:
+            out.update(self._without_thinking(engine, out))
         out["time/eval"] = time.perf_counter() - t0
         if details is not None:
             for i, row in enumerate(self.rows):
@@ -133,8 +140,24 @@ class Evaluator:
                                 "completions": texts[i * k:(i + 1) * k], "correct": correct[i * k:(i + 1) * k]})
         return out
 
-    def _judge(self, completions):
-        head = prefill(self.template)
+    def _prompts(self, no_think: bool) -> list[list[int]]:
+        return [encode_prompt(self.tokenizer, r[self.question_column], self.template, self.system_prompt, no_think)
+                for r in self.rows]
+
+    def _without_thinking(self, engine, with_thinking: dict[str, float]) -> dict[str, float]:
+        """The same questions with the thinking forced empty: `no_think_accuracy` (sampled, pass@1),
+        `no_think_greedy_accuracy`, and `thinking_gain`, the sampled accuracy the thinking adds."""
+        prompts = self._prompts(no_think=True)
+        head = prefill(self.template, no_think=True)
+        _, correct, _, _ = self._judge(engine.generate(prompts, self.samples, self.sampling), head)
+        out = {"eval/no_think_accuracy": sum(correct) / len(correct)}
+        out["eval/thinking_gain"] = with_thinking["eval/accuracy"] - out["eval/no_think_accuracy"]
+        if self.greedy:
+            _, greedy_correct, _, _ = self._judge(engine.generate(prompts, 1, _greedy(self.sampling)), head)
+            out["eval/no_think_greedy_accuracy"] = sum(greedy_correct) / len(greedy_correct)
+        return out
+
+    def _judge(self, completions, head: str):
         texts = [head + c.text for c in completions]
         columns = reward_columns(self.rows, completions, self.answer_column)
         rule = correctness_function(columns)
@@ -200,6 +223,7 @@ def evaluate_cli(args) -> int:
     cfg.evaluation.max_examples = args.max_examples or 10**9
     if args.max_new_tokens:
         cfg.evaluation.max_new_tokens = args.max_new_tokens
+    cfg.evaluation.no_think = cfg.evaluation.no_think or args.no_think
     evaluator = Evaluator.from_recipe(cfg, None, path=args.data)
     model_dir = resolve_model_dir(args.model)
     tokenizer = load_tokenizer(model_dir)

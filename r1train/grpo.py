@@ -28,6 +28,7 @@ from r1train.async_rollouts import RolloutPrefetcher
 from r1train.checkpoint import latest_checkpoint
 from r1train.config import ConfigError, Recipe
 from r1train.data import PromptSampler, load_rows
+from r1train.diagnostics import StallWatch
 from r1train.heap import map_large_allocations
 from r1train.runtime import engine_for, seed_everything, set_threads
 from r1train.engines.base import Completion, SamplingSettings
@@ -124,6 +125,7 @@ class GRPOTrainer:
         self.engine.sync_weights(self.learner.model)
         self._engine_step = self.step_count  # the optimiser step whose weights the engine holds
         self.prefetcher = RolloutPrefetcher(self.collect_rollouts, self.sampler) if cfg.rollout.async_generation else None
+        self.stall_watch = StallWatch()  # warns once when most groups teach nothing or entropy collapses
 
     # -----------------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -146,6 +148,8 @@ class GRPOTrainer:
                 if step == cfg.training.steps and self.evaluator and cfg.evaluation.at_end:
                     metrics.update(self.evaluate())
                 logger.log(step, metrics)
+                for warning in self.stall_watch.update(step, metrics) if self.is_main else ():
+                    log.warning(warning)
                 if step % cfg.logging.samples_every == 0:
                     logger.log_samples(step, samples)
                 logger.progress(step, {"reward": metrics.get("reward/mean"), "acc": metrics.get("accuracy"),

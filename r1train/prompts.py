@@ -32,8 +32,16 @@ def check_template(template: str) -> None:
         )
 
 
-def prefill(template: str) -> str:
-    """Text the prompt puts at the start of the assistant turn (the completion continues it)."""
+# Forced empty thinking: the completion starts inside the answer, so the model must answer at once.
+# Comparing accuracy with and without it measures what the thinking is worth.
+NO_THINK_PREFILL = "<think>\n</think>\n<answer>"
+
+
+def prefill(template: str, no_think: bool = False) -> str:
+    """Text the prompt puts at the start of the assistant turn (the completion continues it);
+    with `no_think`, an empty think block and an open answer tag, whatever the template."""
+    if no_think:
+        return NO_THINK_PREFILL
     return "<think>\n" if template == "r1_zero" else ""
 
 
@@ -55,18 +63,21 @@ def require_chat_template(tokenizer, model_dir: str | None = None) -> None:
         )
 
 
-def render_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None) -> str:
-    """The full prompt text: chat template, generation header and any prefill."""
+def render_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None,
+                  no_think: bool = False) -> str:
+    """The full prompt text: chat template, generation header and any prefill (see `prefill`)."""
     require_chat_template(tokenizer)
     text = tokenizer.apply_chat_template(
         chat_messages(question, template, system_prompt), tokenize=False, add_generation_prompt=True
     )
-    return text + prefill(template)
+    return text + prefill(template, no_think)
 
 
-def encode_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None) -> list[int]:
+def encode_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None,
+                  no_think: bool = False) -> list[int]:
     # The chat template already holds the special tokens; adding them again would double BOS.
-    return tokenizer(render_prompt(tokenizer, question, template, system_prompt), add_special_tokens=False)["input_ids"]
+    text = render_prompt(tokenizer, question, template, system_prompt, no_think)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_all(tokenizer, rows: list[dict], question_column: str, template: str, system_prompt: str | None,

@@ -3,8 +3,8 @@
 Reads `metrics.jsonl` (one row per step; evaluation rows carry `eval/*` keys) and `samples.jsonl`
 (the few completions logged per step) and writes into `<run>/report/`:
 
-- one PNG per panel (rewards, accuracy and format rate, completion length, KL, entropy,
-  reflective words) and `overview.png` holding all of them; a panel appears only when its
+- one PNG per panel (rewards, accuracy and format rate, completion length, KL, entropy, groups
+  without signal, thinking share and worth, thinking length, reflective words) and `overview.png` holding all of them; a panel appears only when its
   metrics were logged;
 - `summary.md`: first vs last evaluation, first vs last few training steps, the reflective-word
   share at the start and the end, and example completions from both ends of training.
@@ -44,9 +44,15 @@ CORRECTNESS_REWARDS = ("accuracy", "countdown", "code")
 EVAL_TABLE = (("accuracy", "eval/accuracy"), ("greedy accuracy", "eval/greedy_accuracy"),
               ("last-number accuracy (format aside)", "eval/last_number_accuracy"),
               ("format rate", "eval/format_rate"), ("pass@1", "eval/pass@1"), ("maj@k", "eval/maj@k"),
-              ("pass@k", "eval/pass@k"), ("completion length", "eval/completion_len"))
+              ("pass@k", "eval/pass@k"), ("completion length", "eval/completion_len"),
+              ("accuracy, thinking forced empty", "eval/no_think_accuracy"),
+              ("value of thinking (accuracy gain)", "eval/thinking_gain"),
+              ("share with non-empty thinking", "eval/think_nonempty_frac"),
+              ("thinking length (characters)", "eval/think_len"))
 TRAIN_TABLE = (("reward", "reward/mean"), ("accuracy", "accuracy"), ("format rate", "format_rate"),
-               ("completion length", "completion_len/mean"))
+               ("completion length", "completion_len/mean"), ("share with non-empty thinking", "think_nonempty_frac"),
+               ("thinking length (characters)", "think_len"), ("groups without signal", "groups/zero_variance_frac"),
+               ("entropy", "entropy"))
 MAX_EXAMPLE_CHARS = 1500  # a longer completion keeps its head and tail (where the answer is)
 ROW_KEYS_NOT_TRAINING = ("step", "time", "time/eval")
 
@@ -121,6 +127,17 @@ def training_rows(rows: list[dict]) -> list[dict]:
             if any(not k.startswith("eval/") and k not in ROW_KEYS_NOT_TRAINING and numeric(v) for k, v in row.items())]
 
 
+def dropped_share(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """(steps, share of drawn groups that dynamic sampling dropped), over steps that dropped any
+    (runs without dynamic sampling drop none and get no line)."""
+    points = [(row["step"], row["sampling/groups_dropped"] / row["sampling/prompts_drawn"]) for row in rows
+              if numeric(row.get("sampling/groups_dropped")) and numeric(row.get("sampling/prompts_drawn"))
+              and row["sampling/prompts_drawn"] > 0]
+    if not any(share for _, share in points):
+        return [], []
+    return [p[0] for p in points], [p[1] for p in points]
+
+
 def rolling_mean(values: list[float], window: int) -> list[float]:
     """Trailing mean over up to `window` values: [1, 3, 5] with window 2 -> [1, 2, 4]."""
     return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
@@ -184,6 +201,21 @@ def build_panels(rows: list[dict], samples: list[dict]) -> list[Panel]:
         Series("KL", *series_of(rows, "kl"), "C4")]))
     panels.append(Panel("entropy", "Policy entropy", "nats per token", [
         Series("entropy", *series_of(rows, "entropy"), "C5")]))
+    panels.append(Panel("signal", "Groups without learning signal (all rewards equal)", "share of groups", [
+        Series("in the trained batch", *series_of(rows, "groups/zero_variance_frac"), "C3"),
+        Series("dropped by dynamic sampling (of those drawn)", *dropped_share(rows), "C7", linestyle="--"),
+    ], unit_interval=True))
+    panels.append(Panel("thinking", "Thinking: how often, and what it is worth", "rate", [
+        Series("training: non-empty thinking", *series_of(rows, "think_nonempty_frac"), "C4"),
+        Series("held-out: non-empty thinking", *series_of(rows, "eval/think_nonempty_frac"), "C4", evaluation=True),
+        Series("held-out accuracy", *series_of(rows, "eval/accuracy"), "C0", evaluation=True),
+        Series("held-out accuracy, thinking forced empty", *series_of(rows, "eval/no_think_accuracy"), "C3",
+               evaluation=True, marker="x"),
+    ], unit_interval=True))
+    panels.append(Panel("think_length", "Thinking length", "characters", [
+        Series("training mean", *series_of(rows, "think_len"), "C4"),
+        Series("held-out mean", *series_of(rows, "eval/think_len"), "C3", evaluation=True),
+    ]))
     words = ", ".join(f'"{w}"' for w in REFLECTIVE_WORDS)
     panels.append(Panel("reflection", f'Reflective words ("aha" signal)\n{words}',
                         "share of logged completions", [

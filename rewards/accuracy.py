@@ -10,7 +10,7 @@ GRPO group often agree. A sample whose reference is None is not judged (None).
 from __future__ import annotations
 
 from rewards.equivalence import answers_match
-from rewards.extraction import boxed_answer, tagged_answer
+from rewards.extraction import boxed_answer, reference_answer, tagged_answer
 from rewards.registry import RewardFunction, register
 from rewards.math_client import shared_client
 
@@ -18,7 +18,7 @@ ANSWER_SOURCES = {"answer": tagged_answer, "boxed": boxed_answer}
 
 
 @register("accuracy", factory=True)
-def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 5.0) -> RewardFunction:
+def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 5.0, exact: bool = False) -> RewardFunction:
     """Build the accuracy reward.
 
     Args:
@@ -26,6 +26,10 @@ def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 5.0) -
             the answer); "boxed" the last `\\boxed{}` after the thinking.
         timeout_s: the most time one sample may spend in Math-Verify; past it the sample scores 0
             (5 s: Math-Verify's own default).
+        exact: the answer must be the reference itself (surrounding whitespace aside): "20" for 20,
+            not "8 + 12 = 20" nor "The answer is 20", which the mathematical comparison accepts.
+            For tasks whose answers have one written form (toy arithmetic), where it keeps the
+            working in the thinking and the final answer alone in the answer block.
     """
     if answer_source not in ANSWER_SOURCES:
         raise ValueError(f"answer_source must be one of {sorted(ANSWER_SOURCES)}, got {answer_source!r}")
@@ -69,6 +73,9 @@ def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 5.0) -
                 scores.append(0.0)
                 continue
             key = (answer, str(reference))
+            if exact:
+                scores.append(float(answer.strip() == reference_answer(str(reference)).strip()))
+                continue
             if key not in known:
                 known[key] = float(answers_match(answer, str(reference), client, timeout_s))
             scores.append(known[key])

@@ -3,7 +3,8 @@ from itertools import combinations
 
 import pytest
 
-from r1train.eval_metrics import estimate_pass_at_k, format_eval_table, majority_vote_correct, summarize
+from r1train.eval_metrics import (estimate_pass_at_k, format_eval_table, majority_vote_correct, summarize, think_stats,
+                                  thinking_of)
 
 # One question each: (correct, answers, k, expected maj@k, expected pass@k, expected pass@1).
 SINGLE_QUESTION_CASES = [
@@ -138,3 +139,32 @@ def test_last_number_correct(texts, references, expected):
     from r1train.eval_metrics import last_number_correct
 
     assert last_number_correct(texts, references) == expected
+
+
+# (completion with its prefill, expected thinking): one comment per case.
+THINKING_CASES = [
+    # a closed think block: its content, stripped
+    ("<think>\n13 + 9 = 22\n</think>\n<answer>22</answer>", "13 + 9 = 22"),
+    # the collapse this measures: an empty think block
+    ("<think>\n</think>\n<answer>22</answer>", ""),
+    # whitespace only is empty too
+    ("<think>\n  \n</think><answer>22</answer>", ""),
+    # never closed: still thinking when it stopped, so everything after <think> is thinking
+    ("<think>\nfirst 13 + 7", "first 13 + 7"),
+    # no <think> at all: no thinking
+    ("<answer>22</answer>", ""),
+]
+
+
+@pytest.mark.parametrize("text, expected", THINKING_CASES)
+def test_thinking_of(text, expected):
+    assert thinking_of(text) == expected
+
+
+def test_think_stats_share_and_mean_length():
+    texts = [case for case, _ in THINKING_CASES]
+    stats = think_stats(texts)
+    assert stats["think_nonempty_frac"] == pytest.approx(2 / 5)
+    assert stats["think_len"] == pytest.approx((len("13 + 9 = 22") + len("first 13 + 7")) / 5)
+    with pytest.raises(ValueError):
+        think_stats([])

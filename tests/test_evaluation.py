@@ -60,3 +60,52 @@ def test_task_metrics_runs_code_in_the_sandbox_when_not_given_scores():
 
     texts = ["<answer>def f():\n    return 1</answer>", "<answer>def f():\n    return 2</answer>"]
     assert task_metrics(texts, {"tests": [["assert f() == 1"]] * 2})["accuracy"] == 0.5
+
+
+class AnswersOnlyWithoutThinking:
+    """An engine that answers right only when the prompt forces an empty think and wrong otherwise,
+    so the two measurements cannot be mixed up."""
+
+    def __init__(self, tokenizer):
+        self.forced = tokenizer("<think>\n</think>\n<answer>", add_special_tokens=False)["input_ids"]
+        self.prompts_seen = []
+
+    def generate(self, prompts, n, sampling):
+        from r1train.engines.base import Completion
+
+        out = []
+        for i, prompt in enumerate(prompts):
+            self.prompts_seen.append(prompt)
+            forced = prompt[-len(self.forced):] == self.forced
+            text = "2</answer>" if forced else "maybe 7\n</think>\n<answer>7</answer>"
+            out += [Completion(i, prompt, [1, 2], text, None, "stop") for _ in range(n)]
+        return out
+
+
+def test_no_think_evaluation_prefills_an_empty_think_and_reports_the_gain(tokenizer):
+    from r1train.engines.base import SamplingSettings
+    from r1train.evaluation import Evaluator
+
+    evaluator = Evaluator(rows=[{"question": "What is 1 + 1?", "answer": "2"}], tokenizer=tokenizer, template="r1_zero",
+                          system_prompt=None, question_column="question", answer_column="answer", samples=2,
+                          sampling=SamplingSettings(stop=["</answer>"]), greedy=True, no_think=True)
+    engine = AnswersOnlyWithoutThinking(tokenizer)
+    metrics = evaluator.run(engine)
+    assert metrics["eval/accuracy"] == 0.0 and metrics["eval/greedy_accuracy"] == 0.0
+    assert metrics["eval/no_think_accuracy"] == 1.0 and metrics["eval/no_think_greedy_accuracy"] == 1.0
+    assert metrics["eval/thinking_gain"] == -1.0
+    assert metrics["eval/think_nonempty_frac"] == 1.0  # "maybe 7" is thinking
+    # Four generate calls: sampled and greedy, with and without thinking; two of them forced.
+    forced = [p for p in engine.prompts_seen if p[-len(engine.forced):] == engine.forced]
+    assert len(engine.prompts_seen) == 4 and len(forced) == 2
+
+
+def test_eval_no_think_flag_adds_the_measurement(tiny_model_dir, questions, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(questions), "--samples", "2",
+                 "--max-new-tokens", "4", "--backend", "hf", "--no-think", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["eval/thinking_gain"] == pytest.approx(metrics["eval/accuracy"] - metrics["eval/no_think_accuracy"])
+    assert 0.0 <= metrics["eval/think_nonempty_frac"] <= 1.0
+    assert "thinking_gain" in capsys.readouterr().out

@@ -167,3 +167,29 @@ def test_cpu_low_memory_alone_switches_the_allocator_setting(tmp_path, tiny_mode
                          training={"steps": 1, "bf16": False, "cpu_low_memory": low_memory})
     GRPOTrainer(recipe, recipe.run_dir)
     assert calls == ([True] if low_memory and not torch.cuda.is_available() else [])
+
+
+def test_a_run_without_signal_warns_once_and_logs_thinking_and_the_no_think_evaluation(
+        tmp_path, tiny_model_dir, addition_files, monkeypatch, caplog):
+    import functools
+    import logging
+
+    import r1train.grpo
+    from r1train.diagnostics import StallWatch
+
+    # A random tiny model never answers right: with accuracy as the only reward, every group's
+    # rewards are all equal. A two-step window lets a two-step run show the warning.
+    monkeypatch.setattr(r1train.grpo, "StallWatch", functools.partial(StallWatch, window=2))
+    train, test = addition_files
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, train, test, rewards=[{"name": "accuracy"}])
+    recipe.evaluation.no_think = True
+    with caplog.at_level(logging.WARNING, logger="r1train"):
+        run_grpo(recipe, recipe.run_dir)
+    stalls = [r.getMessage() for r in caplog.records if "all-equal rewards" in r.getMessage()]
+    assert len(stalls) == 1 and stalls[0].startswith("step 2:") and "algorithm.dynamic_sampling" in stalls[0]
+    rows = read_metrics(recipe.run_dir / "metrics.jsonl")
+    assert rows[1]["groups/zero_variance_frac"] == 1.0
+    assert 0.0 <= rows[1]["think_nonempty_frac"] <= 1.0 and rows[1]["think_len"] >= 0.0
+    for key in ("eval/no_think_accuracy", "eval/no_think_greedy_accuracy", "eval/thinking_gain",
+                "eval/think_nonempty_frac", "eval/think_len"):
+        assert key in rows[0] and key in rows[-1], key

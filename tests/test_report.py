@@ -10,7 +10,8 @@ from r1train.errors import RunError
 from r1train.report import is_reflective, rolling_mean, sample_correct, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALL_PANELS = ["rewards", "accuracy", "completion_length", "kl", "entropy", "reflection"]
+ALL_PANELS = ["rewards", "accuracy", "completion_length", "kl", "entropy", "signal", "thinking", "think_length",
+              "reflection"]
 
 
 def make_run(folder: Path, rows: list[dict], samples: list[dict] | None = None) -> Path:
@@ -27,7 +28,8 @@ def training_row(step: int) -> dict:
     return {"step": step, "time": 1000.0 + step, "reward/mean": step / 10, "reward/accuracy": step / 100,
             "reward/format": 0.5, "reward/std": 0.1, "accuracy": step / 100, "format_rate": 0.2,
             "completion_len/mean": 100.0 - step, "completion_len/max": 128, "kl": 0.001 * step, "entropy": 1.0,
-            "lr": 1e-5}
+            "lr": 1e-5, "groups/zero_variance_frac": 0.0, "sampling/groups_dropped": step % 4, "sampling/prompts_drawn": 8,
+            "think_nonempty_frac": 1 - step / 20, "think_len": 2.0 * step}
 
 
 def sample(step: int, completion: str, correct: bool, reward: float | None = None) -> dict:
@@ -45,7 +47,9 @@ def full_run(tmp_path_factory) -> tuple[Path, str]:
         row = training_row(step)
         if step in (10, 20):
             row.update({"eval/accuracy": step / 50, "eval/format_rate": step / 40, "eval/pass@1": step / 50,
-                        "eval/greedy_accuracy": step / 40, "eval/completion_len": 90.0 - step})
+                        "eval/greedy_accuracy": step / 40, "eval/completion_len": 90.0 - step,
+                        "eval/no_think_accuracy": step / 100, "eval/thinking_gain": step / 100,
+                        "eval/think_nonempty_frac": 0.5, "eval/think_len": 3.0 * step})
         rows.append(row)
     samples = []
     for step in range(1, 21):
@@ -82,6 +86,9 @@ def test_summary_eval_table_compares_first_and_last_eval_rows(full_run):
     assert "| format rate | 0.000 | 0.500 | +0.500 |" in text
     assert "| pass@1 | 0.100 | 0.400 | +0.300 |" in text
     assert "| completion length | 90.0 | 70.0 | -20.0 |" in text
+    # Only the last evaluation measured without thinking: the first column has a dash.
+    assert "| accuracy, thinking forced empty | – | 0.200 | – |" in text
+    assert "| value of thinking (accuracy gain) | – | 0.200 | – |" in text
     assert "Evaluations: 3 (at steps 0, 10, 20)" in text
 
 
@@ -93,6 +100,8 @@ def test_summary_training_table_averages_the_first_and_last_five_steps(full_run)
     assert "| accuracy | 0.030 | 0.180 | +0.150 |" in text
     assert "| format rate | 0.200 | 0.200 | +0.000 |" in text
     assert "| completion length | 97.0 | 82.0 | -15.0 |" in text
+    # think_len = 2 * step: 6.0 over steps 1-5, 36.0 over steps 16-20.
+    assert "| thinking length (characters) | 6.0 | 36.0 | +30.0 |" in text
     assert "Training steps logged: 20 (steps 1–20)" in text
     assert "Model: `tiny-test-model`" in text
 

@@ -30,6 +30,7 @@ FILES = (
     "countdown/train.jsonl", "countdown/test.jsonl",
     "cold_start/train.jsonl", "general/train.jsonl",
     "code/train.jsonl", "code/test.jsonl",
+    "multistep/train.jsonl", "multistep/test.jsonl",
 )
 
 
@@ -212,3 +213,26 @@ def test_describe_names_columns_rows_and_an_example(generated, tmp_path):
     bad.write_text('{"question": "x"}\nnot json\n')
     with pytest.raises(DataError, match="line 2"):
         describe(bad)
+
+
+def test_multistep_answers_follow_left_to_right_and_never_go_below_zero():
+    from r1train.toy_data import make_multistep
+
+    train, test = make_multistep(3, train_size=300, test_size=100)
+    assert len(train) == 300 and len(test) == 100
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    for row in train + test:
+        value = row["operands"][0]
+        for op, operand in zip(row["ops"], row["operands"][1:]):
+            value = value + operand if op == "+" else value - operand
+            assert value >= 0, row
+        assert row["answer"] == str(value)
+        # The question states exactly the chain the columns hold.
+        numbers = [int(n) for n in re.findall(r"\d+", row["question"])]
+        assert numbers == row["operands"] and re.findall(r"[+-]", row["question"]) == row["ops"]
+    # The accuracy reward judges it; no `numbers`/`target` columns, so no Countdown rule applies.
+    assert "numbers" not in train[0] and "target" not in train[0]
+    assert accuracy_reward([f"<think>x</think><answer>{train[0]['answer']}</answer>"], answer=[train[0]["answer"]]) == [1.0]
+    assert {op for row in train for op in row["ops"]} == {"+", "-"}
+    with pytest.raises(ValueError):
+        make_multistep(0, terms=1)

@@ -10,6 +10,8 @@
 - `cold_start/train`: worked solutions in the R1 template for the cold-start SFT stage.
 - `general/train`: short non-math prompts for the second RL stage.
 - `code/{train,test}`: function-writing tasks with assert tests, for the `code` reward.
+- `multistep/{train,test}`: "What is 14 + 9 - 6?", three operands 1..20, + and -, left to right:
+  a task where steps are needed (writing the intermediate result down pays).
 
 Everything is a function of the seed. Each dataset draws from its own `random.Random`, seeded with
 the seed and the dataset's name, so enlarging one never shifts another; files are written with a
@@ -34,6 +36,7 @@ works for all of it):
 - `cold_start`: worked solutions in the R1 template (`make_cold_start`).
 - `general`: short non-math prompts (`make_general_prompts`).
 - `code_tasks`: function-writing tasks with tests (`make_code_tasks`, `code_task_row`).
+- `multistep`: three-operand chains of + and - (`make_multistep`).
 - `files`: writing, reading and describing the files (`generate_all`, `write_jsonl`,
   `read_jsonl`, `describe`).
 - `_common`: the row and expression-tree types and helpers the generators share.
@@ -56,11 +59,13 @@ from r1train.toy_data.countdown import (
 )
 from r1train.toy_data.files import describe, generate_all, read_jsonl, write_jsonl
 from r1train.toy_data.general import GENERAL_TEMPLATES, GENERAL_TOPICS, make_general_prompts
+from r1train.toy_data.multistep import MULTISTEP_OPERATORS, make_multistep, multistep_row
 
 __all__ = [
     "ARITHMETIC_OPERATORS",
     "GENERAL_TEMPLATES",
     "GENERAL_TOPICS",
+    "MULTISTEP_OPERATORS",
     "Row",
     "Tree",
     "arithmetic_row",
@@ -75,6 +80,8 @@ __all__ = [
     "make_cold_start",
     "make_countdown",
     "make_general_prompts",
+    "make_multistep",
+    "multistep_row",
     "read_jsonl",
     "render_expression",
     "solve_countdown",

@@ -14,6 +14,7 @@ from r1train.toy_data.code_tasks import make_code_tasks
 from r1train.toy_data.cold_start import make_cold_start
 from r1train.toy_data.countdown import make_countdown
 from r1train.toy_data.general import make_general_prompts
+from r1train.toy_data.multistep import make_multistep
 
 
 def generate_all(out: Path, seed: int = 0) -> list[Path]:
@@ -22,6 +23,7 @@ def generate_all(out: Path, seed: int = 0) -> list[Path]:
     two_digit_train, two_digit_test = make_arithmetic(
         seed, operand_min=10, operand_max=99, ops=("+",), train_size=2000, name="arithmetic_2digit")
     countdown_train, countdown_test = make_countdown(seed)
+    multistep_train, multistep_test = make_multistep(seed)
     test_questions = frozenset(row["question"] for rows in (arithmetic_test, two_digit_test, countdown_test) for row in rows)
     cold_start = make_cold_start(
         seed, [(arithmetic_train, 180), (two_digit_train, 60), (countdown_train, 60)], test_questions)
@@ -37,6 +39,8 @@ def generate_all(out: Path, seed: int = 0) -> list[Path]:
         "general/train.jsonl": make_general_prompts(seed),
         "code/train.jsonl": code_train,
         "code/test.jsonl": code_test,
+        "multistep/train.jsonl": multistep_train,
+        "multistep/test.jsonl": multistep_test,
     }
     written = []
     for relative, rows in datasets.items():

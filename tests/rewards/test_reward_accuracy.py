@@ -289,3 +289,20 @@ def test_works_in_a_daemonic_multiprocessing_worker():
         completion, reference = "<answer>\\frac{1}{\\sqrt{2}}</answer>", "\\frac{\\sqrt{2}}{2}"
         future = pool.submit(_score_in_child, completion, reference)
         assert future.result(timeout=120) == [1.0]
+
+
+EXACT = [
+    ("<think>8 + 12 = 20</think><answer>20</answer>", "20", 1.0),  # the number alone
+    ("<think>a</think><answer> 20 </answer>", "20", 1.0),  # surrounding whitespace aside
+    ("<think></think><answer>8 + 12 = 20</answer>", "20", 0.0),  # the working inside the answer
+    ("<think>a</think><answer>The answer is 20</answer>", "20", 0.0),  # words around it
+    ("<think>a</think><answer>20.0</answer>", "20", 0.0),  # another written form
+    ("<think>20</think>", "20", 0.0),  # no answer block at all
+]
+
+
+@pytest.mark.parametrize("completion, reference, expected", EXACT)
+def test_exact_accuracy_wants_the_answer_alone(completion, reference, expected):
+    assert get_accuracy_reward(exact=True)([completion], answer=[reference]) == [expected]
+    # The mathematical comparison accepts every one of them that has an answer block with 20 in it.
+    assert accuracy_reward([completion], answer=[reference]) == [float("20" in completion.split("</think>")[-1])]
