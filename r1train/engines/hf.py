@@ -209,7 +209,9 @@ class HFEngine:
             eos_at = next((i for i, t in enumerate(token_ids) if t in eos), None)
             if eos_at is not None:
                 end, finish_reason = eos_at + 1, "stop"  # the EOS token is kept
-            if stopper is not None and row in stopper.stopped_at and stopper.stopped_at[row] < end:
+            # `<=`: a row whose stop string completes on the batch's last step has no padding after
+            # it, so its stop position equals its length; it still finished.
+            if stopper is not None and row in stopper.stopped_at and stopper.stopped_at[row] <= end:
                 end, finish_reason = stopper.stopped_at[row], "stop"
             token_ids = token_ids[:end]
             completions.append(

@@ -88,6 +88,19 @@ def test_stop_string_ends_generation_at_the_token_completing_it(model, tokenizer
         assert (stop in c.text) == (c.finish_reason == "stop")
 
 
+def test_a_stop_string_row_that_finishes_last_is_marked_stop_not_length(model, tokenizer, chat_prompts):
+    # The only row (hence the last to finish) ends on a stop string: generation stops at that very
+    # token, so the row's length equals its stop position; it is a finished sample, not a truncated one.
+    (free_run,) = HFEngine(model, tokenizer).generate(chat_prompts[:1], n=1, sampling=greedy(10))
+    stop = tokenizer.decode(free_run.token_ids[:4], skip_special_tokens=True)[-5:]
+    assert stop not in tokenizer.decode(free_run.token_ids[:3], skip_special_tokens=True)
+
+    (alone,) = HFEngine(model, tokenizer).generate(chat_prompts[:1], n=1, sampling=greedy(10, stop=[stop]))
+
+    assert alone.token_ids == free_run.token_ids[:4]
+    assert alone.finish_reason == "stop" and not alone.truncated
+
+
 def test_generation_runs_in_eval_mode_without_grad_and_restores_train_mode(make_tiny_model, tokenizer, chat_prompts):
     model = make_tiny_model(seed=0).train()
     modes = []
