@@ -14,6 +14,7 @@ reference names an earlier stage; here they become the paths recorded in that st
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from r1train import distributed
 from r1train.config import Recipe, StageConfig, stage_recipe, to_yaml
 from r1train.errors import USER_ERRORS, RunError
+from r1train.run_lock import LOCK_FILE, hold_run_folder
 from r1train.run_state import TrainingInterrupted
 
 DONE = "DONE.json"
@@ -33,16 +35,26 @@ def run_recipe(recipe: Recipe, fresh: bool = False, from_stage: str | None = Non
         raise RunError("a multi-process launch runs one GRPO recipe (no `stages:`): SFT, rejection sampling and "
                        "distillation are not data-parallel; run the pipeline in one process")
     main = distributed.is_main_process()  # under `accelerate launch`, one process keeps the folder
-    with distributed.main_process_first():
-        if main and fresh and run_dir.exists():
-            print(f"r1train: --fresh: deleting {run_dir}", flush=True)
-            shutil.rmtree(run_dir)
-        if main and from_stage is not None:
-            _reset_from(recipe, run_dir, from_stage)
-        created = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if main:
-            _write_config(recipe, run_dir)
+    with contextlib.ExitStack() as lock:
+        with distributed.main_process_first():
+            created = not run_dir.exists()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if main:
+                # Locked before anything is deleted or written: a second run on this folder is
+                # refused before it can touch the first one's files.
+                lock.enter_context(hold_run_folder(run_dir))
+            if main and fresh and not created:
+                print(f"r1train: --fresh: deleting {run_dir}", flush=True)
+                _empty_folder(run_dir, keep=LOCK_FILE)
+                created = True
+            if main and from_stage is not None:
+                _reset_from(recipe, run_dir, from_stage)
+            if main:
+                _write_config(recipe, run_dir)
+        return _run_locked(recipe, run_dir, main, created)
+
+
+def _run_locked(recipe: Recipe, run_dir: Path, main: bool, created: bool) -> int:
     try:
         if recipe.stages:
             _run_stages(recipe, run_dir)
@@ -167,6 +179,16 @@ def _write_config(recipe: Recipe, run_dir: Path) -> None:
     tmp = path.with_name("config.yaml.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def _empty_folder(folder: Path, keep: str) -> None:
+    for entry in folder.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _has_progress(run_dir: Path) -> bool:

@@ -326,3 +326,35 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run_when_repeated(tmp
         assert torch.equal(weights[1][name], weights[2][name]) and torch.equal(weights[3][name], weights[4][name])
     assert any(not torch.equal(weights[2][name], weights[3][name]) for name in weights[2])
     assert not (run_dir / "model").exists()
+
+
+def wait_for_ready(tmp_path: Path) -> int:
+    """The process id the SIGTERM reward wrote once step 2 is scoring its rollouts."""
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "ready").exists():
+        assert time.monotonic() < deadline, "the run never reached step 2"
+        time.sleep(0.05)
+    time.sleep(0.05)  # the file is written in one call; give it a moment to be complete
+    return int((tmp_path / "ready").read_text())
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_first(tmp_path, tiny_model_dir, launcher, capsys):
+    recipe_path = write_run_files(tmp_path, tiny_model_dir, SIGTERM_REWARD, steps=2)
+    run_dir = tmp_path / "runs" / "tiny"
+    log = launcher.start(recipe_path)
+    holder = wait_for_ready(tmp_path)  # the first run is inside step 2
+    capsys.readouterr()
+
+    assert main(["run", str(recipe_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("r1train: error: ") and len(err.splitlines()) == 1, err
+    assert f"in use by another r1train run (process {holder})" in err
+    assert main(["run", str(recipe_path), "--fresh"]) == 2  # --fresh deletes nothing of a run in use
+    assert (run_dir / "checkpoints").is_dir()
+
+    (tmp_path / "go").write_text("")
+    assert launcher.wait() == 0, log.read_text()
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2]  # one writer only
+    capsys.readouterr()
+    assert main(["run", str(recipe_path)]) == 0  # the lock went with the process that held it
+    assert "already finished" in capsys.readouterr().out
