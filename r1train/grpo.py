@@ -40,7 +40,7 @@ from r1train.prompts import encode_all, prefill
 from r1train.run_state import RunState
 from r1train.scoring import reward_columns
 from r1train.prompt_mix import MixedPromptSampler, build_scoped_scorer, tag_sources
-from r1train.tracking import RunLogger
+from r1train.tracking import RunLogger, read_metrics
 
 log = logging.getLogger("r1train")
 
@@ -135,6 +135,8 @@ class GRPOTrainer:
         try:
             if self.step_count == 0 and self.evaluator and cfg.evaluation.at_start:
                 logger.log(0, self.evaluate())
+            if self._final_evaluation_missing(logger):  # a stop during the last step skipped it
+                logger.log(self.step_count, self.evaluate())
             while self.step_count < cfg.training.steps:
                 if self.is_main:  # other processes end when the launcher sees the main one stop
                     # Sharded weights cannot be gathered once the other processes are gone: a stop
@@ -145,7 +147,8 @@ class GRPOTrainer:
                 metrics, samples = self.step()  # advances self.step_count
                 if self.evaluator and cfg.evaluation.every and step % cfg.evaluation.every == 0 and step < cfg.training.steps:
                     metrics.update(self.evaluate())
-                if step == cfg.training.steps and self.evaluator and cfg.evaluation.at_end:
+                last = step == cfg.training.steps
+                if last and self.evaluator and cfg.evaluation.at_end and not self.state.stop_requested:
                     metrics.update(self.evaluate())
                 logger.log(step, metrics)
                 for warning in self.stall_watch.update(step, metrics) if self.is_main else ():
@@ -158,6 +161,9 @@ class GRPOTrainer:
                 if due and (self.is_main or self.learner.sharded):  # sharded: every process gathers
                     self.state.save(step, self.learner, self._sampler_to_save(), cfg.training.keep_checkpoints,
                                     write=self.is_main)
+                if self.is_main:  # a signal during this step, the last one included, stops here
+                    self.state.stop_if_interrupted(step, self.learner, self._sampler_to_save(),
+                                                   save=not self.learner.sharded)
         finally:
             if self.prefetcher:
                 self.prefetcher.close()
@@ -170,6 +176,14 @@ class GRPOTrainer:
         distributed.barrier()  # no process reports the run finished before the model is saved
         self.engine.close()
         return final_dir
+
+    def _final_evaluation_missing(self, logger) -> bool:
+        """A resumed run whose steps are all done, stopped before its end-of-run evaluation."""
+        cfg = self.recipe
+        if not (self.is_main and self.evaluator and cfg.evaluation.at_end and self.step_count == cfg.training.steps > 0):
+            return False
+        rows = read_metrics(logger.metrics_path)
+        return not (rows and any(key.startswith("eval/") for key in rows[-1]))
 
     def evaluate(self) -> dict[str, float]:
         """Score the learner's current weights on the held-out set."""

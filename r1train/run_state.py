@@ -1,7 +1,8 @@
 """A run's durable state: checkpoint restore and save, and a clean stop on SIGINT/SIGTERM.
 
-A signal only sets a flag; the trainer checks it between steps, so a stop never leaves a step
-half-applied. The stop writes a checkpoint of the last finished step and raises
+A signal only sets a flag; the trainer checks it between steps (before each step and after its
+checkpoint, so a signal during the last step of a run or stage stops it too), so a stop never
+leaves a step half-applied. The stop writes a checkpoint of the last finished step and raises
 `TrainingInterrupted` with a message that says how to resume. A second signal stops at once
 (KeyboardInterrupt); the last checkpoint written is then the one a resume starts from.
 
@@ -56,6 +57,11 @@ class RunState:
         if self._signal is not None:  # a second Ctrl-C means "now"
             raise KeyboardInterrupt
         self._signal = signum
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a stop signal arrived (the loop then skips what only a finished run does)."""
+        return self._signal is not None
 
     def clean(self) -> None:
         """Delete what a crash left half-written (one process does this before any restores)."""

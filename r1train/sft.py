@@ -236,6 +236,8 @@ class SFTTrainer:
                                        "tok/s": metrics["throughput/learn_tokens_per_s"]})
                 if step % cfg.training.checkpoint_every == 0 or step == self.total_steps:
                     self.state.save(step, self, self.sampler, cfg.training.keep_checkpoints)
+                # A signal during this step, the last one included, stops here (no model, no DONE).
+                self.state.stop_if_interrupted(step, self, self.sampler, cfg.training.keep_checkpoints)
             save_model(self.model, self.tokenizer, final_dir)
             if cfg.data.eval and cfg.evaluation.at_end:
                 # A row of its own at the last step, as GRPO's evaluation before training has.

@@ -271,6 +271,32 @@ def test_a_signal_stops_a_stage_cleanly_and_running_again_finishes_it(tmp_path, 
     assert (run / "eval" / "scores.json").is_file()
 
 
+def test_a_signal_in_a_stages_last_step_stops_the_pipeline_before_the_next_stage(tmp_path, tiny_model_dir, files):
+    marker = tmp_path / "interrupted"
+    reward_file = tmp_path / "interrupt.py"
+    reward_file.write_text(
+        "import os, signal\nfrom pathlib import Path\n"
+        "def interrupt_once(completions, **columns):\n"
+        f"    if not Path({str(marker)!r}).exists():\n"
+        f"        Path({str(marker)!r}).touch()\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return [len(t) / 100 for t in completions]\n")
+    stages = rl_stages()[1:]  # rl (grpo), then eval
+    stages[0].update(model="base", training={"steps": 1})  # the signal lands in its only, last, step
+    stages[1].update(model="stage:rl", data={"eval": files["test"]})
+    recipe = recipe_from_dict(base_recipe(tmp_path, tiny_model_dir, files, stages,
+                                          rewards=[{"path": str(reward_file), "function": "interrupt_once"}]))
+    assert run_recipe(recipe) == 130
+    run = recipe.run_dir
+    assert (run / "rl" / "checkpoints" / "step-000001" / "trainer_state.json").is_file()
+    assert not (run / "rl" / "DONE.json").exists() and not (run / "rl" / "model").exists()
+    assert not (run / "eval").exists()  # the next stage did not start
+
+    assert run_recipe(recipe) == 0
+    assert [row["step"] for row in read_metrics(run / "rl" / "metrics.jsonl")] == [1]
+    assert (run / "eval" / "scores.json").is_file()
+
+
 @pytest.mark.parametrize("stage, message", [
     # data.mix is SFT data: a GRPO stage would silently ignore it
     ({"name": "rl", "type": "grpo", "data": {"mix": ["FILE"]}}, "only sft and distill stages"),

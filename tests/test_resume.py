@@ -358,3 +358,32 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_first(tmp_path, t
     capsys.readouterr()
     assert main(["run", str(recipe_path)]) == 0  # the lock went with the process that held it
     assert "already finished" in capsys.readouterr().out
+
+
+def test_sigterm_during_the_last_step_stops_the_run_and_resuming_finishes_it(tmp_path, tiny_model_dir, launcher):
+    recipe_path = write_run_files(tmp_path, tiny_model_dir, SIGTERM_REWARD, steps=2)
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["data"]["eval"] = recipe["data"]["train"]
+    recipe["evaluation"] = {"max_examples": 2, "greedy": False}
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "runs" / "tiny"
+    log = launcher.start(recipe_path)
+    os.kill(wait_for_ready(tmp_path), signal.SIGTERM)  # step 2 of 2 is scoring its rollouts
+    (tmp_path / "go").write_text("")
+    code = launcher.wait()
+    output = log.read_text()
+
+    assert code == 130, output
+    assert "stopped by SIGTERM after step 2" in output
+    assert checkpoint_steps(run_dir) == [1, 2]
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert not any(k.startswith("eval/") for k in rows[-1])  # the final evaluation did not run
+    assert not (run_dir / "model").exists() and not (run_dir / "DONE.json").exists()
+
+    code, output = launcher.run(recipe_path)  # the same command again: no step left, evaluate and save
+    assert code == 0, output
+    assert "from step 2" in output
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 2] and "eval/accuracy" in rows[-1]
+    assert (run_dir / "model" / "model.safetensors").is_file() and (run_dir / "DONE.json").is_file()
