@@ -199,6 +199,8 @@ class RewardSpec:
     # The prompts it judges: "reasoning" (data.train), "general" (data.general) or "all"; it gives
     # None (no credit, no penalty) on the others.
     applies_to: str = "reasoning"
+    # Seconds the reward may take per sample: a call on N samples may take N times that.
+    timeout_s: float = 5.0
 
     @property
     def label(self) -> str:
@@ -214,6 +216,7 @@ class RewardSpec:
         if self.path is not None:
             _check(Path(self.path).is_file(), f"{at}.path", _file_not_found(self.path))
         _one_of(self.applies_to, REWARD_SCOPES, f"{at}.applies_to")
+        _check(self.timeout_s > 0, f"{at}.timeout_s", "must be positive")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from r1train.run_lock import LOCK_FILE, hold_run_folder
 from r1train.run_state import TrainingInterrupted
 
 DONE = "DONE.json"
+LOG_FILE = "log.txt"  # what r1train logged during the run, tracebacks included
 
 
 def run_recipe(recipe: Recipe, fresh: bool = False, from_stage: str | None = None) -> int:
@@ -51,7 +53,26 @@ def run_recipe(recipe: Recipe, fresh: bool = False, from_stage: str | None = Non
                 _reset_from(recipe, run_dir, from_stage)
             if main:
                 _write_config(recipe, run_dir)
+                lock.enter_context(_log_file(run_dir / LOG_FILE))
         return _run_locked(recipe, run_dir, main, created)
+
+
+@contextlib.contextmanager
+def _log_file(path: Path):
+    """Everything r1train logs during the run, DEBUG included (a reward's traceback, for one), goes
+    to `path`; the console keeps Python's default: warnings and errors, one line each."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("r1train")
+    level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(level)
+        handler.close()
 
 
 def _run_locked(recipe: Recipe, run_dir: Path, main: bool, created: bool) -> int:

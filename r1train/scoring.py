@@ -3,20 +3,26 @@
 `build_scorer(recipe.rewards)` resolves the recipe's entries (see `rewards.resolve_reward`) into a
 `RewardScorer`; `RewardScorer.score(completions, prompts, columns)` returns a `ScoreResult`.
 
-Each reward function runs in its own daemon thread, all of them at once, and the batch waits for
-them until one shared deadline (`timeout_s`). A function that raises, runs past the deadline,
-returns something other than a list of N numbers or None, or returns NaN or infinity does not stop
+Each reward function runs in its own daemon thread, all of them at once. Its time limit is per
+sample (`timeout_s` of its recipe entry): a call on N samples may take N times that, so a batch
+holding a few slow samples is not cut off as a whole. A reward that needs a hard limit on each
+sample enforces it itself, as the accuracy reward does with its sympy process: then only the slow
+samples lose their score. A function that raises on the batch is called again on each sample
+alone (in the same thread, one after the other, within what is left of the budget), so only the
+samples it fails on lose their score. A function that raises, runs past its budget, returns
+something other than a list of N numbers or None, or returns NaN or infinity does not stop
 training: the samples it failed on get None for that function, the problem is logged once per
-function and kind of problem (logging.warning, naming the function), listed in
+function and kind of problem (logging.warning, one line naming the function; the traceback goes
+to the `r1train` logger at DEBUG level, which the run's log file records), listed in
 `ScoreResult.errors` for this batch and counted in `metrics["rewards/errors"]`.
 
 Trade-off, deliberately accepted: Python cannot kill a thread, so a function that hangs is
 abandoned, still running, as a daemon thread (it dies with the process). Threads need no pickling,
 so closures and lambdas work as rewards, which processes would not allow. While an abandoned call
 is still running, later batches do not start that function again (its results are None and an
-error is reported), so a reward that always hangs costs one thread, not one per batch. A CPU-bound
-runaway function still competes for the GIL with the others until it ends. Rewards that need a
-hard time limit enforce it themselves, as the accuracy reward does with its sympy process.
+error is reported), so a reward that always hangs costs one thread, not one per batch, and a
+function is never run twice at once. A CPU-bound runaway function still competes for the GIL with
+the others until it ends.
 
 `total` is the weighted sum over functions, where a None (not judged, or failed) adds 0: a sample
 that a reward does not judge gets neither credit nor penalty from it.
@@ -40,6 +46,8 @@ from rewards import resolve_reward
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_TIMEOUT_S = 5.0  # per sample; RewardSpec.timeout_s sets it per reward
+
 
 @dataclass
 class ScoreResult:
@@ -50,11 +58,18 @@ class ScoreResult:
 
 
 class _Call:
-    """One reward function's call on one batch, run in a daemon thread."""
+    """One reward function's call on one batch, run in a daemon thread.
+
+    If the batch call raises, the thread calls the function again on each sample alone:
+    `per_sample` then holds one score (or None) per sample finished so far, `sample_errors` the
+    exceptions of the samples that raised.
+    """
 
     def __init__(self, function: Callable, completions: list[str], columns: dict[str, list]):
         self.result: Any = None
         self.error: BaseException | None = None
+        self.per_sample: list[Any] | None = None
+        self.sample_errors: list[BaseException] = []
         self.thread = threading.Thread(
             target=self._run, args=(function, completions, columns), daemon=True
         )
@@ -62,12 +77,28 @@ class _Call:
 
     def _run(self, function, completions, columns) -> None:
         try:
-            result = function(completions, **columns)
-            if inspect.isawaitable(result):  # async def rewards, or sync wrappers returning one
-                result = asyncio.run(_await(result))
-            self.result = result
+            self.result = _call(function, completions, columns)
+            return
         except BaseException as error:  # noqa: BLE001 - contained and reported by the scorer
             self.error = error
+        if len(completions) < 2:
+            return
+        self.per_sample = []
+        for i, completion in enumerate(completions):
+            try:
+                one = _call(function, [completion], {key: [values[i]] for key, values in columns.items()})
+                valid = hasattr(one, "__len__") and len(one) == 1
+                self.per_sample.append(one[0] if valid else None)
+            except BaseException as error:  # noqa: BLE001
+                self.sample_errors.append(error)
+                self.per_sample.append(None)
+
+
+def _call(function: Callable, completions: list[str], columns: dict[str, list]) -> Any:
+    result = function(completions, **columns)
+    if inspect.isawaitable(result):  # async def rewards, or sync wrappers returning one
+        result = asyncio.run(_await(result))
+    return result
 
 
 async def _await(awaitable):
@@ -79,19 +110,23 @@ class RewardScorer:
 
     Args:
         specs: (name, function, weight) per reward; names must be distinct (they key the metrics).
-        timeout_s: wall-clock limit for the whole batch; functions still running then are
-            abandoned and their samples get None.
+        timeout_s: seconds per sample: a call on N samples may take N * timeout_s; a function
+            still running then is abandoned and its unscored samples get None. One number for
+            every function, or a mapping name -> seconds (names left out get DEFAULT_TIMEOUT_S).
     """
 
-    def __init__(self, specs: list[tuple[str, Callable, float]], timeout_s: float = 30.0):
+    def __init__(self, specs: list[tuple[str, Callable, float]],
+                 timeout_s: float | Mapping[str, float] = DEFAULT_TIMEOUT_S):
         names = [name for name, _, _ in specs]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"reward names must be distinct, got {duplicates} more than once")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        limits = dict(timeout_s) if isinstance(timeout_s, Mapping) else {name: timeout_s for name in names}
+        for name, limit in limits.items():
+            if not limit > 0:
+                raise ValueError(f"timeout_s of reward {name!r} must be positive, got {limit}")
         self.specs = [(name, function, float(weight)) for name, function, weight in specs]
-        self.timeout_s = timeout_s
+        self.timeout_s = {name: float(limits.get(name, DEFAULT_TIMEOUT_S)) for name in names}
         self._abandoned: dict[str, threading.Thread] = {}  # name -> a call still running
         self._reported: set[tuple[str, str]] = set()  # (name, kind) already logged
 
@@ -112,7 +147,7 @@ class RewardScorer:
             if len(values) != count:
                 raise ValueError(f"column {key!r} has {len(values)} values for {count} completions")
 
-        deadline = time.monotonic() + self.timeout_s
+        start = time.monotonic()
         calls: dict[str, _Call] = {}
         per_function: dict[str, list[float | None]] = {}
         errors: list[str] = []
@@ -130,12 +165,22 @@ class RewardScorer:
             calls[name] = _Call(function, list(completions), arguments)
 
         for name, call in calls.items():
-            call.thread.join(max(0.0, deadline - time.monotonic()))
+            budget = self.timeout_s[name] * count
+            call.thread.join(max(0.0, start + budget - time.monotonic()))
             if call.thread.is_alive():
                 self._abandoned[name] = call.thread
-                per_function[name] = [None] * count
-                message = f"did not finish within {self.timeout_s:g} s"
+                finished = list(call.per_sample or [])  # a per-sample retry keeps what it scored
+                per_function[name] = _validate(finished, len(finished))[0] + [None] * (count - len(finished))
+                message = (f"did not finish within {budget:g} s ({self.timeout_s[name]:g} s per sample x {count}; "
+                           "raise its timeout_s if it is slow, not stuck)")
                 errors.append(self._report(name, "timeout", message))
+            elif call.error is not None and call.per_sample is not None:
+                scores, _ = _validate(call.per_sample, count)
+                per_function[name] = scores
+                first = call.sample_errors[0] if call.sample_errors else call.error
+                message = (f"raised {type(call.error).__name__} on the batch and on {len(call.sample_errors)} of "
+                           f"{count} samples alone: {first}")
+                errors.append(self._report(name, "raised", message, exc=first))
             elif call.error is not None:
                 per_function[name] = [None] * count
                 message = f"raised {type(call.error).__name__}: {call.error}"
@@ -176,7 +221,10 @@ class RewardScorer:
         text = " ".join(text.split())[:500]
         if (name, kind) not in self._reported:
             self._reported.add((name, kind))
-            logger.warning("%s (its samples get no reward; reported once)", text, exc_info=exc)
+            # One line on the console; the traceback only at DEBUG level (the run's log file).
+            logger.warning("%s (its samples get no reward; reported once)", text)
+            if exc is not None:
+                logger.debug("reward %r: traceback", name, exc_info=exc)
         else:
             logger.debug(text)
         return text
@@ -201,23 +249,24 @@ def reward_columns(rows: list[dict[str, Any]], completions: list, answer_column:
     return columns
 
 
-def build_scorer(specs: Iterable[Any], timeout_s: float = 30.0) -> RewardScorer:
+def build_scorer(specs: Iterable[Any]) -> RewardScorer:
     """A RewardScorer for the recipe's reward entries.
 
     Args:
-        specs: entries as mappings or objects with the attributes name, path, function, weight and
-            kwargs (the config's RewardSpec); unset (None) fields are left out.
-        timeout_s: see RewardScorer.
+        specs: entries as mappings or objects with the attributes name, path, function, weight,
+            kwargs and timeout_s (the config's RewardSpec); unset (None) fields are left out.
     Raises:
         rewards.RewardSpecError: an entry names a reward that cannot be resolved.
     """
-    resolved = []
+    resolved, limits = [], {}
     for spec in specs:
         entry = dict(spec) if isinstance(spec, Mapping) else dict(vars(spec))
         weight = entry.pop("weight", 1.0)
+        limit = entry.pop("timeout_s", None) or DEFAULT_TIMEOUT_S
         name, function = resolve_reward({k: v for k, v in entry.items() if v is not None})
         resolved.append((name, function, float(weight)))
-    return RewardScorer(resolved, timeout_s=timeout_s)
+        limits[name] = limit
+    return RewardScorer(resolved, timeout_s=limits)
 
 
 def _validate(result: Any, count: int) -> tuple[list[float | None], str | None]:

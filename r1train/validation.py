@@ -96,7 +96,7 @@ def resolve_rewards(recipe: Recipe) -> list[str]:
 
     names = []
     for spec in recipe.rewards:
-        raw = {k: v for k, v in vars(spec).items() if v is not None and k not in ("weight", "applies_to")}
+        raw = {k: v for k, v in vars(spec).items() if v is not None and k not in ("weight", "applies_to", "timeout_s")}
         name, _ = resolve_reward(raw)
         names.append(spec.name or name)
     return names

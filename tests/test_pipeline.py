@@ -322,3 +322,17 @@ def test_a_student_keeps_fewer_layers_than_its_parent(tmp_path, tiny_model_dir):
     with pytest.raises(RunError, match="student_layers: 2 must be fewer than the 2 layers"):
         distill.shrink_model(str(tiny_model_dir), 2, tmp_path / "student")
     assert not (tmp_path / "student").exists()
+
+
+def test_the_run_log_file_records_what_the_console_leaves_out(tmp_path):
+    from r1train import pipeline
+    from r1train.scoring import RewardScorer
+
+    def raises(completions, **columns):
+        raise KeyError("no such column")
+
+    with pipeline._log_file(tmp_path / pipeline.LOG_FILE):
+        RewardScorer([("broken", raises, 1.0)]).score(["a", "b"], ["p", "q"], {})
+    text = (tmp_path / pipeline.LOG_FILE).read_text()
+    assert "WARNING r1train.scoring: reward 'broken' raised KeyError" in text
+    assert "Traceback (most recent call last)" in text and "no such column" in text

@@ -215,3 +215,42 @@ def test_build_scorer_from_recipe_entries():
 def test_build_scorer_reports_bad_entries():
     with pytest.raises(RewardSpecError, match="did you mean 'accuracy'"):
         build_scorer([Spec(name="acuracy")])
+
+
+def fails_on_bad(completions, **columns):
+    """Raises as soon as one completion in its batch says "bad" (a parser choking on one sample)."""
+    if any("bad" in c for c in completions):
+        raise ValueError("cannot parse 'bad'")
+    return [float(len(c)) for c in completions]
+
+
+def test_a_reward_raising_on_some_samples_loses_only_those(caplog):
+    completions = ["ok", "bad", "fine", "bad too"]
+    scorer = RewardScorer([("picky", fails_on_bad, 1.0)])
+    with caplog.at_level(logging.DEBUG, logger="r1train.scoring"):
+        result = scorer.score(completions, ["p"] * 4, {})
+    assert result.per_function["picky"] == [2.0, None, 4.0, None]
+    assert result.metrics["rewards/errors"] == 1.0
+    assert "on 2 of 4 samples alone" in result.errors[0] and "cannot parse" in result.errors[0]
+    warning, = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.exc_info is None and "\n" not in warning.getMessage()  # one line on the console
+    traceback, = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert traceback.exc_info[0] is ValueError  # the full traceback, for the run's log file
+
+
+def test_the_time_limit_is_per_sample():
+    def slow(completions, **columns):  # 0.05 s per sample: 1 s for the batch of 20
+        time.sleep(0.05 * len(completions))
+        return [1.0] * len(completions)
+
+    scorer = RewardScorer([("slow", slow, 1.0)], timeout_s=0.1)
+    result = scorer.score(["x"] * 20, ["p"] * 20, {})
+    assert result.per_function["slow"] == [1.0] * 20 and result.errors == []
+
+
+def test_the_time_limit_is_set_per_reward_in_the_recipe():
+    from r1train.config import RewardSpec
+    from r1train.prompt_mix import build_scoped_scorer
+
+    scorer = build_scoped_scorer([RewardSpec(name="accuracy", timeout_s=0.25), RewardSpec(name="format")])
+    assert scorer.timeout_s == {"accuracy": 0.25, "format": 5.0}
