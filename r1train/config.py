@@ -238,6 +238,7 @@ class TrainingConfig:
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     max_nan_steps: int = 3  # consecutive non-finite steps before the run stops
+    max_unscored_steps: int = 3  # consecutive GRPO steps in which no reward judged any sample
     threads: int | None = None  # torch intra-op threads; null: one per core the process may use (r1train/threads.py)
     fsdp: bool = False  # multi-process GRPO: shard weights, gradients and optimiser state (torch FSDP2)
     # GRPO learner: a prompt's completions share one row, the prompt computed once, where that saves
@@ -263,6 +264,7 @@ class TrainingConfig:
         _check(self.checkpoint_every >= 1, f"{at}.checkpoint_every", "must be at least 1")
         _check(self.keep_checkpoints >= 1, f"{at}.keep_checkpoints", "must be at least 1")
         _check(self.max_nan_steps >= 1, f"{at}.max_nan_steps", "must be at least 1")
+        _check(self.max_unscored_steps >= 1, f"{at}.max_unscored_steps", "must be at least 1")
 
 
 @dataclass

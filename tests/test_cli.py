@@ -171,3 +171,20 @@ def test_validate_accepts_every_shipped_recipe(path, monkeypatch, capsys):
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert yaml.safe_load(out)["run_name"] == load_recipe(path).run_name
+
+
+def test_a_run_whose_rewards_judge_nothing_warns_and_stops_naming_reward_and_column(workspace, capsys, caplog):
+    tmp_path, recipe = workspace
+    rows = [{"question": f"What is {a} + 1?", "answer": None} for a in range(4)]  # an empty answer column
+    recipe["data"]["train"] = write_jsonl(tmp_path / "null_answers.jsonl", rows)
+    recipe["training"].update(steps=5, max_unscored_steps=2)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    warned = [r.getMessage() for r in caplog.records if "step 1: no reward judged" in r.getMessage()]
+    assert warned and "'accuracy'" in warned[0] and "'answer'" in warned[0]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("r1train: error: step 2: no reward judged any of the 2 samples")
+    assert "'accuracy'" in last and "column(s) 'answer' are null" in last and "training.max_unscored_steps" in last
