@@ -28,6 +28,7 @@ LOSS_AGGREGATIONS = ("sequence_mean", "token_mean", "sum_over_max_len")
 def compute_group_advantages(
     rewards: torch.Tensor, group_size: int, scaling: str = "group", eps: float = 1e-6,
     baseline: str = "group_mean",
+    batch_std: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Group-relative advantages: each reward minus a baseline from its group, optionally scaled.
 
@@ -52,6 +53,8 @@ def compute_group_advantages(
         scaling: "group" (std of the group), "batch" (std of all N rewards) or "none".
         eps: added to the standard deviation before dividing.
         baseline: "group_mean" or "leave_one_out".
+        batch_std: with scaling="batch", the standard deviation of the whole batch when `rewards`
+            is only one process's share of it (default: the std of `rewards`).
 
     Returns:
         advantages: [N], same dtype as rewards.
@@ -74,7 +77,7 @@ def compute_group_advantages(
     if scaling == "group":
         centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
     elif scaling == "batch":
-        centred = centred / (rewards.std() + eps)
+        centred = centred / ((rewards.std() if batch_std is None else batch_std) + eps)
     zero_variance = _groups_all_equal(grouped)  # [num_groups]
     advantages = centred.masked_fill(zero_variance.unsqueeze(1), 0.0).reshape(-1)
     return advantages, {"groups/zero_variance_frac": zero_variance.float().mean().item()}

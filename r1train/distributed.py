@@ -15,6 +15,7 @@ which is cheap for a few dozen floats per step and copes with a key that only so
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from typing import Any
@@ -125,6 +126,20 @@ def all_reduce_max(value: int) -> int:
 def all_ranks(flag: bool) -> bool:
     """True when `flag` is true on every rank: a decision every rank then takes alike."""
     return bool(_all_reduce([float(flag)], "MIN")[0])
+
+
+def batch_std(values: torch.Tensor) -> float:
+    """The standard deviation (Bessel-corrected, as torch.std) of all ranks' `values` together.
+
+    Two reductions: the count and sum give the mean, then the squared deviations from it are
+    summed (no sum-of-squares cancellation). Example: ranks holding [0., 1.] and [2., 3.] both get
+    torch.tensor([0., 1., 2., 3.]).std() = 1.291.
+    """
+    values = values.double()
+    count, total = all_reduce_sum([values.numel(), values.sum().item()])
+    mean = total / count
+    (squares,) = all_reduce_sum([((values - mean) ** 2).sum().item()])
+    return math.sqrt(squares / (count - 1)) if count > 1 else float("nan")
 
 
 def barrier() -> None:

@@ -222,9 +222,8 @@ class GRPOTrainer:
         self._check_scored(rollouts, step)
 
         # 2. Group-relative advantages from the weighted rewards.
-        advantages, adv_metrics = algorithm.compute_group_advantages(
-            rollouts.rewards, G, cfg.algorithm.advantage_scaling, baseline=cfg.algorithm.advantage_baseline
-        )
+        advantages, adv_metrics = step_advantages(rollouts.rewards, G, cfg.algorithm.advantage_scaling,
+                                                  cfg.algorithm.advantage_baseline)
         truncated = torch.tensor([c.truncated for c in completions])
 
         # 3. Reference log-probs, only when the KL term is on. Samples the engine scored with a
@@ -463,6 +462,15 @@ class GRPOTrainer:
                 "rewards": {name: values[i] for name, values in rollouts.per_function.items()},
             })
         return out
+
+
+def step_advantages(rewards: torch.Tensor, group_size: int, scaling: str,
+                    baseline: str = "group_mean") -> tuple[torch.Tensor, dict[str, float]]:
+    """This process's advantages (`algorithm.compute_group_advantages`). Groups never straddle
+    processes, but "batch" scaling divides by the std of the whole step's batch, gathered from every
+    process, so that N processes take the step one process takes on the same batch."""
+    whole_std = distributed.batch_std(rewards) if scaling == "batch" and distributed.world_size() > 1 else None
+    return algorithm.compute_group_advantages(rewards, group_size, scaling, baseline=baseline, batch_std=whole_std)
 
 
 def _null_columns(rows: list[dict[str, Any]], answer_column: str) -> str:

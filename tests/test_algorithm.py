@@ -271,3 +271,12 @@ def test_policy_loss_requires_its_inputs():
         compute_policy_loss(b["logp"], b["old"], b["adv"], b["mask"], beta=0.1)
     with pytest.raises(ValueError, match="entropy"):
         compute_policy_loss(b["logp"], b["old"], b["adv"], b["mask"], entropy_coef=0.1)
+
+
+def test_batch_scaling_divides_by_the_whole_batch_std_when_given():
+    from r1train.distributed import batch_std
+
+    rewards = torch.tensor([0.0, 1.0, 2.0, 4.0])  # groups of 2, centred: [-0.5, 0.5, -1, 1]
+    advantages, _ = compute_group_advantages(rewards, 2, "batch", eps=0.0, batch_std=2.0)
+    assert advantages.tolist() == [-0.25, 0.25, -0.5, 0.5]
+    assert batch_std(rewards) == pytest.approx(rewards.std().item())  # one process: its own std

@@ -125,7 +125,17 @@ CASES = {
     "shared_prompts": ("token_mean", {}, False),
     "shared_prompts_mu2_two_mini_batches_fsdp": ("token_mean", {"mini_batches": 2, "updates_per_batch": 2,
                                                                 "fsdp": True}, False),
+    # Dr. GRPO's constant normaliser: every process divides by the same number.
+    "sum_over_max_len": ("sum_over_max_len", {}, False),
+    # Advantages from rewards inside each process (groups of 3), "batch" std over both processes' rewards.
+    "batch_std_advantages_in_processes": ("token_mean", {}, False),
 }
+
+
+def step_rewards() -> torch.Tensor:
+    """12 rewards in groups of 3 whose halves differ in spread: a per-process std would differ."""
+    g = torch.Generator().manual_seed(2)
+    return torch.cat([torch.rand(6, generator=g) * 0.2, torch.rand(6, generator=g) * 5])
 
 
 def make_learner(case: str, accelerator=None) -> PolicyLearner:
@@ -139,6 +149,11 @@ def train(case: str, batch_index: int | None, accelerator=None) -> tuple[dict[st
     aggregation, options, zero_second_half = CASES[case]
     halves = half_batches(zero_second_half, shared_prompts=case.startswith("shared_prompts"))
     batch = whole_batch(halves, options.get("mini_batches", 1)) if batch_index is None else halves[batch_index]
+    if case == "batch_std_advantages_in_processes":
+        from r1train.grpo import step_advantages
+
+        rewards = step_rewards() if batch_index is None else step_rewards()[6 * batch_index:6 * batch_index + 6]
+        batch.advantages = step_advantages(rewards, 3, "batch")[0]
     learner = make_learner(case, accelerator)
     assert learner.sharded == (accelerator is not None and options.get("fsdp", False))
     metrics = learner.train_on_batch(batch, LossSettings(aggregation=aggregation, max_completion_length=8))
