@@ -543,6 +543,15 @@ class _MetricTotals:
 
 
 def _split(indices: list[int], parts: int) -> list[list[int]]:
-    """Contiguous, nearly equal parts (fewer when there are fewer indices than parts)."""
-    size = math.ceil(len(indices) / parts) if indices else 1
-    return [indices[i:i + size] for i in range(0, len(indices), size)] or [[]]
+    """Contiguous parts whose sizes differ by at most one (fewer parts only when there are fewer
+    indices than parts), so a batch takes the optimiser steps the schedule counts on, each on a
+    fair share: 10 into 4 gives sizes [3, 3, 2, 2], not [3, 3, 3, 1]; 9 into 4 gives four parts."""
+    if not indices:
+        return [[]]
+    size, larger = divmod(len(indices), parts)
+    out, start = [], 0
+    for part in range(min(parts, len(indices))):
+        end = start + size + (part < larger)
+        out.append(indices[start:end])
+        start = end
+    return out

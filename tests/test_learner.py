@@ -288,3 +288,18 @@ def test_lora_trains_adapters_and_merges_under_base_names():
     reference = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids, disable_adapters=True)
     assert all(torch.allclose(r, i, atol=1e-6) for r, i in zip(reference, initial))
     assert not all(torch.allclose(t, i, atol=1e-3) for t, i in zip(trained, initial))
+
+
+@pytest.mark.parametrize("count, parts, sizes", [
+    (10, 4, [3, 3, 2, 2]),  # was [3, 3, 3, 1]: a 1-sample mini-batch taking a full-rate step
+    (9, 4, [3, 2, 2, 2]),  # was [3, 3, 3]: one optimiser step fewer than the schedule counts on
+    (8, 4, [2, 2, 2, 2]),
+    (3, 4, [1, 1, 1]),  # fewer samples than parts: one part each
+    (0, 4, [0]),
+])
+def test_mini_batches_are_as_even_as_possible(count, parts, sizes):
+    from r1train.learner import _split
+
+    split = _split(list(range(count)), parts)
+    assert [len(part) for part in split] == sizes
+    assert [i for part in split for i in part] == list(range(count))  # contiguous, in order
