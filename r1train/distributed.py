@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 # Metrics that are counts or rates of the whole run: summed over ranks rather than averaged.
-SUMMED_METRICS = ("rewards/errors", "sampling/prompts_drawn", "sampling/groups_dropped",
+SUMMED_METRICS = ("rewards/errors", "sampling/prompts_drawn", "sampling/groups_dropped", "sampling/unfiltered_fallback",
                   "throughput/gen_tokens_per_s", "throughput/learn_tokens_per_s")
 
 

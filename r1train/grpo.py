@@ -317,7 +317,7 @@ class GRPOTrainer:
         for attempt in range(attempts):
             rows = self._draw(wanted - have if kept else wanted)
             drawn += len(rows)
-            batch = self.generate_and_score(rows, timings, step, draw=attempt)
+            batch = unfiltered = self.generate_and_score(rows, timings, step, draw=attempt)
             if cfg.algorithm.dynamic_sampling:
                 keep = algorithm.select_informative_groups(batch.rewards, G)
                 dropped += int((~keep).sum())
@@ -327,16 +327,17 @@ class GRPOTrainer:
                 have += len(batch.rows)
             if distributed.all_ranks(have >= wanted):
                 break
-        if not distributed.all_ranks(bool(kept)):
-            # Every group was uninformative on every retry: train on the last draw anyway (its
-            # advantages are all zero, so the step only moves the KL and entropy terms).
-            rows = self._draw(wanted)
-            if not kept:
-                kept.append(self.generate_and_score(rows, timings, step, draw=attempts))
+        fallback = not kept
+        if fallback:
+            # Every group was uninformative on every retry: train on the last draw, unfiltered (its
+            # advantages are all zero, so the step only moves the KL and entropy terms); no further
+            # generation.
+            kept.append(unfiltered)
         # Metrics describe the first draw: the policy's own reward distribution, before filtering.
         merged = _merge(kept, wanted, G)
         merged.metrics["sampling/prompts_drawn"] = drawn
         merged.metrics["sampling/groups_dropped"] = dropped
+        merged.metrics["sampling/unfiltered_fallback"] = int(fallback)  # summed over processes
         merged.timings, merged.policy_step = timings, policy_step
         return merged
 

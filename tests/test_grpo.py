@@ -193,3 +193,28 @@ def test_a_run_without_signal_warns_once_and_logs_thinking_and_the_no_think_eval
     for key in ("eval/no_think_accuracy", "eval/no_think_greedy_accuracy", "eval/thinking_gain",
                 "eval/think_nonempty_frac", "eval/think_len"):
         assert key in rows[0] and key in rows[-1], key
+
+
+def test_dynamic_sampling_with_no_informative_group_trains_on_its_last_draw(tmp_path, tiny_model_dir, addition_files):
+    """A constant reward: every group is uninformative on every retry. The step then trains on the
+    last draw as it came (no extra generation) and says so in its metrics."""
+    train, _ = addition_files
+    (tmp_path / "constant.py").write_text("def constant(completions, **columns):\n    return [1.0] * len(completions)\n")
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, train, rewards=[{"path": str(tmp_path / "constant.py"),
+                                                                    "function": "constant"}],
+                         algorithm={"dynamic_sampling": True, "max_sampling_retries": 1},
+                         training={"steps": 1, "bf16": False})
+    trainer = GRPOTrainer(recipe, recipe.run_dir)
+    generate, draws = trainer.engine.generate, []
+
+    def counting_generate(*args, **kwargs):
+        draws.append(generate(*args, **kwargs))
+        return draws[-1]
+
+    trainer.engine.generate = counting_generate
+    trainer.step()
+    rollouts = trainer.collect_rollouts(2)
+    assert len(draws) == 2 + 2  # the first try and one retry, per step; nothing more
+    assert [c.token_ids for c in rollouts.completions] == [c.token_ids for c in draws[-1]]
+    assert rollouts.metrics["sampling/unfiltered_fallback"] == 1
+    assert rollouts.metrics["sampling/prompts_drawn"] == 4 and rollouts.metrics["sampling/groups_dropped"] == 4
