@@ -94,7 +94,7 @@ class GRPOTrainer:
         # it sampled from. They are comparable, for the sync check and TIS, only at temperature 1.
         self.use_engine_logprobs = cfg.rollout.temperature == 1.0
         self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
-        self.scorer = build_scoped_scorer(cfg.rewards)
+        self.scorer = build_scoped_scorer(cfg.rewards, cfg.rollout.max_new_tokens)
         rows = load_rows(cfg.data.train, (cfg.data.question_column,))
         context = getattr(model.config, "max_position_embeddings", None)
         encoded = encode_all(self.tokenizer, rows, cfg.data.question_column, cfg.data.prompt_template,

@@ -135,11 +135,11 @@ def scope_reward(function: Callable, applies_to: str) -> Callable:
     return scoped
 
 
-def build_scoped_scorer(specs: Iterable[Any]) -> RewardScorer:
+def build_scoped_scorer(specs: Iterable[Any], max_new_tokens: int | None = None) -> RewardScorer:
     """`scoring.build_scorer` for the recipe's reward entries, each scoped by its `applies_to`."""
     entries = [dict(spec) if isinstance(spec, Mapping) else dict(vars(spec)) for spec in specs]
     scopes = [entry.pop("applies_to", None) or REASONING for entry in entries]
-    scorer = build_scorer(entries)
+    scorer = build_scorer(entries, max_new_tokens)
     scoped = [(name, scope_reward(function, scope), weight)
               for (name, function, weight), scope in zip(scorer.specs, scopes)]
     return RewardScorer(scoped, timeout_s=scorer.timeout_s)

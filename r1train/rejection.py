@@ -100,7 +100,8 @@ def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, sta
     rows = load_rows(data.train, (data.question_column,))
     count = min(rj.max_prompts or len(rows), len(rows))
     rows = PromptSampler(rows, cfg.seed, data.shuffle).next_batch(count)
-    scorer = build_scoped_scorer(cfg.rewards)  # before loading the model: a bad reward fails fast
+    # Before loading the model: a bad reward fails fast.
+    scorer = build_scoped_scorer(cfg.rewards, cfg.rollout.max_new_tokens)
     language_fn = _language_reward(rj.language) if rj.language else None
 
     size = cfg.rollout.prompts_per_step

@@ -249,18 +249,32 @@ def reward_columns(rows: list[dict[str, Any]], completions: list, answer_column:
     return columns
 
 
-def build_scorer(specs: Iterable[Any]) -> RewardScorer:
+def _soft_overlong_defaults(max_new_tokens: int) -> dict[str, int]:
+    """DAPO's punishment ramps over the last quarter of the completion budget the recipe allows."""
+    return {"max_length": max_new_tokens, "buffer": max(1, max_new_tokens // 4)}
+
+
+# Rewards whose keyword arguments default from the recipe's rollout.max_new_tokens, not from the
+# function's own signature (soft_overlong's 1024/256 would never fire under a 256-token budget).
+RECIPE_DEFAULT_KWARGS: dict[str, Callable[[int], dict[str, Any]]] = {"soft_overlong": _soft_overlong_defaults}
+
+
+def build_scorer(specs: Iterable[Any], max_new_tokens: int | None = None) -> RewardScorer:
     """A RewardScorer for the recipe's reward entries.
 
     Args:
         specs: entries as mappings or objects with the attributes name, path, function, weight,
             kwargs and timeout_s (the config's RewardSpec); unset (None) fields are left out.
+        max_new_tokens: the recipe's rollout.max_new_tokens, which the rewards in
+            RECIPE_DEFAULT_KWARGS take their defaults from (kwargs given in the entry win).
     Raises:
         rewards.RewardSpecError: an entry names a reward that cannot be resolved.
     """
     resolved, limits = [], {}
     for spec in specs:
         entry = dict(spec) if isinstance(spec, Mapping) else dict(vars(spec))
+        if max_new_tokens is not None and entry.get("name") in RECIPE_DEFAULT_KWARGS:
+            entry["kwargs"] = {**RECIPE_DEFAULT_KWARGS[entry["name"]](max_new_tokens), **(entry.get("kwargs") or {})}
         weight = entry.pop("weight", 1.0)
         limit = entry.pop("timeout_s", None) or DEFAULT_TIMEOUT_S
         name, function = resolve_reward({k: v for k, v in entry.items() if v is not None})
