@@ -3,8 +3,9 @@
 `r1_zero` is the R1-Zero setup: the instruction from the DeepSeek-R1 paper as system prompt, the
 question as user turn, and `<think>` prefilled after the assistant header. The prefill matters on
 small models: without it a 135M chat model never writes a tag, so format rewards give no signal
-(see ENVIRONMENT.md). Because the prefill is part of the prompt, rewards that check the template
-get it back through their `prefix` argument. `r1_chat` is the same without the prefill, for
+(see ENVIRONMENT.md). Because the prefill is part of the prompt, the trainer puts it back in front
+of every completion before the rewards see it (so a reward's own `prefix` must stay unset, or the
+tag appears twice; validation refuses that). `r1_chat` is the same without the prefill, for
 models that learned the template in SFT. Any other string is a user-turn template with
 `{question}`.
 """

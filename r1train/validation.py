@@ -19,7 +19,7 @@ from r1train.config import Recipe, stage_recipe
 from r1train.data import load_rows
 from r1train.errors import RunError
 from r1train.models import _GGUF_ALIASES, ModelNotFoundError, cache_dir, load_tokenizer
-from r1train.prompts import check_template, encode_all, require_chat_template
+from r1train.prompts import check_template, encode_all, prefill, require_chat_template
 
 # Columns each built-in reward reads from the dataset.
 REWARD_COLUMNS = {"accuracy": ("answer",), "countdown": ("numbers", "target")}
@@ -44,6 +44,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
 
 def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, tokenizers: dict[str, Any]) -> list[str]:
     check_template(recipe.data.prompt_template)
+    _check_no_doubled_prefill(recipe, where)
     if model_ref == "base":
         _check_model(recipe.model.name, "model.name")
     elif not model_ref.startswith("stage:"):
@@ -88,6 +89,20 @@ def _check_any_columns(reward_names: list[str], rows: list[dict], where: str) ->
         if choices and not any(column in rows[0] for column in choices):
             raise RunError(f"{where}: the {name!r} reward needs a column named {' or '.join(choices)} "
                            f"(has: {', '.join(rows[0])})")
+
+
+def _check_no_doubled_prefill(recipe: Recipe, where: str) -> None:
+    """The trainer puts the template's prefill ("<think>\n" for r1_zero) in front of every completion
+    the rewards see; a reward given the same as its own `prefix` would see it twice and score 0."""
+    head = prefill(recipe.data.prompt_template)
+    for i, spec in enumerate(recipe.rewards):
+        prefix = str((spec.kwargs or {}).get("prefix") or "")
+        if head and prefix.strip() and head.strip().startswith(prefix.strip()):
+            raise RunError(
+                f"{where}: rewards[{i}].kwargs.prefix {prefix!r}: the {recipe.data.prompt_template} template already "
+                f"puts {head!r} before every completion the rewards see, so they would see it twice and score 0; "
+                "remove `prefix`"
+            )
 
 
 def resolve_rewards(recipe: Recipe) -> list[str]:

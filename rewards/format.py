@@ -2,9 +2,12 @@
 
 `format` is the strict all-or-nothing check of the R1 paper; `tag_count` gives partial credit per
 correctly used tag, so a weak base model gets a signal before it ever writes the whole template.
-Both take a `prefix` that is put in front of each completion before checking: the R1-Zero prompt
-ends with "<think>", so the model's completion starts inside the thinking, and the recipe passes
-`{name: format, kwargs: {prefix: "<think>"}}`. Checks use str.count/str.find only (linear time).
+Both take a `prefix` that is put in front of each completion before checking, for callers that
+score raw completions of a prompt ending in "<think>" (the R1-Zero prompt prefills it, so the
+completion starts inside the thinking). r1train's trainer already puts that prefill in front of
+every completion its rewards see: in an r1train recipe leave `prefix` unset, or the tag appears
+twice and every sample scores 0 (`r1train validate` refuses it). Checks use str.count/str.find
+only (linear time).
 """
 from __future__ import annotations
 
