@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a recipe (all its stages, or one GRPO run)")
     run.add_argument("recipe", help="recipe YAML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a recipe key, e.g. --set training.steps=10 (repeatable)")
+    run.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="override recipe keys, e.g. --set training.steps=10 seed=1 (repeatable)")
     group = run.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true",
                        help="resume from the run folder's last checkpoint (the default when one exists); "
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a recipe without running it and print the effective config")
     validate.add_argument("recipe")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     validate.set_defaults(func=_cmd_validate)
 
     evaluate = sub.add_parser("eval", help="evaluate a model on a JSONL file of questions and answers")

@@ -191,3 +191,12 @@ def test_a_run_whose_rewards_judge_nothing_warns_and_stops_naming_reward_and_col
     last = err.strip().splitlines()[-1]
     assert last.startswith("r1train: error: step 2: no reward judged any of the 2 samples")
     assert "'accuracy'" in last and "column(s) 'answer' are null" in last and "training.max_unscored_steps" in last
+
+
+def test_one_set_takes_several_pairs_as_the_usage_line_shows(workspace, capsys):
+    tmp_path, recipe = workspace
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(path), "--set", "training.steps=3", "seed=7", "--set", "training.learning_rate=0.5"]) == 0
+    effective = yaml.safe_load(capsys.readouterr().out)
+    assert (effective["training"]["steps"], effective["seed"], effective["training"]["learning_rate"]) == (3, 7, 0.5)
