@@ -318,6 +318,10 @@ class LoggingConfig:
 # Sections a stage may override; `stages` itself cannot nest.
 SECTIONS = ("model", "data", "rollout", "algorithm", "rewards", "training", "evaluation", "rejection", "logging")
 STAGE_TYPES = ("sft", "grpo", "rejection_sampling", "distill", "eval")
+# What each stage type leaves for later stages: `model:`/`teacher:` references need a model, data
+# references (data.train/eval/general/mix) a dataset.
+STAGE_OUTPUTS = {"sft": "model", "grpo": "model", "distill": "model", "rejection_sampling": "dataset",
+                 "eval": "scores"}
 STAGE_KEYS = ("name", "type", "model", "teacher", "student_layers")
 
 
@@ -424,10 +428,16 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     for i, stage in enumerate(recipe.stages):
         _check(names.count(stage.name) == 1, f"stages[{i}].name", f"'{stage.name}' is used twice")
         data = stage.overrides.get("data") or {}
-        refs = [stage.model, stage.teacher] + [data.get(key) for key in ("train", "eval", "general")]
-        for ref in refs + list(data.get("mix") or []):
+        refs = [("model", stage.model, "model"), ("teacher", stage.teacher, "model")]
+        refs += [(f"data.{key}", data.get(key), "dataset") for key in ("train", "eval", "general")]
+        refs += [(f"data.mix[{j}]", ref, "dataset") for j, ref in enumerate(data.get("mix") or [])]
+        for key, ref, needed in refs:
             if isinstance(ref, str) and ref.startswith("stage:"):
                 _check(ref[6:] in names[:i], f"stages[{i}]", f"'{ref}' must name an earlier stage")
+                source = recipe.stages[names.index(ref[6:])]
+                produced = STAGE_OUTPUTS[source.type]
+                _check(produced == needed, f"stages[{i}] ({stage.name}).{key}",
+                       f"'{ref}' is a {source.type} stage, which produces a {produced}, not a {needed}")
         merged = stage_recipe(recipe, stage)  # validates the merged sections
         _check(not merged.data.mix or stage.type in ("sft", "distill"), f"stages[{i}] ({stage.name}).data.mix",
                f"only sft and distill stages train on mixed example files, not {stage.type}")

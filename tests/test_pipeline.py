@@ -305,14 +305,19 @@ def test_a_signal_in_a_stages_last_step_stops_the_pipeline_before_the_next_stage
     ({"name": "d", "type": "distill", "teacher": "base", "student_layers": 0}, "must be at least 1"),
     # a dataset reference must name an earlier stage
     ({"name": "s", "type": "sft", "data": {"mix": ["stage:later"]}}, "must name an earlier stage"),
+    # a stage reading a model-producing stage as data, or a dataset as a model (STAGE_OUTPUTS)
+    ({"name": "rl", "type": "grpo", "data": {"train": "stage:s"}},
+     "stages[1] (rl).data.train: 'stage:s' is a sft stage, which produces a model, not a dataset"),
+    ({"name": "rl", "type": "grpo", "model": "stage:s", "data": {"mix": ["stage:s"]}}, "data.mix[0]: 'stage:s'"),
     # general prompts with no reward for them
     ({"name": "rl", "type": "grpo", "data": {"general": "FILE", "general_ratio": 0.5}}, "no reward has `applies_to: general`"),
 ])
 def test_pipeline_settings_are_checked_when_the_recipe_loads(tmp_path, files, stage, message):
     text = json.dumps(stage).replace('"FILE"', json.dumps(files["general"]))
+    earlier = [{"name": "s", "type": "sft"}] if '"stage:s"' in text else []  # a model-producing stage
     with pytest.raises(ConfigError, match=re.escape(message)):
         recipe_from_dict({"data": {"train": files["train"]}, "rewards": [{"name": "accuracy"}],
-                          "stages": [json.loads(text)]})
+                          "stages": earlier + [json.loads(text)]})
 
 
 
