@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ REWARD_ANY_COLUMNS = {"code": ("tests", "io_tests")}
 def check_recipe(recipe: Recipe) -> list[str]:
     """Raise a user error for the first problem found; return notes worth printing."""
     notes: list[str] = []
+    _check_writable(recipe.run_dir)
     tokenizers: dict[str, Any] = {}  # model folder -> tokenizer, loaded once for every stage
     if recipe.stages:
         for i, stage in enumerate(recipe.stages):
@@ -89,6 +91,19 @@ def _check_any_columns(reward_names: list[str], rows: list[dict], where: str) ->
         if choices and not any(column in rows[0] for column in choices):
             raise RunError(f"{where}: the {name!r} reward needs a column named {' or '.join(choices)} "
                            f"(has: {', '.join(rows[0])})")
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run folder must exist as a writable folder or be creatable: its nearest existing
+    ancestor is a folder this process may write to (a read-only mount fails here too)."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    fix = "set output_dir (or run_name) to a location you can write to"
+    if not existing.is_dir():
+        raise RunError(f"run folder {run_dir}: {existing} is a file, not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"run folder {run_dir}: {existing} is not writable; {fix}")
 
 
 def _check_no_doubled_prefill(recipe: Recipe, where: str) -> None:

@@ -3,6 +3,7 @@ stderr naming the problem and the fix, and no run folder left behind (or one lef
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,9 @@ CASES = [
     ("unknown-model-name", lambda tmp, r: r["model"].update(name="smollm2-136m-instruct"), [],
      ["model.name: 'smollm2-136m-instruct' is not a known alias, a folder, or a model",
       "did you mean 'smollm2-135m-instruct'?"]),
+    ("run-location-under-a-file",
+     lambda tmp, r: (tmp / "a-file").write_text("") or r.update(output_dir=str(tmp / "a-file" / "runs")), [],
+     ["run folder", "a-file is a file, not a folder", "set output_dir"]),
     ("set-without-equals", lambda tmp, r: None, ["--set", "training.steps"],
      ["--set 'training.steps': expected key=value"]),
     ("resume-with-nothing-to-resume", lambda tmp, r: None, ["--resume"],
@@ -217,3 +221,32 @@ def test_validate_refuses_a_model_name_that_is_no_alias_folder_or_cached_hub_mod
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"model.name: '{name}' is not a known alias" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    """A folder nobody may write to: a read-only tmpfs as root (root ignores permission bits),
+    otherwise permission bits."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_an_unwritable_run_location_is_refused_in_one_line(workspace, capsys, read_only_folder, command):
+    tmp_path, recipe = workspace
+    recipe["output_dir"] = str(read_only_folder / "runs")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and f"{read_only_folder} is not writable; set output_dir" in err
