@@ -7,6 +7,7 @@ resumed run draws exactly the prompts an uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ def load_rows(path: str | Path, required_columns: tuple[str, ...] = (), what: st
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True)
     except Exception as exc:  # datasets raises many types for unreadable files
+        if suffix == ".jsonl":
+            try:  # datasets names a byte position, or nothing useful: find the line
+                read_jsonl(path)
+            except DataError as bad_line:
+                raise DataError(f"{what}: {bad_line}") from None
         raise DataError(f"{what}: cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
     if len(table) == 0:
         raise DataError(f"{what}: {path} is empty; it needs at least one row")
@@ -43,6 +49,26 @@ def load_rows(path: str | Path, required_columns: tuple[str, ...] = (), what: st
             "rename them or set data.question_column / data.answer_column"
         )
     return table.to_list()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file (blank lines skipped); a DataError names the file and its first bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {number}: not JSON ({exc.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: a row must be a JSON object")
+            rows.append(row)
+    return rows
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:

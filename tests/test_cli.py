@@ -101,6 +101,11 @@ CASES = [
     ("run-location-under-a-file",
      lambda tmp, r: (tmp / "a-file").write_text("") or r.update(output_dir=str(tmp / "a-file" / "runs")), [],
      ["run folder", "a-file is a file, not a folder", "set output_dir"]),
+    ("broken-jsonl-line",
+     lambda tmp, r: r["data"].update(train=str(tmp / "broken.jsonl")) or (tmp / "broken.jsonl").write_text(
+         '{"question": "1 + 1?", "answer": "2"}\n' * 300 + '{"question": "2 + 2?", "answer": 4\n'
+         + '{"question": "3 + 3?", "answer": "6"}\n'), [],
+     ["data.train:", "broken.jsonl, line 301: not JSON", "fix or remove that line"]),
     ("set-without-equals", lambda tmp, r: None, ["--set", "training.steps"],
      ["--set 'training.steps': expected key=value"]),
     ("resume-with-nothing-to-resume", lambda tmp, r: None, ["--resume"],

@@ -64,24 +64,9 @@ def write_jsonl(rows: list[Row], path: Path) -> Path:
 
 def read_jsonl(path: Path) -> list[Row]:
     """Rows of a JSONL file (blank lines skipped); a DataError names the first bad line."""
-    from r1train.data import DataError
+    from r1train.data import read_jsonl as read
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {number}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {number}: a row must be a JSON object")
-            rows.append(row)
-    return rows
+    return read(path)
 
 
 def describe(path: Path, max_value_chars: int = 300) -> str:
