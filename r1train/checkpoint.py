@@ -12,6 +12,7 @@ crash halfway through a deletion never leaves a half-deleted folder that looks c
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -39,15 +40,20 @@ def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tenso
     tmp = directory / f"{_TMP}{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    # Tied weights share storage; safetensors refuses shared tensors, so save independent copies.
-    save_file({k: v.detach().contiguous().clone() for k, v in trainable.items()}, str(tmp / "weights.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
-    for file in tmp.iterdir():
-        _fsync_file(file)
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        # Tied weights share storage; safetensors refuses shared tensors, so save independent copies.
+        save_file({k: v.detach().contiguous().clone() for k, v in trainable.items()}, str(tmp / "weights.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+        for file in tmp.iterdir():
+            _fsync_file(file)
+        _fsync_dir(tmp)
+    except (OSError, RuntimeError) as exc:  # torch.save wraps a failed write in a RuntimeError
+        free = _free_bytes(directory)  # measured before the partial folder frees its space again
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise CheckpointWriteError(final, latest_checkpoint(directory), exc, free) from exc
     if final.exists():  # the same step saved again (e.g. a rerun with more steps): retire the old one
         _retire(final)
     os.replace(tmp, final)
@@ -56,6 +62,44 @@ def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tenso
         _retire(old)
     _remove_retired(directory)
     return final
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (most often: the disk is full); the message says which
+    checkpoint is the last good one, which a rerun resumes from."""
+
+    def __init__(self, checkpoint: Path, last_good: Path | None, cause: BaseException, free_bytes: int | None):
+        # torch.save reports a full disk as "unexpected pos ..." without an errno: the free space
+        # left on the disk tells instead.
+        full = _is_disk_full(cause) or (free_bytes is not None and free_bytes < _NEARLY_FULL)
+        if full:
+            left = f" ({free_bytes / 2**20:.1f} MiB left)" if free_bytes is not None else ""
+            reason, fix = f"the disk is full{left}", "free some space, then run the same command again to resume"
+        else:
+            reason, fix = " ".join(str(cause).split())[:200] or type(cause).__name__, "run the same command again to resume"
+        kept = f"the last good checkpoint is {last_good}" if last_good else "no earlier checkpoint was written"
+        super().__init__(f"cannot write checkpoint {checkpoint}: {reason}; nothing half-written was left, "
+                         f"{kept}; {fix}")
+
+
+_NEARLY_FULL = 64 * 2**20  # bytes: less than this left after a failed write counts as a full disk
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    """ENOSPC or EDQUOT anywhere in the exception chain."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

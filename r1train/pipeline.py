@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from r1train import distributed
+from r1train.checkpoint import CheckpointWriteError
 from r1train.config import Recipe, StageConfig, stage_recipe, to_yaml
 from r1train.errors import USER_ERRORS, RunError
 from r1train.run_lock import LOCK_FILE, hold_run_folder
@@ -89,7 +90,7 @@ def _run_locked(recipe: Recipe, run_dir: Path, main: bool, created: bool) -> int
     except TrainingInterrupted as exc:
         print(f"r1train: {exc}", file=sys.stderr)
         return 130
-    except FloatingPointError as exc:
+    except (FloatingPointError, CheckpointWriteError) as exc:
         print(f"r1train: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -2,10 +2,12 @@
 signal handling, and logs that never hold a step twice."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import signal
+import subprocess
 
 import pytest
 import torch
@@ -200,3 +202,44 @@ def test_non_finite_metrics_are_logged_as_null(tmp_path):
     row = read_metrics(tmp_path / "metrics.jsonl")[0]
     row.pop("time")
     assert row == {"step": 1, "loss": None, "grad_norm": None, "nan_skipped_steps": 1}
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only): real ENOSPC from real writes."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)  # lazy: a failed write may hold a descriptor a moment
+
+
+def save_sized(directory, step, floats):
+    weights = {"w": torch.zeros(floats)}
+    return save_checkpoint(directory, step, weights, {"optimizer": {"state": torch.zeros(floats)}}, {}, keep=2)
+
+
+def test_a_full_disk_during_a_checkpoint_says_so_names_the_last_good_one_and_leaves_nothing_half_written(small_disk):
+    save_sized(small_disk, 1, 10_000)  # 80 kB: fits
+    with pytest.raises(checkpoint.CheckpointWriteError) as error:
+        save_sized(small_disk, 2, 200_000)  # 1.6 MB: does not
+    message = str(error.value)
+    assert "the disk is full" in message and "\n" not in message
+    assert f"the last good checkpoint is {small_disk / 'step-000001'}" in message
+    assert sorted(p.name for p in small_disk.iterdir()) == ["step-000001"]  # no .tmp-step-000002 left
+    load_checkpoint(latest_checkpoint(small_disk))
+
+
+@pytest.mark.parametrize("fail_in", ["save_file", "_fsync_file"])
+def test_a_disk_full_error_anywhere_in_the_write_is_reported_the_same_way(tmp_path, monkeypatch, fail_in):
+    save(tmp_path, 1)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint, fail_in, disk_full)
+    with pytest.raises(checkpoint.CheckpointWriteError, match="the disk is full.*step-000001"):
+        save(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001"]
