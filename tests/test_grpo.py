@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from r1train.config import recipe_from_dict
 from r1train.grpo import GRPOTrainer, run_grpo
+from r1train.models import load_model
 from r1train.tracking import read_metrics
 
 
@@ -90,8 +91,22 @@ def test_kl_and_lora_run_with_the_adapter_free_reference(tmp_path, tiny_model_di
                          training={"steps": 1, "learning_rate": 1e-2, "bf16": False})
     trainer = GRPOTrainer(recipe, recipe.run_dir)
     assert trainer.reference is None  # LoRA: the base model under disabled adapters is the reference
+    # Fresh adapters are zero (B = 0), where policy and reference agree whether or not the adapters are
+    # switched off; non-zero ones tell a reference that is the base model from one that is the policy.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in trainer.learner.model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    prompts, completions = [[1, 2, 3, 4]], [[5, 6, 7, 8, 9]]
+    base = load_model(str(tiny_model_dir))
+    reference = trainer.learner.compute_logprobs(prompts, completions, disable_adapters=True)[0]
+    policy = trainer.learner.compute_logprobs(prompts, completions)[0]
+    torch.testing.assert_close(reference, trainer.learner.compute_logprobs(prompts, completions, model=base)[0])
+    assert (policy - reference).abs().max() > 1e-2  # the adapters change the policy
+
     metrics, _ = trainer.step()
-    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step starts at the reference
+    assert metrics["kl"] > 1e-3  # measured against the base model, not the adapted policy
     assert metrics["time/reference"] > 0
 
 
