@@ -110,7 +110,8 @@ def compute_mismatch_weights(
         metrics: token means over the mask of mismatch/kl (k3 estimate of KL(engine || learner),
             non-negative), mismatch/ratio_mean (the raw token ratio exp(l_t), before truncation),
             mismatch/ratio/max and mismatch/ratio/min; tis/clipped_frac (truncate modes: share of
-            tokens whose weight was cut) or tis/masked_frac (mask modes: share of tokens given weight 0).
+            tokens whose weight was cut) or tis/masked_frac (mask modes: share of tokens given weight 0);
+            tis/weight_mean, the token mean of the weights returned.
     """
     if mode not in TIS_MODES:
         raise ValueError(f"unknown importance correction mode {mode!r}; expected one of {TIS_MODES}")
@@ -148,6 +149,7 @@ def compute_mismatch_weights(
         "mismatch/ratio/max": token_ratio[mask_bool].max().item() if mask_bool.any() else 1.0,
         "mismatch/ratio/min": token_ratio[mask_bool].min().item() if mask_bool.any() else 1.0,
         ("tis/clipped_frac" if mode.endswith("truncate") else "tis/masked_frac"): _token_mean(cut, mask_bool),
+        "tis/weight_mean": _token_mean(weights, mask_bool),  # what the loss applies; 1 when they agree
     }
     return weights * maskf, metrics
 

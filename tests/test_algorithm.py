@@ -280,3 +280,11 @@ def test_batch_scaling_divides_by_the_whole_batch_std_when_given():
     advantages, _ = compute_group_advantages(rewards, 2, "batch", eps=0.0, batch_std=2.0)
     assert advantages.tolist() == [-0.25, 0.25, -0.5, 0.5]
     assert batch_std(rewards) == pytest.approx(rewards.std().item())  # one process: its own std
+
+
+def test_tis_weight_mean_reports_the_weight_the_loss_is_multiplied_by():
+    logprobs = torch.zeros(1, 3, requires_grad=True)
+    old = torch.zeros(1, 3)
+    engine = torch.tensor([[0.0, -math.log(1.5), -math.log(4.0)]])  # weights 1, 1.5, 4 -> capped 2
+    _, m = compute_policy_loss(logprobs, old, torch.ones(1), torch.ones(1, 3), engine_logprobs=engine, tis_cap=2.0)
+    assert m["tis/weight_mean"] == pytest.approx((1.0 + 1.5 + 2.0) / 3)

@@ -64,14 +64,18 @@ def test_async_grpo_trains_on_one_step_stale_batches_and_measures_the_drift(tmp_
     run_grpo(recipe, recipe.run_dir)
     rows = read_metrics(recipe.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    # Step 1 had nothing prefetched: sampled with the current weights, so its sync check is exact.
+    # Step 1 had nothing prefetched: sampled with the current weights, so its sync check is exact
+    # and its samples keep their weight (TIS weight exp(learner - engine) = 1).
     assert rows[0]["async/staleness"] == 0 and rows[0]["sync/logprob_abs_diff_mean"] < 1e-4
-    # Steps 2 and 3 trained on batches sampled before the previous update: the policy moved since.
+    assert rows[0]["tis/weight_mean"] == pytest.approx(1.0, abs=1e-4)
+    # Steps 2 and 3 trained on batches sampled before the previous update: the policy moved since,
+    # and the loss reweights the stale samples by how much more or less likely they now are.
     for row in rows[1:]:
         assert row["async/staleness"] == 1
         assert row["async/logprob_abs_diff_mean"] > 1e-3
         assert "sync/logprob_abs_diff_mean" not in row
         assert "time/rollout_wait" in row and "tis/clipped_frac" in row
+        assert abs(row["tis/weight_mean"] - 1.0) > 1e-3
 
 
 def test_async_checkpoint_records_the_sampler_before_the_batch_in_flight(tmp_path, tiny_model_dir, addition_files,
