@@ -15,6 +15,7 @@ reference names an earlier stage; here they become the paths recorded in that st
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import shutil
@@ -92,6 +93,13 @@ def _run_locked(recipe: Recipe, run_dir: Path, main: bool, created: bool) -> int
         return 130
     except (FloatingPointError, CheckpointWriteError) as exc:
         print(f"r1train: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Outside a checkpoint (the final model, a dataset, the logs): the checkpoints are intact.
+        print(f"r1train: error: the disk is full (writing {exc.filename or 'a file'}); free some space, then run "
+              "the same command again to resume from the newest checkpoint", file=sys.stderr)
         return 1
     return 0
 

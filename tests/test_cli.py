@@ -283,3 +283,23 @@ def test_a_full_disk_during_a_runs_checkpoint_ends_it_in_one_line(workspace, cap
     assert f"the last good checkpoint is {checkpoints / 'step-000001'}" in err[-1]
     assert not any("Traceback" in line for line in err)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000001"]  # no .tmp-step-000002
+
+
+def test_a_full_disk_while_saving_the_final_model_ends_the_run_in_one_line(workspace, capsys, monkeypatch):
+    import errno
+
+    from r1train import grpo
+
+    tmp_path, recipe = workspace
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+
+    def disk_full(model, tokenizer, folder, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(grpo, "save_model", disk_full)
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("r1train: error: the disk is full (writing ") and "run the same command again" in last
+    assert (tmp_path / "runs" / "bad" / "checkpoints" / "step-000001").is_dir()  # the checkpoint is intact
