@@ -37,9 +37,8 @@ from r1train.evaluation import Evaluator, task_metrics
 from r1train.learner import LossSettings, PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.prompts import encode_all, prefill
-from r1train.errors import RunError
 from r1train.run_state import RunState
-from r1train.scoring import reward_columns
+from r1train.scoring import UnscoredSteps, reward_columns
 from r1train.prompt_mix import MixedPromptSampler, build_scoped_scorer, tag_sources
 from r1train.tracking import RunLogger, read_metrics
 
@@ -118,7 +117,7 @@ class GRPOTrainer:
         if cfg.data.eval:
             self.evaluator = Evaluator.from_recipe(cfg, self.tokenizer)
         self.state = RunState(self.run_dir)
-        self._unscored_in_a_row = 0  # steps in a row in which no reward judged any sample
+        self.unscored = UnscoredSteps(cfg.training.max_unscored_steps, cfg.data.answer_column)
         with distributed.main_process_first():  # the main process cleans up a half-written checkpoint
             self.state.clean()
         # Every process reads the checkpoint at once (loading sharded optimiser state is a collective).
@@ -219,7 +218,9 @@ class GRPOTrainer:
         rollouts = self.next_rollouts(step, timings)
         completions = rollouts.completions
         G = cfg.rollout.group_size
-        self._check_scored(rollouts, step)
+        judged = any(v is not None for values in rollouts.per_function.values() for v in values)
+        # All None (e.g. an empty answer column): nothing trains; warn, and stop when it goes on.
+        self.unscored.check(not distributed.all_ranks(not judged), step, rollouts.per_function, rollouts.rows)
 
         # 2. Group-relative advantages from the weighted rewards.
         advantages, adv_metrics = step_advantages(rollouts.rewards, G, cfg.algorithm.advantage_scaling,
@@ -419,22 +420,6 @@ class GRPOTrainer:
             log.warning(warning)
         return metrics
 
-    def _check_scored(self, rollouts: Rollouts, step: int) -> None:
-        """Warn when no reward judged any sample of the step (all None: every advantage is 0 and
-        nothing trains), and stop after `training.max_unscored_steps` such steps in a row."""
-        judged = any(v is not None for values in rollouts.per_function.values() for v in values)
-        if not distributed.all_ranks(not judged):  # some process's samples were judged
-            self._unscored_in_a_row = 0
-            return
-        self._unscored_in_a_row += 1
-        limit = self.recipe.training.max_unscored_steps
-        problem = (f"step {step}: no reward judged any of the {len(rollouts.texts)} samples (every score of "
-                   f"{', '.join(repr(name) for name in rollouts.per_function)} is None), so nothing trains; "
-                   f"{_null_columns(rollouts.rows, self.recipe.data.answer_column)}")
-        if self._unscored_in_a_row >= limit:
-            raise RunError(f"{problem}; stopping after {limit} such steps in a row (training.max_unscored_steps)")
-        log.warning("%s (the run stops after %d such steps in a row)", problem, limit)
-
     def _check_finite(self, metrics: dict[str, float]) -> None:
         """Stop the run after `training.max_nan_steps` optimiser steps in a row were skipped."""
         skipped_in_a_row = self.learner.consecutive_nan_steps
@@ -472,15 +457,6 @@ def step_advantages(rewards: torch.Tensor, group_size: int, scaling: str,
     process, so that N processes take the step one process takes on the same batch."""
     whole_std = distributed.batch_std(rewards) if scaling == "batch" and distributed.world_size() > 1 else None
     return algorithm.compute_group_advantages(rewards, group_size, scaling, baseline=baseline, batch_std=whole_std)
-
-
-def _null_columns(rows: list[dict[str, Any]], answer_column: str) -> str:
-    """Which data columns hold nothing in any of `rows`: the usual reason no reward can judge."""
-    empty = [key for key in rows[0] if all(row.get(key) in (None, "") for row in rows)] if rows else []
-    if not empty:
-        return f"check what the rewards read (data.answer_column is '{answer_column}')"
-    return (f"column(s) {', '.join(repr(key) for key in empty)} are null in every row of this batch "
-            f"(data.answer_column is '{answer_column}'): check the data file and the column the rewards read")
 
 
 def _non_finite(engine_logprobs: list[torch.Tensor] | None, count: int) -> torch.Tensor:

@@ -230,6 +230,38 @@ class RewardScorer:
         return text
 
 
+class UnscoredSteps:
+    """Counts steps in a row in which no reward judged any sample (every score None, so every
+    advantage is 0 and nothing trains, while the schedule advances): warns at the first, raises
+    RunError (naming the rewards and the empty data columns) at `limit`."""
+
+    def __init__(self, limit: int, answer_column: str):
+        self.limit, self.answer_column, self.in_a_row = limit, answer_column, 0
+
+    def check(self, judged: bool, step: int, per_function: dict[str, list], rows: list[dict[str, Any]]) -> None:
+        if judged:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        samples = len(next(iter(per_function.values()), []))
+        problem = (f"step {step}: no reward judged any of the {samples} samples (every score of "
+                   f"{', '.join(repr(name) for name in per_function)} is None), so nothing trains; "
+                   f"{self._null_columns(rows)}")
+        if self.in_a_row >= self.limit:
+            from r1train.errors import RunError
+
+            raise RunError(f"{problem}; stopping after {self.limit} such steps in a row (training.max_unscored_steps)")
+        logger.warning("%s (the run stops after %d such steps in a row)", problem, self.limit)
+
+    def _null_columns(self, rows: list[dict[str, Any]]) -> str:
+        """Which data columns hold nothing in any of `rows`: the usual reason no reward can judge."""
+        empty = [key for key in rows[0] if all(row.get(key) in (None, "") for row in rows)] if rows else []
+        if not empty:
+            return f"check what the rewards read (data.answer_column is '{self.answer_column}')"
+        return (f"column(s) {', '.join(repr(key) for key in empty)} are null in every row of this batch "
+                f"(data.answer_column is '{self.answer_column}'): check the data file and the column the rewards read")
+
+
 def reward_columns(rows: list[dict[str, Any]], completions: list, answer_column: str = "answer") -> dict[str, list]:
     """The keyword columns reward functions receive, aligned with `completions`.
 
