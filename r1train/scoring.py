@@ -6,7 +6,7 @@
 Each reward function runs in its own daemon thread, all of them at once. Its time limit is per
 sample (`timeout_s` of its recipe entry): a call on N samples may take N times that, so a batch
 holding a few slow samples is not cut off as a whole. A reward that needs a hard limit on each
-sample enforces it itself, as the accuracy reward does with its sympy process: then only the slow
+sample enforces it itself, as the accuracy reward does with its worker process: then only the slow
 samples lose their score. A function that raises on the batch is called again on each sample
 alone (in the same thread, one after the other, within what is left of the budget), so only the
 samples it fails on lose their score. A function that raises, runs past its budget, returns
