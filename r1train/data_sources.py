@@ -132,9 +132,9 @@ def _open_hub(source: str, subset: str | None, split: str, what: str, split_key:
         if "Config name is missing" in text or "BuilderConfig" in text:
             raise DataError(f"{subset_key}: {_first_line(exc)}") from None
         if offline and isinstance(exc, (ConnectionError, FileNotFoundError, ValueError)):
-            raise DataError(f"{what}: hub dataset '{source}' is not in the local datasets cache "
-                            f"({datasets.config.HF_DATASETS_CACHE}) and the hub is offline; load it once where "
-                            "the hub is reachable (or copy that cache here), or give a local file") from None
+            raise DataError(f"{what}: '{source}' is no local file or folder, and as a hub dataset it is not in the "
+                            f"local datasets cache ({datasets.config.HF_DATASETS_CACHE}) while the hub is offline; "
+                            "fix the path, or load it once where the hub is reachable (or copy that cache here)") from None
         raise DataError(f"{what}: cannot load hub dataset '{source}': {_first_line(exc)}") from None
     return _pick_split(found, split, source, split_key, strict=True)
 

@@ -59,8 +59,8 @@ def chat_messages(question: str | list[dict], template: str, system_prompt: str 
 
 def conversation_problem(value) -> str | None:
     """Why a question-column value is neither text nor a usable conversation (None when it is fine)."""
-    if isinstance(value, str):
-        return None
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return None  # text (a number is read as its text)
     if not isinstance(value, list) or not value:
         return f"holds {type(value).__name__} {str(value)[:30]!r}, neither text nor a list of messages"
     for i, message in enumerate(value):

@@ -5,7 +5,8 @@ step), with one exception: MLflow refuses `@` in a name, so `eval/pass@1` is `ev
 Where no server is configured each writes into the run folder, so nothing waits on a network:
 - wandb: online only when `WANDB_MODE` says so or an API key is set and the server answers;
   otherwise offline into `<run>/wandb` (upload later with `wandb sync`);
-- trackio: its local SQLite store, in `<run>/trackio` unless `TRACKIO_DIR` is set;
+- trackio: its local SQLite store, where `trackio show` finds it (`TRACKIO_DIR`, by default
+  ~/.cache/huggingface/trackio), unless trackio is set up to sync to a Space;
 - mlflow: `MLFLOW_TRACKING_URI` when set, else a file store in `<run>/mlruns` (`mlflow ui
   --backend-store-uri <run>/mlruns`).
 A resumed run continues the same wandb / mlflow run (its id is kept in the run folder).
@@ -20,21 +21,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-# Tracker name -> (the module it needs, the pip command that installs it).
+# Tracker name -> (the module it needs, the package that installs it; pyproject's extras name them too).
 TRACKERS: dict[str, tuple[str, str]] = {
-    "tensorboard": ("tensorboard", "pip install 'r1train' (tensorboard is a core dependency)"),
-    "wandb": ("wandb", "pip install 'r1train[wandb]'  (or: pip install wandb)"),
-    "trackio": ("trackio", "pip install 'r1train[trackio]'  (or: pip install trackio)"),
-    "mlflow": ("mlflow", "pip install 'r1train[mlflow]'  (or: pip install mlflow-skinny)"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "trackio": ("trackio", "trackio"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
 }
 
 
 def missing_tracker(names: list[str]) -> str | None:
     """A one-line problem for the first tracker whose package is not installed, else None."""
     for name in names:
-        module, pip = TRACKERS[name]
+        module, package = TRACKERS[name]
         if importlib.util.find_spec(module) is None:
-            return f"logging.report_to: {name} is not installed; run `{pip}`, or take it out of report_to"
+            return (f"logging.report_to: {name} is not installed; run `pip install {package}`, or take it out of "
+                    "report_to")
     return None
 
 
@@ -81,8 +83,6 @@ class WandbTracker:
 
 class TrackioTracker:
     def __init__(self, run_dir: Path, start_step: int, project: str, config: dict[str, Any]):
-        # Trackio reads its folder when imported: set it first, unless the user chose one.
-        os.environ.setdefault("TRACKIO_DIR", str(run_dir / "trackio"))
         import trackio
 
         self.trackio = trackio
