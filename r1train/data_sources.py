@@ -118,6 +118,9 @@ def _open_hub(source: str, subset: str | None, split: str, what: str, split_key:
 
     offline = ensure_offline_if_unreachable()
     subset_key = split_key.rsplit(".", 1)[0] + ".subset"
+    verbosity = datasets.logging.get_verbosity()
+    # Its warnings ("Using the latest cached version ...") would add lines to a one-line error.
+    datasets.logging.set_verbosity_error()
     try:
         found = datasets.load_dataset(source, subset, keep_in_memory=True)
     except Exception as exc:
@@ -125,10 +128,10 @@ def _open_hub(source: str, subset: str | None, split: str, what: str, split_key:
         if "Available configs in the cache" in text:
             cached = text.split("Available configs in the cache:", 1)[1].strip()
             raise DataError(f"{subset_key}: '{subset}' of {source} is not in the local datasets cache (cached: "
-                            f"{cached}); set {subset_key} to one of them") from None
+                            f"{cached}); set {_bare(subset_key)} to one of them") from None
         if "multiple" in text and "configurations" in text:
             raise DataError(f"{subset_key}: {source} has several cached configurations ({_first_line(exc)}); "
-                            f"set {subset_key}") from None
+                            f"set {_bare(subset_key)}") from None
         if "Config name is missing" in text or "BuilderConfig" in text:
             raise DataError(f"{subset_key}: {_first_line(exc)}") from None
         if offline and isinstance(exc, (ConnectionError, FileNotFoundError, ValueError)):
@@ -136,6 +139,8 @@ def _open_hub(source: str, subset: str | None, split: str, what: str, split_key:
                             f"local datasets cache ({datasets.config.HF_DATASETS_CACHE}) while the hub is offline; "
                             "fix the path, or load it once where the hub is reachable (or copy that cache here)") from None
         raise DataError(f"{what}: cannot load hub dataset '{source}': {_first_line(exc)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     return _pick_split(found, split, source, split_key, strict=True)
 
 
@@ -145,7 +150,7 @@ def _pick_split(found, split: str, name: str, split_key: str, strict: bool):
     if not strict and len(found) == 1:
         return next(iter(found.values()))
     raise DataError(f"{split_key}: '{split}' is not a split of {name} (it has: {', '.join(found)}); "
-                    f"set {split_key} to one of them")
+                    f"set {_bare(split_key)} to one of them")
 
 
 def ensure_offline_if_unreachable(timeout_s: float = 3.0) -> bool:
@@ -202,6 +207,11 @@ def select_rows(table, what: str, keep: dict[str, Any], max_rows: int | None, at
     if max_rows is not None and max_rows < len(table):
         table = table.select(range(max_rows))
     return table
+
+
+def _bare(key: str) -> str:
+    """`data.split` out of `stages[1] (rl): data.split`."""
+    return key.rsplit(": ", 1)[-1]
 
 
 def _first_line(exc: BaseException) -> str:

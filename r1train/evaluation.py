@@ -160,7 +160,7 @@ class Evaluator:
 
 # Completions per engine call while evaluating: enough to keep an engine's batch full, few enough
 # that the progress bar moves every few seconds.
-EVAL_CHUNK_COMPLETIONS = 64
+EVAL_CHUNK_COMPLETIONS = 128
 
 
 def _progress_bar(total: int, enabled: bool, leave: bool):

@@ -346,3 +346,27 @@ def test_bad_data_exits_2_with_one_line_naming_the_key(tmp_path, tiny_model_dir,
     for part in expected:
         assert part in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_real_process_writes_one_line_for_an_uncached_hub_subset_and_none_when_cached(tmp_path, tiny_model_dir):
+    """In a fresh process `datasets` logs warnings of its own while it falls back to its cache;
+    stderr still holds only r1train's line."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hf-datasets"
+    cache_hub_dataset(cache, "r1train-tests/addition", "main", {"train": ROWS[:4], "test": ROWS[4:]})
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_DATASETS_OFFLINE", None)
+    for subset, code, err in (("socratic", 2, ["r1train: error: recipe: data.subset: 'socratic' of r1train-tests/addition "
+                                               "is not in the local datasets cache (cached: ['main']); set data.subset "
+                                               "to one of them"]),
+                              ("main", 0, [f"# {tmp_path / 'recipe.yaml'}: valid"])):
+        recipe = tiny_recipe(tmp_path, tiny_model_dir, {"train": "r1train-tests/addition",
+                                                        "eval": "r1train-tests/addition", "subset": subset})
+        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        done = subprocess.run([sys.executable, "-m", "r1train.cli", "validate", str(tmp_path / "recipe.yaml")],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert (done.returncode, done.stderr.splitlines()) == (code, err)
