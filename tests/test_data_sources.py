@@ -370,3 +370,28 @@ def test_a_real_process_writes_one_line_for_an_uncached_hub_subset_and_none_when
         done = subprocess.run([sys.executable, "-m", "r1train.cli", "validate", str(tmp_path / "recipe.yaml")],
                               capture_output=True, text=True, env=env, timeout=120)
         assert (done.returncode, done.stderr.splitlines()) == (code, err)
+
+
+def test_sft_trains_a_step_on_a_saved_datasetdict_of_conversations_mixed_with_a_shard_folder(tmp_path, tiny_model_dir,
+                                                                                            capsys):
+    import datasets
+
+    from r1train.sft import run_sft
+    from r1train.tracking import read_metrics
+
+    conversations = [{"prompt": WITH_SYSTEM, "completion": "<think>2 + 3 = 5</think> <answer>5</answer>"},
+                     {"prompt": CONVERSATION, "completion": "<think>five</think> <answer>5</answer>"}]
+    datasets.DatasetDict({"train": dataset(conversations), "test": dataset(conversations[:1])}).save_to_disk(
+        str(tmp_path / "sft"))
+    (tmp_path / "mix").mkdir()
+    dataset([{"prompt": [{"role": "user", "content": "What is 1 + 1?"}], "completion": "<answer>2</answer>"}]).to_parquet(
+        str(tmp_path / "mix" / "part-0.parquet"))
+    recipe = recipe_from_dict({
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"train": str(tmp_path / "sft"), "mix": [str(tmp_path / "mix")], "question_column": "prompt"},
+        "training": {"steps": 1, "batch_size": 3, "bf16": False},
+        "logging": {"report_to": [], "progress": False},
+    })
+    run_sft(recipe, tmp_path / "out", str(tiny_model_dir))
+    assert "sft on 3 examples" in capsys.readouterr().out  # the train split (2) and the shard folder (1)
+    assert [row["step"] for row in read_metrics(tmp_path / "out" / "metrics.jsonl")] == [1]
