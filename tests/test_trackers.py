@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,15 +33,19 @@ def offline_home(tmp_path, monkeypatch):
     return tmp_path
 
 
-def wandb_history(run_dir: Path) -> dict[int, dict]:
-    """step -> logged values, read from the offline run's .wandb file by wandb's own reader."""
-    [log_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+def wandb_records(log_file: Path) -> list[dict]:
+    """The records of a .wandb file, read by wandb's own reader."""
     wandb_cli = Path(sys.executable).parent / "wandb"
     done = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(log_file)], capture_output=True, text=True,
                           timeout=120, check=True)
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def wandb_history(run_dir: Path) -> dict[int, dict]:
+    """step -> logged values of the run folder's one offline wandb run."""
+    [log_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     history = {}
-    for line in done.stdout.splitlines():
-        record = json.loads(line)
+    for record in wandb_records(log_file):
         if record.get("type") == "history":
             item = record["history"]["item"]
             history[item["_step"]] = {k: v for k, v in item.items() if not k.startswith("_")}
@@ -100,6 +105,23 @@ def log_rows(run_dir: Path, trackers: list[str]) -> None:
     for row in ROWS:
         logger.log(row["step"], {k: v for k, v in row.items() if k not in ("step", "time")})
     logger.close()
+
+
+def test_a_resumed_run_continues_the_same_wandb_run_and_a_fresh_one_starts_another(tmp_path, offline_home):
+    run_dir = tmp_path / "run"
+    log_rows(run_dir, ["wandb"])
+    first = (run_dir / "wandb_run_id").read_text()
+    time.sleep(1.1)  # wandb names an offline run's folder by the second it started
+    logger = RunLogger(run_dir, trackers=["wandb"], progress=False, start_step=2, project="r1train-test")
+    logger.log(3, {"reward/mean": 0.5})
+    logger.close()
+    assert (run_dir / "wandb_run_id").read_text() == first
+    logs = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [log.name for log in logs] == [f"run-{first}.wandb"] * 2  # `wandb sync` merges them into one run
+    resumed = [r["history"]["item"] for r in wandb_records(logs[-1]) if r.get("type") == "history"]
+    assert [(item["_step"], item["reward/mean"]) for item in resumed] == [(3, 0.5)]
+    RunLogger(run_dir, trackers=["wandb"], progress=False, start_step=0, project="r1train-test").close()
+    assert (run_dir / "wandb_run_id").read_text() != first  # a run started over is a new wandb run
 
 
 def test_trackio_writes_the_same_numbers_into_its_local_store(tmp_path, offline_home):
