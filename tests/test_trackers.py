@@ -151,6 +151,11 @@ def test_mlflow_writes_the_same_numbers_into_the_run_folder(tmp_path, offline_ho
     for key, stored in (("reward/mean", "reward/mean"), ("eval/pass@1", "eval/pass_at_1")):  # MLflow refuses '@'
         history = {m.step: m.value for m in client.get_metric_history(run_id, stored)}
         assert history == {row["step"]: row[key] for row in ROWS}
+    logger = RunLogger(run_dir, trackers=["mlflow"], progress=False, start_step=2, project="r1train-test")
+    logger.log(3, {"reward/mean": 0.5})
+    logger.close()
+    assert (run_dir / "mlflow_run_id").read_text() == run_id  # a resume continues the same run
+    assert sorted(m.step for m in client.get_metric_history(run_id, "reward/mean")) == [1, 2, 3]
 
 
 def test_the_older_tensorboard_switch_still_works():
