@@ -159,8 +159,8 @@ class Evaluator:
 
 
 # Completions per engine call while evaluating, so that the progress bar moves: two of the HF
-# engine's batches of 64 (nothing lost there); for vLLM a batch of this size is near its CPU
-# throughput, though the cost of the split against one call is not measured yet.
+# engine's batches of 64 (nothing lost there). vLLM batches whatever one call gives it, so the
+# split may cost it some throughput; how much is not measured yet.
 EVAL_CHUNK_COMPLETIONS = 128
 
 
