@@ -165,20 +165,10 @@ def test_validate_prints_the_effective_config(workspace, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-# Recipes whose data are hub datasets (not reachable here) validate on the sample in their shape
-# shipped in tests/data, with the default model, whose tokenizer then checks every prompt's length.
-SAMPLE_DATA = {
-    "r1_zero_gsm8k_qwen.yaml": "tests/data/gsm8k_sample.jsonl",
-    "r1_zero_math_qwen.yaml": "tests/data/math_sample.jsonl",
-}
-
-
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_validate_accepts_every_shipped_recipe(path, monkeypatch, capsys):
+def test_validate_accepts_every_shipped_recipe(path, monkeypatch, capsys, recipe_sample_overrides):
     monkeypatch.chdir(path.parent.parent)
-    sample = SAMPLE_DATA.get(path.name)
-    overrides = [] if sample is None else ["--set", f"data.train={sample}", "--set", f"data.eval={sample}",
-                                           "--set", "model.name=smollm2-135m-instruct"]
+    overrides = [arg for item in recipe_sample_overrides(path.name) for arg in ("--set", item)]
     assert main(["validate", str(path), *overrides]) == 0
     out = capsys.readouterr().out
     assert yaml.safe_load(out)["run_name"] == load_recipe(path).run_name
