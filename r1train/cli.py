@@ -55,9 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     validate.set_defaults(func=_cmd_validate)
 
-    evaluate = sub.add_parser("eval", help="evaluate a model on a JSONL file of questions and answers")
+    evaluate = sub.add_parser("eval", help="evaluate a model on a dataset of questions and answers")
     evaluate.add_argument("--model", required=True, help="model folder, alias or hub id")
-    evaluate.add_argument("--data", required=True, help="JSONL with `question` and `answer` columns")
+    evaluate.add_argument("--data", required=True,
+                          help="a .jsonl/.json/.parquet file, a dataset folder or a hub dataset id with `question` "
+                               "and `answer` columns (or the recipe's data.question_column / answer_column)")
+    evaluate.add_argument("--subset", help="the hub dataset's configuration (default: the recipe's data.subset)")
+    evaluate.add_argument("--split", help="the split to evaluate (default: the recipe's data.eval_split, else test)")
     evaluate.add_argument("--samples", type=int, default=4, help="k samples per question (default 4)")
     evaluate.add_argument("--out", help="write the results as JSON to this file")
     evaluate.add_argument("--recipe", help="take prompt template, rewards and sampling from this recipe")

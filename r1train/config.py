@@ -58,28 +58,43 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str | None = None  # JSONL or Parquet file of prompts (GRPO) or examples (SFT)
+    # Each source is a .jsonl/.json/.parquet file, a folder (Dataset.save_to_disk, or Parquet/JSONL
+    # shards) or a hub id resolved by `datasets` (r1train/data_sources.py).
+    train: str | None = None  # prompts (GRPO) or examples (SFT)
     eval: str | None = None  # held-out split for evaluation
+    subset: str | None = None  # a hub dataset's configuration, e.g. "main" for openai/gsm8k
+    split: str = "train"  # split of train, general and mix, where the source has several
+    eval_split: str = "test"  # split of eval, where the source has several
+    max_rows: int | None = None  # quick runs: only the first N rows of train and eval (after `filter`)
+    # Keep the rows of train and eval whose column equals the value (a list: any of them), e.g. {level: 1}.
+    filter: dict[str, Any] = field(default_factory=dict)
+    # A column of text, or of conversations (lists of {role, content} messages, as TRL's `prompt`).
     question_column: str = "question"
     answer_column: str = "answer"
     completion_column: str = "completion"  # SFT targets
     # "r1_zero" (think/answer instruction, <think> prefilled), "r1_chat" or any string with {question}.
     prompt_template: str = "r1_zero"
-    system_prompt: str | None = None
+    system_prompt: str | None = None  # a system message in a conversation wins over it
     max_prompt_tokens: int = 256
     shuffle: bool = True
     # Second-stage RL: extra prompts scored by the rewards with `applies_to: general` (or all).
     general: str | None = None
     general_ratio: float = 0.0  # share of each batch drawn from `general`
-    # SFT and distill: more example files (or stage:<name> datasets) trained on together with `train`.
+    # SFT and distill: more example sources (or stage:<name> datasets) trained on together with `train`.
     mix: list[str] = field(default_factory=list)
 
     def validate(self, at: str) -> None:
+        from r1train.data_sources import source_problem
+
         named = [(f"{at}.{key}", getattr(self, key)) for key in ("train", "eval", "general")]
         for key, path in named + [(f"{at}.mix[{i}]", path) for i, path in enumerate(self.mix)]:
             if path is not None and not path.startswith("stage:"):
-                _check(Path(path).is_file(), key, _file_not_found(path))
+                problem = source_problem(path)
+                _check(problem is None, key, problem)
         _check(self.max_prompt_tokens >= 8, f"{at}.max_prompt_tokens", "must be at least 8")
+        _check(self.max_rows is None or self.max_rows >= 1, f"{at}.max_rows", "must be at least 1 (or null for all)")
+        _check(bool(self.split), f"{at}.split", "must name a split, e.g. train")
+        _check(bool(self.eval_split), f"{at}.eval_split", "must name a split, e.g. test")
         _check(0.0 <= self.general_ratio < 1.0, f"{at}.general_ratio", "must be in [0, 1)")
         _check(
             self.general_ratio == 0.0 or self.general is not None,
@@ -306,13 +321,29 @@ class RejectionConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = True
+    # Trackers that get every step's metrics besides metrics.jsonl: tensorboard, wandb, trackio,
+    # mlflow; where no server is configured they write into the run folder (r1train/trackers.py).
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tensorboard: bool | None = None  # the older switch: false leaves tensorboard out of report_to
+    project: str = "r1train"  # the wandb / trackio project, the mlflow experiment
     samples_every: int = 1  # write sample completions every N steps
     num_samples: int = 4
     progress: bool = True
 
     def validate(self, at: str) -> None:
+        from r1train.trackers import TRACKERS
+
+        for i, name in enumerate(self.report_to):
+            _one_of(name, tuple(TRACKERS), f"{at}.report_to[{i}]")
+        _check(len(set(self.report_to)) == len(self.report_to), f"{at}.report_to", "names a tracker twice")
+        _check(bool(self.project), f"{at}.project", "must be a non-empty name")
         _check(self.samples_every >= 1, f"{at}.samples_every", "must be at least 1")
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers in use: report_to, with the older `tensorboard: true/false` applied."""
+        names = [name for name in self.report_to if not (name == "tensorboard" and self.tensorboard is False)]
+        return ["tensorboard", *names] if self.tensorboard and "tensorboard" not in names else names
 
 
 # Sections a stage may override; `stages` itself cannot nest.

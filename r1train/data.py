@@ -1,74 +1,84 @@
 """Datasets in, prompt batches out, with a position that survives a restart.
 
-Files are read through the `datasets` library (JSONL or Parquet). Rows stay plain dicts: every
-column is handed to the reward functions, so nothing is dropped. `PromptSampler` walks a fixed
-per-epoch permutation; its state is just (epoch, position), which a checkpoint stores so a
-resumed run draws exactly the prompts an uninterrupted run would have drawn.
+Sources (files, saved datasets, shard folders, hub ids) are opened by `r1train/data_sources.py`
+through the `datasets` library. Rows stay plain dicts: every column is handed to the reward
+functions, so nothing is dropped. `PromptSampler` walks a fixed per-epoch permutation; its state is
+just (epoch, position), which a checkpoint stores so a resumed run draws exactly the prompts an
+uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from r1train.data_sources import DataError, open_split, read_jsonl, select_rows
+
+if TYPE_CHECKING:
+    from r1train.config import DataConfig
+
+__all__ = ["DataError", "PromptSampler", "holds_no_rows", "load_data", "load_rows", "read_jsonl", "write_rows"]
 
 
-class DataError(ValueError):
-    pass
-
-
-def load_rows(path: str | Path, required_columns: tuple[str, ...] = (), what: str = "data.train") -> list[dict[str, Any]]:
-    """Load a JSONL/JSON/Parquet file as a list of row dicts, checking it is usable."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what}: file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".parquet"):
-        raise DataError(f"{what}: {path} must be .jsonl, .json or .parquet")
-    if path.stat().st_size == 0:
-        raise DataError(f"{what}: {path} is empty; it needs at least one row")
-    import datasets
-
-    datasets.disable_progress_bars()
-    builder = "parquet" if suffix == ".parquet" else "json"
-    try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True)
-    except Exception as exc:  # datasets raises many types for unreadable files
-        if suffix == ".jsonl":
-            try:  # datasets names a byte position, or nothing useful: find the line
-                read_jsonl(path)
-            except DataError as bad_line:
-                raise DataError(f"{what}: {bad_line}") from None
-        raise DataError(f"{what}: cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
-    if len(table) == 0:
-        raise DataError(f"{what}: {path} is empty; it needs at least one row")
-    missing = [c for c in required_columns if c not in table.column_names]
-    if missing:
-        raise DataError(
-            f"{what}: {path} lacks column(s) {', '.join(missing)} (has: {', '.join(table.column_names)}); "
-            "rename them or set data.question_column / data.answer_column"
-        )
+def load_rows(source: str | Path, required_columns: tuple[str, ...] = (), what: str = "data.train") -> list[dict[str, Any]]:
+    """The rows of a file, folder or hub id with its default split, checking the columns are there."""
+    table = open_split(str(source), what=what)
+    _check_columns(table, required_columns, what, str(source))
     return table.to_list()
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file (blank lines skipped); a DataError names the file and its first bad line."""
+def load_data(data: "DataConfig", key: str, required_columns: tuple[str, ...] = (), where: str = "") -> list[dict[str, Any]]:
+    """The rows of `data.<key>` ("train", "eval", "general" or "mix[i]") as the data section asks.
+
+    The split is `data.split`, or `data.eval_split` for eval; `data.filter` and `data.max_rows`
+    apply to train and eval (the task's own data), not to the general prompts or SFT mixes. A
+    conversational question column is checked message by message.
+    """
+    from r1train.prompts import check_conversations
+
+    source = data.mix[int(key[4:-1])] if key.startswith("mix[") else getattr(data, key)
+    prefix = f"{where}: " if where else ""
+    split_key = "eval_split" if key == "eval" else "split"
+    what = f"{prefix}data.{key}"
+    table = open_split(str(source), split=getattr(data, split_key), subset=data.subset, what=what,
+                       split_key=f"{prefix}data.{split_key}")
+    _check_columns(table, required_columns, what, str(source))
+    if key in ("train", "eval"):
+        table = select_rows(table, f"data.{key}", data.filter, data.max_rows, at=f"{prefix}data")
+    if len(table) == 0:
+        raise DataError(f"{what}: {source} is empty; it needs at least one row")
+    rows = table.to_list()
+    if data.question_column in table.column_names:
+        check_conversations(rows, data.question_column, what)
+    return rows
+
+
+def _check_columns(table, required_columns: tuple[str, ...], what: str, source: str) -> None:
+    if len(table) == 0:
+        raise DataError(f"{what}: {source} is empty; it needs at least one row")
+    missing = [c for c in required_columns if c not in table.column_names]
+    if missing:
+        has = table.column_names
+        hint = "rename them or set data.question_column / data.answer_column"
+        for wanted, usual in (("question", ("prompt", "problem", "query")), ("answer", ("solution", "target"))):
+            close = [c for c in usual if c in has]
+            if wanted in missing and close:
+                hint += f" (e.g. data.{wanted}_column: {close[0]})"
+        raise DataError(f"{what}: {source} lacks column(s) {', '.join(missing)} (has: {', '.join(has)}); {hint}")
+
+
+def holds_no_rows(path: str | Path) -> bool:
+    """Whether a data file exists and holds no rows (0 bytes, or a Parquet file of 0 rows)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {number}: not JSON ({exc.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {number}: a row must be a JSON object")
-            rows.append(row)
-    return rows
+        return False  # load_data reports a missing file (or reads a folder or hub id)
+    if path.stat().st_size == 0:
+        return True
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows == 0
+    return False
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:

@@ -9,8 +9,10 @@ else `accuracy` against the `answer` column.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any, Callable
 
 from r1train import eval_metrics
 from r1train.config import Recipe
-from r1train.data import load_rows
+from r1train.data import load_data
 from r1train.engines.base import SamplingSettings, generate_many
 from r1train.prompts import encode_prompt, prefill
 from r1train.scoring import reward_columns
@@ -92,27 +94,35 @@ class Evaluator:
     greedy: bool
     # Also sample with `<think>\n</think>\n<answer>` prefilled: accuracy without thinking, and the gain.
     no_think: bool = False
+    progress: bool = True  # a progress bar (rate, time left) on stderr while the completions are sampled
+    # Inside a run the bar goes away when done, leaving the run's own bar; `r1train eval` keeps it.
+    leave_progress: bool = False
 
     @classmethod
     def from_recipe(cls, cfg: Recipe, tokenizer, path: str | None = None) -> "Evaluator":
         e = cfg.evaluation
-        rows = load_rows(path or cfg.data.eval, (cfg.data.question_column,), what="data.eval")[: e.max_examples]
+        data = dataclasses.replace(cfg.data, eval=path) if path else cfg.data
+        rows = load_data(data, "eval", (cfg.data.question_column,))[: e.max_examples]
         sampling = SamplingSettings(
             max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, temperature=e.temperature,
             top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop),
         )
         return cls(rows, tokenizer, cfg.data.prompt_template, cfg.data.system_prompt, cfg.data.question_column,
-                   cfg.data.answer_column, e.samples, sampling, e.greedy, e.no_think)
+                   cfg.data.answer_column, e.samples, sampling, e.greedy, e.no_think, progress=cfg.logging.progress)
 
     def run(self, engine, details: list | None = None) -> dict[str, float]:
         """Evaluate `engine`'s current weights; returns metrics prefixed `eval/`."""
         t0 = time.perf_counter()
         prompts = self._prompts(no_think=False)
         k = self.samples
-        # Greedy and sampled requests in one engine call where the engine can batch them together:
-        # vLLM then decodes them in the same steps instead of in a second, smaller pass.
-        requests = [(prompts, k, self.sampling)] + ([(prompts, 1, _greedy(self.sampling))] if self.greedy else [])
-        sampled, *greedy = generate_many(engine, requests)
+        # Greedy and sampled requests in one engine call where the engine can batch them together
+        # (vLLM then decodes them in the same steps), a chunk of prompts at a time for the progress bar.
+        requests = [(k, self.sampling)] + ([(1, _greedy(self.sampling))] if self.greedy else [])
+        bar = _progress_bar(len(prompts) * sum(n for n, _ in requests), self.progress, self.leave_progress)
+        try:
+            sampled, *greedy = _generate_in_chunks(engine, prompts, requests, bar)
+        finally:
+            bar.close()
         texts, correct, answers, lengths = self._judge(sampled, prefill(self.template))
         problems = [
             {"correct": correct[i * k:(i + 1) * k], "answers": answers[i * k:(i + 1) * k]} for i in range(len(self.rows))
@@ -171,6 +181,36 @@ class Evaluator:
         return texts, correct, answers, [len(c.token_ids) for c in completions]
 
 
+# Completions per engine call while evaluating, so that the progress bar moves: two of the HF
+# engine's batches of 64 (nothing lost there). vLLM batches whatever one call gives it, so the
+# split may cost it some throughput; how much is not measured yet.
+EVAL_CHUNK_COMPLETIONS = 128
+
+
+def _progress_bar(total: int, enabled: bool, leave: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="eval", unit="sample", disable=not enabled, leave=leave, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def _generate_in_chunks(engine, prompts: list[list[int]], requests: list[tuple[int, SamplingSettings]],
+                        bar) -> list[list]:
+    """`generate_many` of (prompts, n, sampling) for each request, a chunk of prompts at a time.
+
+    Returns one completion list per request, grouped by prompt, with `prompt_index` counted over
+    all of `prompts`; `bar` advances by the completions of each chunk.
+    """
+    per_call = max(1, EVAL_CHUNK_COMPLETIONS // sum(n for n, _ in requests))
+    results: list[list] = [[] for _ in requests]
+    for start in range(0, len(prompts), per_call):
+        chunk = prompts[start:start + per_call]
+        for result, completions in zip(results, generate_many(engine, [(chunk, n, s) for n, s in requests])):
+            result += [dataclasses.replace(c, prompt_index=c.prompt_index + start) for c in completions]
+            bar.update(len(completions))
+    return results
+
+
 def _greedy(sampling: SamplingSettings) -> SamplingSettings:
     return SamplingSettings(max_new_tokens=sampling.max_new_tokens, temperature=0.0, stop=list(sampling.stop))
 
@@ -216,6 +256,10 @@ def evaluate_cli(args) -> int:
         cfg.data.prompt_template = args.template
     if args.backend:
         cfg.rollout.backend = args.backend
+    if args.subset:
+        cfg.data.subset = args.subset
+    if args.split:
+        cfg.data.eval_split = args.split
     if args.samples < 1:
         raise RunError("--samples must be at least 1")
     cfg.evaluation.samples = args.samples
@@ -225,6 +269,7 @@ def evaluate_cli(args) -> int:
         cfg.evaluation.max_new_tokens = args.max_new_tokens
     cfg.evaluation.no_think = cfg.evaluation.no_think or args.no_think
     evaluator = Evaluator.from_recipe(cfg, None, path=args.data)
+    evaluator.progress, evaluator.leave_progress = True, True
     model_dir = resolve_model_dir(args.model)
     tokenizer = load_tokenizer(model_dir)
     evaluator.tokenizer = tokenizer

@@ -27,7 +27,7 @@ from r1train import algorithm, distributed
 from r1train.async_rollouts import RolloutPrefetcher
 from r1train.checkpoint import latest_checkpoint
 from r1train.config import ConfigError, Recipe
-from r1train.data import PromptSampler, load_rows
+from r1train.data import PromptSampler, load_data
 from r1train.diagnostics import StallWatch
 from r1train.heap import map_large_allocations
 from r1train.runtime import engine_for, seed_everything, set_threads
@@ -94,7 +94,7 @@ class GRPOTrainer:
         self.use_engine_logprobs = cfg.rollout.temperature == 1.0
         self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
         self.scorer = build_scoped_scorer(cfg.rewards, cfg.rollout.max_new_tokens)
-        rows = load_rows(cfg.data.train, (cfg.data.question_column,))
+        rows = load_data(cfg.data, "train", (cfg.data.question_column,))
         context = getattr(model.config, "max_position_embeddings", None)
         encoded = encode_all(self.tokenizer, rows, cfg.data.question_column, cfg.data.prompt_template,
                              cfg.data.system_prompt, cfg.data.max_prompt_tokens, context, cfg.rollout.max_new_tokens)
@@ -102,7 +102,7 @@ class GRPOTrainer:
         self.sampler = PromptSampler(rows, cfg.seed, cfg.data.shuffle)
         if cfg.data.general and cfg.data.general_ratio > 0:
             # Second-stage RL: general prompts join every batch, drawn by a sampler of their own.
-            general = tag_sources(rows, load_rows(cfg.data.general, (cfg.data.question_column,), what="data.general"))
+            general = tag_sources(rows, load_data(cfg.data, "general", (cfg.data.question_column,)))
             encoded = encode_all(self.tokenizer, general, cfg.data.question_column, cfg.data.prompt_template,
                                  cfg.data.system_prompt, cfg.data.max_prompt_tokens, context,
                                  cfg.rollout.max_new_tokens, what="data.general")
@@ -131,8 +131,8 @@ class GRPOTrainer:
     # -----------------------------------------------------------------------------------------
     def train(self) -> Path:
         cfg = self.recipe
-        logger = RunLogger(self.run_dir, cfg.logging.tensorboard, cfg.logging.progress, cfg.training.steps,
-                           self.step_count, description=self.run_dir.name) if self.is_main else distributed.NullLogger()
+        logger = (RunLogger.for_recipe(self.run_dir, cfg, cfg.training.steps, self.step_count) if self.is_main
+                  else distributed.NullLogger())
         try:
             if self.step_count == 0 and self.evaluator and cfg.evaluation.at_start:
                 logger.log(0, self.evaluate())

@@ -8,6 +8,10 @@ of every completion before the rewards see it (so a reward's own `prefix` must s
 tag appears twice; validation refuses that). `r1_chat` is the same without the prefill, for
 models that learned the template in SFT. Any other string is a user-turn template with
 `{question}`.
+
+A question is text, or a conversation as TRL's conversational `prompt` column holds it: a list of
+`{"role", "content"}` messages ending with a user turn. A system message in the conversation wins
+over the recipe's (and over the R1 instruction); a `{question}` template wraps the last user turn.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ R1_INSTRUCTION = (
     "<think> reasoning process here </think> <answer> answer here </answer>."
 )
 BUILT_IN = ("r1_zero", "r1_chat")
+ROLES = ("system", "user", "assistant")
 
 
 class PromptError(ValueError):
@@ -46,13 +51,46 @@ def prefill(template: str, no_think: bool = False) -> str:
     return "<think>\n" if template == "r1_zero" else ""
 
 
-def chat_messages(question: str, template: str, system_prompt: str | None) -> list[dict]:
-    if template in BUILT_IN:
-        system, user = system_prompt or R1_INSTRUCTION, question
-    else:
-        system, user = system_prompt, template.format(question=question)
+def chat_messages(question: str | list[dict], template: str, system_prompt: str | None) -> list[dict]:
+    """The chat turns of one prompt; `question` is text or a conversation (see the module docstring)."""
+    system = (system_prompt or R1_INSTRUCTION) if template in BUILT_IN else system_prompt
+    if isinstance(question, list):
+        messages = [{"role": m["role"], "content": m["content"]} for m in question]
+        if template not in BUILT_IN:
+            messages[-1] = {"role": "user", "content": template.format(question=messages[-1]["content"])}
+        if messages[0]["role"] == "system" or not system:
+            return messages
+        return [{"role": "system", "content": system}] + messages
+    user = question if template in BUILT_IN else template.format(question=question)
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": "user", "content": user}]
+
+
+def conversation_problem(value) -> str | None:
+    """Why a question-column value is neither text nor a usable conversation (None when it is fine)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return None  # text (a number is read as its text)
+    if not isinstance(value, list) or not value:
+        return f"holds {type(value).__name__} {str(value)[:30]!r}, neither text nor a list of messages"
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            return f"message {i} is {type(message).__name__}, not a {{role, content}} mapping"
+        if message.get("role") not in ROLES:
+            return f"message {i} has role {message.get('role')!r}, not one of {', '.join(ROLES)}"
+        if not isinstance(message.get("content"), str):
+            return f"message {i} has no text `content`"
+    if value[-1]["role"] != "user":
+        return "does not end with a user message (the model answers the last user turn)"
+    return None
+
+
+def check_conversations(rows: list[dict], column: str, what: str) -> None:
+    """Raise PromptError naming the first row whose question is neither text nor a valid conversation."""
+    for i, row in enumerate(rows):
+        problem = conversation_problem(row.get(column))
+        if problem:
+            raise PromptError(f"{what} row {i}: the question column '{column}' {problem}; give text, or a list of "
+                              "{role: system|user|assistant, content: text} messages (data.question_column)")
 
 
 def require_chat_template(tokenizer, model_dir: str | None = None) -> None:
@@ -64,7 +102,7 @@ def require_chat_template(tokenizer, model_dir: str | None = None) -> None:
         )
 
 
-def render_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None,
+def render_prompt(tokenizer, question: str | list[dict], template: str, system_prompt: str | None = None,
                   no_think: bool = False) -> str:
     """The full prompt text: chat template, generation header and any prefill (see `prefill`)."""
     require_chat_template(tokenizer)
@@ -74,7 +112,7 @@ def render_prompt(tokenizer, question: str, template: str, system_prompt: str | 
     return text + prefill(template, no_think)
 
 
-def encode_prompt(tokenizer, question: str, template: str, system_prompt: str | None = None,
+def encode_prompt(tokenizer, question: str | list[dict], template: str, system_prompt: str | None = None,
                   no_think: bool = False) -> list[int]:
     # The chat template already holds the special tokens; adding them again would double BOS.
     text = render_prompt(tokenizer, question, template, system_prompt, no_think)
@@ -95,7 +133,8 @@ def encode_all(tokenizer, rows: list[dict], question_column: str, template: str,
         )
     encoded = []
     for i, row in enumerate(rows):
-        ids = encode_prompt(tokenizer, str(row[question_column]), template, system_prompt)
+        question = row[question_column]
+        ids = encode_prompt(tokenizer, question if isinstance(question, list) else str(question), template, system_prompt)
         if len(ids) > max_prompt_tokens:
             raise PromptError(
                 f"{what} row {i}: the prompt is {len(ids)} tokens, longer than data.max_prompt_tokens="

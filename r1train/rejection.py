@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from r1train.config import Recipe
-from r1train.data import PromptSampler, load_rows, write_rows
+from r1train.data import PromptSampler, load_data, write_rows
 from r1train.engines.base import SamplingSettings
 from r1train.errors import RunError
 from r1train.prompts import encode_all, prefill, render_prompt
@@ -97,7 +97,7 @@ def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, sta
     stage_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     set_threads(cfg.training.threads)
-    rows = load_rows(data.train, (data.question_column,))
+    rows = load_data(data, "train", (data.question_column,))
     count = min(rj.max_prompts or len(rows), len(rows))
     rows = PromptSampler(rows, cfg.seed, data.shuffle).next_batch(count)
     # Before loading the model: a bad reward fails fast.

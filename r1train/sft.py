@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
-from r1train.data import DataError, PromptSampler, load_rows
+from r1train.data import DataError, PromptSampler, holds_no_rows, load_data
 from r1train.evaluation import evaluate_model_dir
 from r1train.hardware import bf16_autocast_supported
 from r1train.learner import lr_factor
@@ -170,17 +170,17 @@ class SFTTrainer:
     def _load_examples(self) -> tuple[list[SFTExample], dict[str, int]]:
         data, t = self.recipe.data, self.recipe.training
         columns = (data.question_column, data.completion_column)
-        sources = ([("data.train", data.train)] if data.train else []) + [
-            (f"data.mix[{i}]", path) for i, path in enumerate(data.mix)]
+        sources = ([("train", data.train)] if data.train else []) + [
+            (f"mix[{i}]", path) for i, path in enumerate(data.mix)]
         rows = []
         for key, path in sources:
-            found = [] if holds_no_rows(path) else load_rows(path, columns, what=key)
+            found = [] if holds_no_rows(path) else load_data(data, key, columns)
             if not found:
-                print(f"r1train: sft: {key} {path} holds no rows (a rejection sample that kept nothing?); "
+                print(f"r1train: sft: data.{key} {path} holds no rows (a rejection sample that kept nothing?); "
                       "training on the other files", flush=True)
             rows += found
         if not rows:
-            named = ", ".join(f"{key} {path}" for key, path in sources) or "data.train is not set"
+            named = ", ".join(f"data.{key} {path}" for key, path in sources) or "data.train is not set"
             raise DataError(f"sft: no examples to train on ({named}): give data.train or data.mix a file with "
                             f"{' and '.join(columns)} columns, or relax the rejection filters that emptied it")
         template = "r1_chat" if data.prompt_template in BUILT_IN else data.prompt_template
@@ -222,8 +222,7 @@ class SFTTrainer:
     # -----------------------------------------------------------------------------------------
     def train(self) -> Path:
         cfg = self.recipe
-        logger = RunLogger(self.stage_dir, cfg.logging.tensorboard, cfg.logging.progress, self.total_steps,
-                           self.step_count, description=self.stage_dir.name)
+        logger = RunLogger.for_recipe(self.stage_dir, cfg, self.total_steps, self.step_count)
         final_dir = self.stage_dir / "model"
         try:
             while self.step_count < self.total_steps:
@@ -305,20 +304,6 @@ def _with_lora(model, cfg: Recipe):
     lora = cfg.model.lora
     return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-
-
-def holds_no_rows(path: str | Path) -> bool:
-    """Whether a data file exists and holds no rows (0 bytes, or a Parquet file of 0 rows)."""
-    path = Path(path)
-    if not path.is_file():
-        return False  # load_rows reports a missing file
-    if path.stat().st_size == 0:
-        return True
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_metadata(path).num_rows == 0
-    return False
 
 
 def run_sft(recipe: Recipe, stage_dir: Path, model_name: str) -> Path:

@@ -1,4 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl, TensorBoard, sample completions, a progress bar.
+"""Where a run's numbers go: metrics.jsonl, the trackers of `logging.report_to`, sample completions,
+a progress bar.
 
 metrics.jsonl holds one JSON object per step. On resume, rows past the resumed step are dropped
 first, so a run killed after logging but before checkpointing writes no duplicate rows; a run that
@@ -13,23 +14,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from r1train.trackers import scalar_metrics
+
 
 class RunLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, progress: bool = True, total_steps: int = 0,
-                 start_step: int = 0, description: str = "grpo"):
+    def __init__(self, run_dir: Path, trackers: list[str] = (), progress: bool = True, total_steps: int = 0,
+                 start_step: int = 0, description: str = "grpo", project: str = "r1train",
+                 config: dict[str, Any] | None = None):
+        from r1train.trackers import open_trackers
+
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
         for path in (self.metrics_path, self.samples_path):
             _truncate_after_step(path, start_step)
-        self._writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step hides events a killed run logged past the checkpoint it resumes from.
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
-                                         purge_step=start_step + 1 if start_step else 0)
+        self._trackers = open_trackers(list(trackers), self.run_dir, start_step, project, config or {})
         self._bar = None
         if progress and total_steps:
             from tqdm.auto import tqdm
@@ -37,16 +37,24 @@ class RunLogger:
             self._bar = tqdm(total=total_steps, initial=start_step, desc=description, unit="step",
                              dynamic_ncols=True, file=sys.stderr)
 
+    @classmethod
+    def for_recipe(cls, run_dir: Path, recipe, total_steps: int, start_step: int) -> "RunLogger":
+        """The logger a training stage writes with: the recipe's trackers, project and progress bar."""
+        import dataclasses
+
+        log = recipe.logging
+        config = {key: value for key, value in dataclasses.asdict(recipe).items() if key != "stages"}
+        return cls(run_dir, log.trackers, log.progress, total_steps, start_step, description=Path(run_dir).name,
+                   project=log.project, config=config)
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, "time": round(time.time(), 3)}
         row.update({k: _jsonable(v) for k, v in metrics.items()})
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self._writer is not None:
-            for key, value in row.items():
-                if key not in ("step", "time") and isinstance(value, (int, float)) and value is not None:
-                    self._writer.add_scalar(key, value, step)
-            self._writer.flush()
+        scalars = scalar_metrics(row)
+        for tracker in self._trackers:
+            tracker.log(step, scalars)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         with self.samples_path.open("a") as f:
@@ -61,8 +69,8 @@ class RunLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._writer is not None:
-            self._writer.close()
+        for tracker in self._trackers:
+            tracker.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

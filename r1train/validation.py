@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from r1train.config import Recipe, stage_recipe
-from r1train.data import load_rows
-from r1train.errors import RunError
+from r1train.data import holds_no_rows, load_data
+from r1train.errors import MissingExtraError, RunError
 from r1train.models import _GGUF_ALIASES, ModelNotFoundError, cache_dir, load_tokenizer
 from r1train.prompts import check_template, encode_all, prefill, require_chat_template
+from r1train.trackers import missing_tracker
 
 # Columns each built-in reward reads from the dataset.
 REWARD_COLUMNS = {"accuracy": ("answer",), "countdown": ("numbers", "target")}
@@ -47,6 +48,10 @@ def check_recipe(recipe: Recipe) -> list[str]:
 def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, tokenizers: dict[str, Any]) -> list[str]:
     check_template(recipe.data.prompt_template)
     _check_no_doubled_prefill(recipe, where)
+    if kind in ("grpo", "sft", "distill"):  # the stages that log steps
+        missing = missing_tracker(recipe.logging.trackers)
+        if missing:
+            raise MissingExtraError(f"{where}: {missing}")
     notes = []
     if model_ref == "base":
         notes += _check_model(recipe.model.name, "model.name")
@@ -65,14 +70,17 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
         needed.add(recipe.data.completion_column)
     needed = tuple(sorted(needed))
     train_rows = None
-    for key in ("train", "eval"):
-        path = getattr(recipe.data, key)
-        if path is None or path.startswith("stage:"):
+    data = recipe.data
+    sources = [(key, getattr(data, key)) for key in ("train", "eval", "general")]
+    for key, source in sources + [(f"mix[{i}]", source) for i, source in enumerate(data.mix)]:
+        if source is None or source.startswith("stage:") or (key.startswith("mix[") and holds_no_rows(source)):
             continue
-        cols = needed if key == "train" else tuple(c for c in needed if c != recipe.data.completion_column)
-        rows = load_rows(path, cols, what=f"{where}: data.{key}")
-        _check_any_columns(names, rows, f"{where}: data.{key} {path}")
-        notes.append(f"{where}: data.{key} {path}: {len(rows)} rows")
+        cols = {"train": needed, "eval": tuple(c for c in needed if c != data.completion_column),
+                "general": (data.question_column,)}.get(key, (data.question_column, data.completion_column))
+        rows = load_data(data, key, cols, where=where)
+        if key in ("train", "eval"):  # the prompts the rewards judge
+            _check_any_columns(names, rows, f"{where}: data.{key} {source}")
+        notes.append(f"{where}: data.{key} {source}: {len(rows)} rows")
         if key == "train":
             train_rows = rows
     model_name = recipe.model.name if model_ref == "base" else model_ref

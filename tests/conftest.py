@@ -97,3 +97,16 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config  # vLLM refuses folders that carry one
     return folder
+
+
+@pytest.fixture(scope="session")
+def recipe_sample_overrides():
+    """`--set` overrides under which a shipped recipe validates here.
+
+    Recipes whose data are hub datasets (not reachable here) validate on the sample in their shape
+    shipped in tests/data, with the default model, whose tokenizer then checks every prompt's length.
+    """
+    samples = {"r1_zero_gsm8k_qwen.yaml": "tests/data/gsm8k_sample.jsonl",
+               "r1_zero_math_qwen.yaml": "tests/data/math_sample.jsonl"}
+    return lambda name: ([] if name not in samples else
+                         [f"data.train={samples[name]}", f"data.eval={samples[name]}", "model.name=smollm2-135m-instruct"])

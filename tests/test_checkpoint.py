@@ -177,7 +177,7 @@ def test_resumed_logs_drop_rows_past_the_checkpoint_and_a_cut_short_line(tmp_pat
     rows = [{"step": s, "loss": s / 10} for s in (0, 1, 2, 3)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
 
-    logger = RunLogger(tmp_path, tensorboard=False, progress=False, start_step=2)
+    logger = RunLogger(tmp_path, trackers=(), progress=False, start_step=2)
     logger.log(3, {"loss": 0.5})
     logger.close()
 
@@ -188,7 +188,7 @@ def test_a_run_that_starts_over_starts_its_logs_over(tmp_path):
     # Killed during step 1 before any checkpoint: the evaluation row of step 0 is written again.
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.1}\n{"step": 1}\n')
     (tmp_path / "samples.jsonl").write_text('{"step": 1, "completion": "x"}\n')
-    logger = RunLogger(tmp_path, tensorboard=False, progress=False, start_step=0)
+    logger = RunLogger(tmp_path, trackers=(), progress=False, start_step=0)
     logger.log(0, {"eval/accuracy": 0.1})
     logger.close()
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0]
@@ -196,7 +196,7 @@ def test_a_run_that_starts_over_starts_its_logs_over(tmp_path):
 
 
 def test_non_finite_metrics_are_logged_as_null(tmp_path):
-    logger = RunLogger(tmp_path, tensorboard=False, progress=False)
+    logger = RunLogger(tmp_path, trackers=(), progress=False)
     logger.log(1, {"loss": float("nan"), "grad_norm": torch.tensor(float("inf")), "nan_skipped_steps": 1})
     logger.close()
     row = read_metrics(tmp_path / "metrics.jsonl")[0]

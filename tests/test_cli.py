@@ -181,9 +181,10 @@ def test_validate_prints_the_effective_config(workspace, capsys):
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_validate_accepts_every_shipped_recipe(path, monkeypatch, capsys):
+def test_validate_accepts_every_shipped_recipe(path, monkeypatch, capsys, recipe_sample_overrides):
     monkeypatch.chdir(path.parent.parent)
-    assert main(["validate", str(path)]) == 0
+    overrides = [arg for item in recipe_sample_overrides(path.name) for arg in ("--set", item)]
+    assert main(["validate", str(path), *overrides]) == 0
     out = capsys.readouterr().out
     assert yaml.safe_load(out)["run_name"] == load_recipe(path).run_name
 

@@ -85,11 +85,11 @@ def test_effective_config_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_every_shipped_recipe_validates(path, monkeypatch):
+def test_every_shipped_recipe_validates(path, monkeypatch, recipe_sample_overrides):
     from r1train.validation import check_recipe
 
     monkeypatch.chdir(path.parents[1] if path.parent.name != "recipes" else path.parent.parent)
-    check_recipe(load_recipe(path))
+    check_recipe(load_recipe(path, recipe_sample_overrides(path.name)))
 
 
 @pytest.mark.parametrize(

@@ -109,3 +109,49 @@ def test_eval_no_think_flag_adds_the_measurement(tiny_model_dir, questions, tmp_
     assert metrics["eval/thinking_gain"] == pytest.approx(metrics["eval/accuracy"] - metrics["eval/no_think_accuracy"])
     assert 0.0 <= metrics["eval/think_nonempty_frac"] <= 1.0
     assert "thinking_gain" in capsys.readouterr().out
+
+
+def test_eval_shows_progress_with_rate_and_time_left_and_keeps_completions_grouped(tiny_model_dir, tmp_path, capsys,
+                                                                                   monkeypatch):
+    import r1train.evaluation
+
+    monkeypatch.setattr(r1train.evaluation, "EVAL_CHUNK_COMPLETIONS", 4)  # several engine calls for 5 questions
+    questions = tmp_path / "five.jsonl"
+    questions.write_text("".join(json.dumps({"question": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n"
+                                 for a in range(5)))
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(questions), "--samples", "3",
+                 "--max-new-tokens", "3", "--backend", "hf", "--out", str(out)]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    final = [line for line in bar if line.startswith("eval: 100%")][-1]
+    assert "20/20" in final  # 5 questions x 3 samples, then 5 greedy
+    assert "sample/s" in final or "s/sample" in final  # the rate
+    assert any("<" in line for line in bar if line.startswith("eval:"))  # elapsed<time left
+    examples = json.loads(out.read_text())["examples"]
+    assert [e["question"] for e in examples] == [f"What is {a} + 2?" for a in range(5)]
+    assert all(len(e["completions"]) == 3 for e in examples)
+
+
+def test_chunked_generation_numbers_prompts_as_one_call_would(tiny_model_dir):
+    from r1train.engines.base import SamplingSettings
+    from r1train.engines.hf import HFEngine
+    from r1train.evaluation import _generate_in_chunks
+    from r1train.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    engine = HFEngine(load_model(str(tiny_model_dir)).eval(), tokenizer)
+    prompts = [tokenizer(f"{a} plus one is", add_special_tokens=False)["input_ids"] for a in range(7)]
+
+    class Bar:
+        n = 0
+
+        def update(self, count):
+            self.n += count
+
+    bar = Bar()
+    sampled, greedy = _generate_in_chunks(engine, prompts, [(2, SamplingSettings(max_new_tokens=2, temperature=1.0)),
+                                                            (1, SamplingSettings(max_new_tokens=2, temperature=0.0))], bar)
+    assert bar.n == len(sampled) + len(greedy) == 21
+    assert [c.prompt_index for c in sampled] == [i for i in range(7) for _ in range(2)]
+    assert [c.prompt_index for c in greedy] == list(range(7))
+    assert all(c.prompt_token_ids == prompts[c.prompt_index] for c in sampled + greedy)
