@@ -10,7 +10,9 @@ whole groups; every prompt is its own `/v1/completions` request (token ids in, `
 sent at once, and the step waits for all of them. Each prompt gets its own sampling seed, derived
 from the engine seed, the call and the prompt's index: a seed shared by several prompts would give
 them the same random draws (correlated groups), and seeding by index gives the same samples whatever
-the number of workers. Every completion records which worker sampled it, so the trainer's post-sync
+the number of workers. CPU workers get no seeds: vLLM's CPU build fails a seeded request whose
+prefill is split over scheduler steps ("CPU Generator does not use offset"), which happens as soon
+as a batch is large; they sample from their own streams. Every completion records which worker sampled it, so the trainer's post-sync
 log-prob check is reported per worker: a worker that missed an update shows up by itself.
 
 Weights (remote_weights.py): "disk" writes them once as safetensors, which every worker reloads;
@@ -92,6 +94,7 @@ class RemoteVLLMEngine:
         self.workers = [self._check_worker(url, model_names, min_model_len) for url in self.urls]
         dtype = getattr(torch, self.workers[0]["dtype"])
         everywhere_cuda = torch.cuda.is_available() and all(w["device"] == "cuda" for w in self.workers)
+        self.seeded = all(w["device"] == "cuda" for w in self.workers)  # see the module docstring
         if weight_sync == "auto":
             weight_sync = "nccl" if everywhere_cuda else "disk"
         if weight_sync == "nccl" and not everywhere_cuda:
@@ -174,7 +177,9 @@ class RemoteVLLMEngine:
     # -----------------------------------------------------------------------------------------
     def _seed(self, sampling: SamplingSettings, call: int, prompt_index: int) -> int | None:
         base = sampling.seed if sampling.seed is not None else (None if self.seed is None else self.seed + call)
-        return None if base is None else (base * 1_000_003 + prompt_index) % 2**31
+        if base is None or not self.seeded:
+            return None
+        return (base * 1_000_003 + prompt_index) % 2**31
 
     def _complete(self, url: str, prompt: list[int], n: int, sampling: SamplingSettings, seed: int | None):
         body: dict[str, Any] = {
