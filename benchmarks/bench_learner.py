@@ -35,7 +35,6 @@ import platform
 import statistics
 import time
 
-import r1train  # noqa: F401  first: OpenMP waits passively only if set before torch loads (r1train/threads.py)
 import torch
 
 from r1train.batching import collate

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import r1train  # noqa: F401  first: OpenMP waits passively only if set before torch loads (r1train/threads.py)
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,9 +1,6 @@
-"""CPU threads that yield the core when they wait, and no more of them than the process may use.
+"""CPU threads: no more of them than the process may use.
 
-Imported by `r1train/__init__.py`, before anything imports torch: OpenMP reads its settings once,
-when torch's OpenMP runtime (GNU libgomp) is loaded, so setting them later does nothing.
-
-Why. By default libgomp's idle threads spin (OMP_WAIT_POLICY unset: a few hundred thousand
+OpenMP's wait policy is left to the user (README, Performance, "Threads under load"). By default libgomp's idle threads spin (OMP_WAIT_POLICY unset: a few hundred thousand
 spins) at the end of every parallel region, waiting for the others. When the process has every
 core to itself that saves a wake-up; when another process takes part of a core, the spinning
 thread burns the time slice its partner needs to finish, and every small operator waits for a
@@ -11,7 +8,11 @@ descheduled thread. A decoding loop issues thousands of small operators per seco
 run slows far more than its share of the cores: on the 2-core machine with other work running
 (load average 12-17), a decode-like loop of small bf16 matmuls took 0.9-2.2 s per iteration with
 2 spinning threads against 35-64 ms with OMP_WAIT_POLICY=PASSIVE (and 48-180 ms with one thread).
-Passive waiting costs a futex wake-up per parallel region on an idle machine.
+Passive waiting costs a futex wake-up per parallel region on an idle machine, and that cost is not
+small: with OMP_WAIT_POLICY=PASSIVE set for every run, bench_vs_trl's r1train step on the idle
+2-core AMX machine took 15.6 s (generation 237 tokens/s) against 12.0 s (371 tokens/s) with the
+default. So r1train does not set it; on a shared machine, `export OMP_WAIT_POLICY=PASSIVE` before
+running (it must be set before torch loads).
 
 Threads: torch starts one intra-op thread per core it sees; a container may also be limited by a
 CPU quota (cgroup `cpu.max`) that torch does not read. More threads than the cores the process
@@ -24,15 +25,6 @@ import os
 from pathlib import Path
 
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-
-
-def wait_passively() -> None:
-    """Let OpenMP threads sleep at once when they wait, unless the user chose a policy.
-
-    Must run before torch is imported; later it has no effect (the runtime has read its settings).
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("KMP_BLOCKTIME", "0")  # the same for Intel's OpenMP, when it is preloaded
 
 
 def usable_cpus(cpu_max: Path = _CGROUP_CPU_MAX) -> int:

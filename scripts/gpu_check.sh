@@ -32,7 +32,6 @@ rm -rf "$OUT"
 import json, statistics, sys, time
 from pathlib import Path
 
-import r1train  # first: OpenMP settings before torch loads (r1train/threads.py)
 import torch
 from r1train.cli import main
 
