@@ -244,8 +244,9 @@ def test_a_crashed_stage_resumes_without_redoing_finished_stages(tmp_path, tiny_
     assert (run / "eval" / "scores.json").is_file()
 
 
-def test_a_signal_stops_a_stage_cleanly_and_running_again_finishes_it(tmp_path, tiny_model_dir, files):
-    # A reward from a file that sends the process SIGINT (a user's Ctrl-C) the first time it runs.
+def interrupting_reward(tmp_path):
+    """A reward file that sends the process SIGINT (a user's Ctrl-C) the first time it runs, leaving
+    a marker file; returns (marker, reward file)."""
     marker = tmp_path / "interrupted"
     reward_file = tmp_path / "interrupt.py"
     reward_file.write_text(
@@ -255,6 +256,11 @@ def test_a_signal_stops_a_stage_cleanly_and_running_again_finishes_it(tmp_path, 
         f"        Path({str(marker)!r}).touch()\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "    return [len(t) / 100 for t in completions]\n")
+    return marker, reward_file
+
+
+def test_a_signal_stops_a_stage_cleanly_and_running_again_finishes_it(tmp_path, tiny_model_dir, files):
+    marker, reward_file = interrupting_reward(tmp_path)
     recipe = short_recipe(tmp_path, tiny_model_dir, files,
                           rewards=[{"name": "accuracy"}, {"path": str(reward_file), "function": "interrupt_once"}])
     handler = signal.getsignal(signal.SIGINT)
@@ -272,15 +278,7 @@ def test_a_signal_stops_a_stage_cleanly_and_running_again_finishes_it(tmp_path, 
 
 
 def test_a_signal_in_a_stages_last_step_stops_the_pipeline_before_the_next_stage(tmp_path, tiny_model_dir, files):
-    marker = tmp_path / "interrupted"
-    reward_file = tmp_path / "interrupt.py"
-    reward_file.write_text(
-        "import os, signal\nfrom pathlib import Path\n"
-        "def interrupt_once(completions, **columns):\n"
-        f"    if not Path({str(marker)!r}).exists():\n"
-        f"        Path({str(marker)!r}).touch()\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
-        "    return [len(t) / 100 for t in completions]\n")
+    marker, reward_file = interrupting_reward(tmp_path)
     stages = rl_stages()[1:]  # rl (grpo), then eval
     stages[0].update(model="base", training={"steps": 1})  # the signal lands in its only, last, step
     stages[1].update(model="stage:rl", data={"eval": files["test"]})
