@@ -16,9 +16,10 @@ from rewards.registry import RewardFunction, register
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
-def follows_template(text: str) -> bool:
+def follows_template(text: str, require_thinking: bool = False) -> bool:
     """Whether `text` is exactly `<think> … </think> <answer> … </answer>`, each tag once, in order,
-    with only whitespace around and between the blocks and a non-empty answer."""
+    with only whitespace around and between the blocks and a non-empty answer; with
+    `require_thinking`, the think block must hold more than whitespace too."""
     text = text.strip()
     if any(text.count(tag) != 1 for tag in TAGS):
         return False
@@ -28,6 +29,8 @@ def follows_template(text: str) -> bool:
     if not text.startswith("<think>") or not text.endswith("</answer>"):
         return False
     if text[think_close + len("</think>"):answer_open].strip():
+        return False
+    if require_thinking and not text[think_open + len("<think>"):think_close].strip():
         return False
     return bool(text[answer_open + len("<answer>"):answer_close].strip())
 
@@ -47,9 +50,15 @@ def tag_score(text: str) -> float:
 
 
 @register("format", factory=True)
-def get_format_reward(prefix: str = "") -> RewardFunction:
-    """Build the strict format reward; `prefix` is put before each completion (e.g. "<think>")."""
+def get_format_reward(prefix: str = "", require_thinking: bool = False) -> RewardFunction:
+    """Build the strict format reward; `prefix` is put before each completion (e.g. "<think>").
+
+    `require_thinking: true` gives no credit to an empty think block (`<think>\n</think>`): the R1
+    template asks for the reasoning inside the tags, and on a task a small model can half-guess,
+    dropping the thinking is otherwise the quickest way to a well-formed answer."""
     prefix = str(prefix)
+    if not isinstance(require_thinking, bool):
+        raise ValueError(f"format: require_thinking must be true or false, got {require_thinking!r}")
 
     def format_reward(completions: list[str], **columns) -> list[float | None]:
         """1.0 when prefix + completion is exactly the R1 template, else 0.0.
@@ -66,7 +75,8 @@ def get_format_reward(prefix: str = "") -> RewardFunction:
                  "<answer>4</answer><think>a</think>"],           # 0.0: wrong order
             ) == [1.0, 0.0, 0.0]
         """
-        return [1.0 if follows_template(prefix + completion) else 0.0 for completion in completions]
+        return [1.0 if follows_template(prefix + completion, require_thinking) else 0.0
+                for completion in completions]
 
     return format_reward
 

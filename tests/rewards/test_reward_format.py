@@ -43,6 +43,24 @@ def test_format_reward_with_think_prefix(completion, expected):
     assert get_format_reward(prefix="<think>")([completion]) == [expected]
 
 
+REQUIRE_THINKING = [
+    ("<think>13 + 9 = 22</think><answer>22</answer>", 1.0),  # something thought
+    ("<think>\n</think>\n<answer>22</answer>", 0.0),  # empty thinking: no credit
+    ("<think></think><answer>22</answer>", 0.0),  # empty thinking, no whitespace
+    ("<think> x </think><answer> </answer>", 0.0),  # thinking, but the answer empty
+]
+
+
+@pytest.mark.parametrize("completion, expected", REQUIRE_THINKING)
+def test_format_reward_requiring_thinking(completion, expected):
+    assert get_format_reward(require_thinking=True)([completion]) == [expected]
+
+
+def test_format_reward_refuses_a_non_boolean_require_thinking():
+    with pytest.raises(ValueError, match="require_thinking must be true or false"):
+        get_format_reward(require_thinking="yes")
+
+
 TAG_COUNT = [
     ("<think>a</think><answer>4</answer>", 1.0),  # all four tags once, in order
     ("<think>a</think> 4", 0.5),  # the two think tags
