@@ -263,6 +263,9 @@ class TrainingConfig:
     # process at once. Lowers peak RSS by 0.5-1 GiB on the toy recipe; the learner runs 10-25%
     # slower, paying page faults for every fresh mapping (r1train/heap.py).
     cpu_low_memory: bool = False
+    # AdamW's two moments in "float32" or "bfloat16" (half their memory, rounded after every update;
+    # r1train/adamw_state.py). Not with fsdp.
+    optimizer_state_dtype: str = "float32"
 
     def validate(self, at: str) -> None:
         _one_of(self.lr_schedule, ("constant", "linear", "cosine"), f"{at}.lr_schedule")
@@ -280,6 +283,10 @@ class TrainingConfig:
         _check(self.keep_checkpoints >= 1, f"{at}.keep_checkpoints", "must be at least 1")
         _check(self.max_nan_steps >= 1, f"{at}.max_nan_steps", "must be at least 1")
         _check(self.max_unscored_steps >= 1, f"{at}.max_unscored_steps", "must be at least 1")
+        _one_of(self.optimizer_state_dtype, ("float32", "bfloat16"), f"{at}.optimizer_state_dtype")
+        _check(not (self.fsdp and self.optimizer_state_dtype != "float32"), f"{at}.optimizer_state_dtype",
+               "bfloat16 state does not combine with training.fsdp (sharding already divides the optimiser "
+               "state across processes); leave it float32")
 
 
 @dataclass

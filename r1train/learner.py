@@ -41,6 +41,7 @@ import torch
 
 from r1train.batching import pad_token_values, plan_micro_batches
 from r1train import fsdp as fsdp_sharding
+from r1train.adamw_state import make_adamw
 from r1train.distributed import all_reduce_max, all_reduce_sum
 from r1train.hardware import bf16_autocast_supported
 from r1train.logprobs import compute_token_logprobs
@@ -142,6 +143,7 @@ class PolicyLearner:
         accelerator=None,
         fsdp: bool = False,
         share_prompts: bool = True,
+        optimizer_state_dtype: str = "float32",
     ):
         """Wrap `model` (an HF causal LM, fp32) for training.
 
@@ -154,7 +156,8 @@ class PolicyLearner:
         processes instead of replicated (ignored without an accelerator: one process has nothing
         to shard across). `share_prompts` packs completions of one prompt into a row with the
         prompt computed once, where the model's attention takes the custom mask this needs and
-        where it saves work (`r1train/packing.py`).
+        where it saves work (`r1train/packing.py`). `optimizer_state_dtype` "bfloat16" keeps AdamW's
+        moments in half the memory (`r1train/adamw_state.py`).
         """
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}")
@@ -185,7 +188,8 @@ class PolicyLearner:
         if self.sharded:  # before the optimiser: sharding replaces the parameters
             fsdp_sharding.shard_model(model, accelerator.device, compute_token_logprobs)
         self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable_parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.optimizer = make_adamw(self.trainable_parameters, lr=lr, betas=betas, weight_decay=weight_decay,
+                                    state_dtype=optimizer_state_dtype)
         # Every forward pass of the policy goes through this module (wrapped when data-parallel).
         self.policy = _TokenLogprobs(model)
         if accelerator is not None and not self.sharded:
@@ -217,6 +221,7 @@ class PolicyLearner:
             use_lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             lora_target_modules=list(lora.target_modules), temperature=recipe.rollout.temperature,
             pad_token_id=pad_token_id, accelerator=accelerator, fsdp=t.fsdp, share_prompts=t.share_prompts,
+            optimizer_state_dtype=t.optimizer_state_dtype,
         )
 
     # ----------------------------------------------------------------------------- logprobs

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from r1train.adamw_state import make_adamw
 from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
 from r1train.data import DataError, PromptSampler, holds_no_rows, load_data
@@ -154,8 +155,8 @@ class SFTTrainer:
         self.total_steps = math.ceil(t.epochs * len(self.examples) / t.batch_size) if t.epochs else t.steps
         self.sampler = PromptSampler(self.examples, cfg.seed, cfg.data.shuffle)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                           weight_decay=t.weight_decay)
+        self.optimizer = make_adamw(self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                    weight_decay=t.weight_decay, state_dtype=t.optimizer_state_dtype)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total_steps, t.lr_schedule))
         self.nan_skipped = 0

@@ -1,0 +1,63 @@
+"""benchmarks/profile_step.py and bench_memory.py: how samples are put in phases and parts, and how
+the memory account adds up (on hand-written stacks and phase rows; the real runs are benchmarks)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_memory  # noqa: E402
+import profile_step  # noqa: E402
+
+STEP = "profiled_steps (profile_step.py:138);GRPOTrainer.step (r1train/grpo.py:258)"
+GENERATE = STEP + (";VLLMEngine.generate (r1train/engines/vllm_engine.py:177)"
+                   ";LLMEngine.step (vllm/v1/engine/llm_engine.py:327)")
+LEARN = STEP + ";PolicyLearner.train_on_batch (r1train/learner.py:311)"
+
+
+def test_samples_go_to_their_phase_and_part():
+    cases = [
+        # The lm_head matmul runs under the logits processor: logits, not a linear layer.
+        (GENERATE + ";LogitsProcessor.forward (vllm/model_executor/layers/logits_processor.py:60)"
+         ";cpu_unquantized_gemm (vllm/model_executor/layers/utils.py:200)", ("generate", "logits (output layer)")),
+        (GENERATE + ";LlamaMLP.forward (vllm/model_executor/models/llama.py:120)"
+         ";cpu_unquantized_gemm (vllm/model_executor/layers/utils.py:200)",
+         ("generate", "linear layers (oneDNN matmuls)")),
+        (GENERATE + ";Scheduler.schedule (vllm/v1/core/sched/scheduler.py:300)",
+         ("generate", "scheduler and KV block manager")),
+        (GENERATE + ";Something.new (vllm/v1/engine/core.py:1)", ("generate", "vLLM engine loop, other")),
+        # The hand-written output-layer backward runs inside autograd's backward.
+        (LEARN + ";Tensor.backward (torch/_tensor.py:623);_engine_run_backward (torch/autograd/graph.py:979)"
+         ";HeadLogprobs.backward (r1train/fused_head.py:120)", ("learn", "output layer backward (fused_head)")),
+        (LEARN + ";Tensor.backward (torch/_tensor.py:623);_engine_run_backward (torch/autograd/graph.py:979)",
+         ("learn", "backward, model")),
+        (LEARN + ";AdamW.step (torch/optim/adamw.py:200)", ("learn", "optimiser step (AdamW)")),
+        (STEP + ";VLLMEngine.sync_weights (r1train/engines/vllm_engine.py:230)"
+         ";DirectWeightSync.push (r1train/engines/direct_sync.py:150)", ("sync", "copies into the engine")),
+        (STEP + ";GRPOTrainer._samples (r1train/grpo.py:480)", ("other (logging, metrics, sync check)", "other")),
+    ]
+    for stack, expected in cases:
+        assert profile_step.classify(stack.split(";")) == expected, stack
+
+
+def test_only_samples_inside_the_profiled_steps_count(tmp_path):
+    raw = tmp_path / "stacks.txt"
+    raw.write_text(f"{LEARN};Tensor.backward (torch/_tensor.py:623) 7\n"
+                   "warm_up (profile_step.py:130);GRPOTrainer.step (r1train/grpo.py:258) 50\n")
+    assert profile_step.read_samples(raw) == {("learn", "backward, model"): 7}
+
+
+def test_memory_account_adds_up_to_the_largest_learn_peak():
+    mib = 1024**2
+    rows = [
+        {"label": "learn", "step": 1, "before": 1000 * mib, "peak": 5000 * mib, "after": 4500 * mib},
+        {"label": "generate", "step": 2, "before": 4500 * mib, "peak": 5200 * mib, "after": 5200 * mib},
+        {"label": "learn", "step": 2, "before": 1500 * mib, "peak": 6000 * mib, "after": 5500 * mib},
+    ]
+    computed = {"fp32 master weights": 100 * mib, "AdamW state (two moments)": 200 * mib,
+                "gradients (fp32, during the learn phase)": 100 * mib, "engine weights": 50 * mib,
+                "engine KV cache (reserved)": 64 * mib}
+    account = bench_memory.build_account(rows, computed, runtime=400 * mib, engine_sleeps=True)
+    assert account["learn_peak"] == 6000 * mib and account["learn_step"] == 2
+    assert sum(account["parts"].values()) == 6000 * mib
+    assert "engine KV cache (reserved)" not in account["parts"]  # released while the learner trains
+    assert account["parts"]["activations and temporaries (learn peak - learn start - gradients)"] == 4400 * mib
+    assert account["run_peak"] == 6000 * mib and account["held_after_learn"] == [3500 * mib, 4000 * mib]
