@@ -248,8 +248,8 @@ def print_report(header: str, rows: list[dict], account: dict) -> None:
           f"{', KV cache released' if account['engine_sleeps'] else ''}:")
     for name, value in account["parts"].items():
         print(f"  {name:<72} {value / _MIB:7.0f} MiB  {100 * value / peak:5.1f}%")
-    print(f"\nPeak of the run: {account['run_peak'] / _GIB:.2f} GiB, during {account['run_peak_phase']} "
-          f"(setup: {account['setup_peak'] / _GIB:.2f} GiB)")
+    setup = f"{account['setup_peak'] / _GIB:.2f} GiB" if account.get("setup_peak") else "not recorded"
+    print(f"\nPeak of the run: {account['run_peak'] / _GIB:.2f} GiB, during {account['run_peak_phase']} (setup: {setup})")
     print("Learn phase start per step (MiB): " + ", ".join(f"{b / _MIB:.0f}" for b in account["learn_start"]))
     print("Held after the learn phase, above its start, until the next trim (MiB): "
           + ", ".join(f"{h / _MIB:.0f}" for h in account["held_after_learn"]))
