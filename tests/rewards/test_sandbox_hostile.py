@@ -1,5 +1,5 @@
 """Hostile programs against the code reward's sandbox: each scores 0 (or its fair score), ends within
-its limits, and leaves no trace (sentinel files intact, no process left, the test process alive).
+its limits, and leaves no trace (sentinel files intact, no process or memory cgroup left, the test process alive).
 
 All programs run as one batch through the reward, in parallel, with small limits, so the table
 costs about one wall limit plus start-up. HOME points at a temporary folder holding a sentinel for
@@ -22,6 +22,23 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
 WALL_S = 4.0
 LIMITS = dict(wall_s=WALL_S, cpu_s=2, memory_mb=512, processes=16, output_kb=64, workers=8)
 SECRET = "r1train-secret-4f1c"
+SPREAD_ALLOCATION = """import os, time
+children = []
+for _ in range(11):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(400 << 20)
+        for page in range(0, len(block), 4096):
+            block[page] = 1
+        time.sleep(2)
+        os._exit(0)
+    children.append(pid)
+block = bytearray(400 << 20)
+for page in range(0, len(block), 4096):
+    block[page] = 1
+if all(os.waitpid(pid, 0)[1] == 0 for pid in children):
+    print('escaped')
+"""
 
 
 def build_cases(paths: dict) -> list[tuple[str, str, list | None, list | None, float]]:
@@ -36,6 +53,10 @@ def build_cases(paths: dict) -> list[tuple[str, str, list | None, list | None, f
         ("fork bomb",
          "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", None, must_not_print, 0.0),
         ("allocate 4 GB", "block = bytearray(4 << 30)\nprint('escaped')", None, must_not_print, 0.0),
+        # 12 processes of 400 MB each: every one under a per-process address-space limit of 512 MB,
+        # 4.8 GB together; only a cap on the run as a whole stops it.
+        ("allocate 4.8 GB across 12 processes, each under the per-process limit", SPREAD_ALLOCATION,
+         None, must_not_print, 0.0),
         ("1 GB to stdout",
          "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\nprint('escaped')",
          None, must_not_print, 0.0),
@@ -133,7 +154,7 @@ def hostile_run(tmp_path_factory):
         accepted = None
     listener.close()
     yield {"cases": cases, "scores": dict(zip([c[0] for c in cases], scores)), "elapsed": elapsed,
-           "root": root, "home": home, "accepted": accepted}
+           "root": root, "home": home, "accepted": accepted, "cgroups": reward.sandbox.cgroups}
 
 
 @pytest.mark.parametrize("name", [case[0] for case in build_cases(dict.fromkeys(
@@ -168,3 +189,10 @@ def test_no_sandbox_process_is_left(hostile_run):
             break
         time.sleep(0.2)
     assert left.strip() == ""
+
+
+def test_no_memory_cgroup_is_left(hostile_run):
+    cgroups = hostile_run["cgroups"]
+    if cgroups is None:
+        pytest.skip("no memory cgroups here: the cap is divided address space (tests/rewards/test_sandbox_memory.py)")
+    assert sorted(cgroups.parent.glob("r1train-sandbox-*")) == []
