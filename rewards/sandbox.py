@@ -201,6 +201,8 @@ class Sandbox:
                 os.close(leftover)
             if cgroup is not None:
                 self.cgroups.remove(cgroup)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             raise
         finally:
             for descriptor in (request_fd, stdin_fd, result_write, info_write):
