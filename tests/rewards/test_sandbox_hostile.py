@@ -78,10 +78,14 @@ def build_cases(paths: dict) -> list[tuple[str, str, list | None, list | None, f
          "for folder in ('/scratch', '/dev/shm'):\n    for i in range(4):\n"
          "        open(f'{folder}/f{i}', 'wb').write(bytes(8 << 20))\nprint('escaped')", None, must_not_print, 0.0),
         ("delete the sentinel", f"import os\nos.remove({paths['sentinel']!r})\nprint('escaped')", None, must_not_print, 0.0),
-        ("shell rm -rf of the home folder",
+        # The shell does run (and empties the sandbox's own scratch home); the fair score 1 says so,
+        # so that a sandbox without a shell cannot pass this case by accident. The sentinels are
+        # checked by test_nothing_outside_scratch_changed.
+        ("shell rm -rf of the home folder (fair: 1, the shell runs and sees no sentinel)",
          f"import os, subprocess\nsaw = os.path.exists({paths['home_sentinel']!r})\n"
-         f"subprocess.run('rm -rf ~ \"$HOME\" {paths['home']}', shell=True)\nprint('escaped' if saw else 'blind')",
-         None, must_not_print, 0.0),
+         f"shell = subprocess.run('rm -rf ~ \"$HOME\" {paths['home']}; echo shell ran', shell=True, capture_output=True)\n"
+         "print(('escaped ' if saw else '') + shell.stdout.decode().strip())",
+         None, [{"input": "", "output": "shell ran"}], 1.0),
         # Inside its pid namespace the parent is the sandbox's init, which ignores the signal, the test
         # process's pid names nothing, and kill(-1) spares the caller: the program lives on and
         # answers correctly, so its fair score is 1; this test process surviving is the point.
