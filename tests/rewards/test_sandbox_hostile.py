@@ -200,3 +200,15 @@ def test_no_memory_cgroup_is_left(hostile_run):
     if cgroups is None:
         pytest.skip("no memory cgroups here: the cap is divided address space (tests/rewards/test_sandbox_memory.py)")
     assert sorted(cgroups.parent.glob("r1train-sandbox-*")) == []
+
+
+def test_1_gb_to_stdout_is_cut_at_the_output_cap():
+    # Through the reward the case above scores 0 either way (1 GB of x never equals "escaped"); here
+    # the run itself shows the cap: killed once past it, with no more than the cap kept.
+    from rewards.sandbox import Sandbox, SandboxLimits
+    box = Sandbox("bwrap", SandboxLimits(wall_s=60.0, cpu_s=30, output_kb=64), workers=1)
+    start = time.monotonic()
+    result = box.run_io("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)", "")
+    assert result.output_exceeded and result.returncode is None and not result.timed_out
+    assert len(result.stdout) == 64 << 10
+    assert time.monotonic() - start < 30  # ended by the cap, long before the wall limit
