@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rewards import get_code_reward
+from rewards.sandbox import Sandbox, SandboxLimits
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (scripts/setup.sh installs it as root)")
@@ -205,7 +206,6 @@ def test_no_memory_cgroup_is_left(hostile_run):
 def test_1_gb_to_stdout_is_cut_at_the_output_cap():
     # Through the reward the case above scores 0 either way (1 GB of x never equals "escaped"); here
     # the run itself shows the cap: killed once past it, with no more than the cap kept.
-    from rewards.sandbox import Sandbox, SandboxLimits
     box = Sandbox("bwrap", SandboxLimits(wall_s=60.0, cpu_s=30, output_kb=64), workers=1)
     start = time.monotonic()
     result = box.run_io("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)", "")
