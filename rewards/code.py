@@ -69,8 +69,10 @@ def get_code_reward(sandbox: str = "bwrap", all_or_nothing: bool = False, worker
         sandbox: "bwrap" (default; refused with an install hint where bubblewrap is missing) or
             "none" (no isolation at all: only for machines without bubblewrap, and only by name).
         all_or_nothing: score 1.0 for all tests passed, else 0.0.
-        workers: sandboxes run at once (default: four per CPU).
-        wall_s, cpu_s, memory_mb, processes, file_mb, output_kb: per-run limits (`SandboxLimits`).
+        workers: sandboxes run at once (default: four per CPU, fewer where that many at
+            memory_mb would take over half the machine's memory; more than all of it is refused).
+        wall_s, cpu_s, memory_mb, processes, file_mb, output_kb: per-run limits (`SandboxLimits`);
+            memory_mb caps a run as a whole, all its processes together (see `rewards.sandbox`).
     Returns:
         code_reward(completions, **columns) -> list[float | None], reading the columns `tests`
         (N lists of statements, or None) and `io_tests` (N lists of {"input", "output"}, or None);

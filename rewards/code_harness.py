@@ -39,7 +39,7 @@ def set_limits(limits):
     """Hard limits (soft = hard), so the program cannot raise them again."""
     for name, value in (
         ("RLIMIT_CPU", limits["cpu_s"]),
-        ("RLIMIT_AS", limits["memory_mb"] << 20),
+        ("RLIMIT_AS", limits["address_space_mb"] << 20),  # the run as a whole: see sandbox.py
         ("RLIMIT_NPROC", limits["processes"]),
         ("RLIMIT_FSIZE", limits["file_mb"] << 20),
         ("RLIMIT_NOFILE", 64),

@@ -11,6 +11,9 @@ trusted harness (`rewards/code_harness.py`). What the sandbox gives a program:
 - an unprivileged user (run as nobody when the trainer is root, since root ignores the process
   limit) and, set by the harness before the program runs, hard limits on CPU time, address space,
   processes, file size and open files;
+- a memory cap on the run as a whole (all its processes and its tmpfs files): its own memory
+  cgroup where the machine lets the trainer make one (`rewards/sandbox_memory.py`), else each
+  process's address space bounded by memory_mb / processes, so the run's sum stays within it;
 - a wall-clock limit after which the whole process group is killed (bwrap's `--die-with-parent`
   takes the pid namespace, and with it every process of the program, down with it), and a cap on
   captured output beyond which the run is killed as well.
@@ -36,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rewards import sandbox_memory
+
 HARNESS_SOURCE = Path(__file__).with_name("code_harness.py").read_text()
 INSTALL_HINT = (
     "install bubblewrap (`apt-get install -y bubblewrap`, or run ./scripts/setup.sh as root), "
@@ -50,11 +55,14 @@ class SandboxUnavailable(ValueError):
     """The requested isolation cannot be used on this machine; the message is one line."""
 
 
+MIN_PROCESS_MB = 32  # the sandbox's Python needs about 16 MiB of address space to start
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-program limits. `output_kb` caps captured stdout; `file_mb` caps each file and the
-    scratch folder as a whole. `memory_mb` bounds each process's address space, so one sandbox
-    can hold up to `processes` x `memory_mb` (no cgroup bounds the sandbox as a whole)."""
+    """Per-run limits. `memory_mb` caps the run as a whole (every process and the files it writes
+    to its tmpfs folders, see `Sandbox`); `output_kb` caps captured stdout; `file_mb` caps each
+    file and each of the scratch folder and /dev/shm as a whole. Bad values raise ValueError."""
 
     wall_s: float = 10.0
     cpu_s: int = 5
@@ -65,8 +73,15 @@ class SandboxLimits:
 
     def __post_init__(self):
         for name, value in asdict(self).items():
+            kinds = (int, float) if name == "wall_s" else (int,)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                wanted = "a number of seconds" if name == "wall_s" else "a whole number"
+                raise ValueError(f"sandbox limit {name} must be {wanted}, got {value!r}")
             if not value > 0:
                 raise ValueError(f"sandbox limit {name} must be positive, got {value}")
+        if self.memory_mb < MIN_PROCESS_MB:
+            raise ValueError(f"sandbox limit memory_mb must be at least {MIN_PROCESS_MB} (Python needs about 16 MiB "
+                             f"to start), got {self.memory_mb}")
 
 
 @dataclass
@@ -108,17 +123,43 @@ def sandbox_interpreter() -> str:
 
 
 class Sandbox:
-    """Runs programs under `limits`, isolated by `isolation` ("bwrap" or "none"), `workers` at once."""
+    """Runs programs under `limits`, isolated by `isolation` ("bwrap" or "none"), `workers` at once.
+
+    The memory cap (`limits.memory_mb`) holds for each run as a whole. `memory_cap` says how:
+    "cgroup" (the run's own memory cgroup; each process may also map up to memory_mb) or
+    "address space" (no cgroup can be made here: each of the run's up to `processes` processes
+    may map memory_mb / processes). Either way `workers` x memory_mb bounds the sandboxes
+    together, which must fit in the machine's memory.
+    """
 
     def __init__(self, isolation: str = "bwrap", limits: SandboxLimits | None = None, workers: int | None = None):
         check_isolation(isolation)
         self.isolation = isolation
         self.interpreter = sandbox_interpreter()
         self.limits = limits or SandboxLimits()
-        # Most of a run is waiting on the kernel (namespaces), not CPU: more sandboxes than cores pay.
-        self.workers = workers or 4 * (os.cpu_count() or 1)
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        self.user = _user_arguments() if isolation == "bwrap" else {}
+        self.cgroups = sandbox_memory.find_memory_cgroups(self.user.get("user"))
+        self.memory_cap = "cgroup" if self.cgroups is not None else "address space"
+        if self.cgroups is not None:
+            self.address_space_mb = self.limits.memory_mb
+        else:
+            self.address_space_mb = self.limits.memory_mb // self.limits.processes
+            if self.address_space_mb < MIN_PROCESS_MB:
+                raise ValueError(
+                    f"without a memory cgroup (none can be made here) each of a run's {self.limits.processes} processes "
+                    f"gets memory_mb / processes = {self.address_space_mb} MiB, under the {MIN_PROCESS_MB} MiB Python "
+                    f"needs: raise memory_mb to at least {MIN_PROCESS_MB * self.limits.processes} or lower processes")
+        machine_mb = _machine_memory_mb()
+        if workers is None:
+            # Most of a run is waiting on the kernel (namespaces), not CPU: more sandboxes than cores
+            # pay; but all of them at their cap must leave half the machine's memory to the trainer.
+            workers = max(1, min(4 * (os.cpu_count() or 1), machine_mb // 2 // self.limits.memory_mb))
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a whole number of at least 1, got {workers!r}")
+        if workers * self.limits.memory_mb > machine_mb:
+            raise ValueError(f"workers x memory_mb = {workers} x {self.limits.memory_mb} MiB is more than this "
+                             f"machine's {machine_mb} MiB of memory: lower memory_mb or workers")
+        self.workers = workers
 
     def run_tests(self, program: str, tests: list[str]) -> RunResult:
         """Run `program`, then each test statement; RunResult.passed_tests says which passed."""
@@ -137,20 +178,32 @@ class Sandbox:
 
     def _run(self, request: dict, stdin: bytes, capture: bool) -> RunResult:
         nonce = secrets.token_hex(16)
-        request = {**request, "nonce": nonce, "limits": asdict(self.limits)}
+        limits = {**asdict(self.limits), "address_space_mb": self.address_space_mb}
+        request = {**request, "nonce": nonce, "limits": limits}
         request_fd = _memory_file(json.dumps(request).encode())
         stdin_fd = _memory_file(stdin)
         result_read, result_write = os.pipe()
         info_read, info_write = os.pipe()  # bwrap reports the sandbox's first process here
         scratch = tempfile.mkdtemp(prefix="r1train-sandbox-") if self.isolation == "none" else None
         command = self._command(request_fd, result_write, info_write)
+        cgroup = None
         try:
+            if self.cgroups is not None:
+                cgroup = self.cgroups.create(self.limits.memory_mb << 20)
+                command = self.cgroups.enter_command(cgroup, command)
             process = subprocess.Popen(
                 command, stdin=stdin_fd, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, pass_fds=(request_fd, result_write, info_write), start_new_session=True,
-                cwd=scratch or "/", env=_sandbox_environment(scratch or "/scratch"),
-                **(_user_arguments() if self.isolation == "bwrap" else {}),
+                cwd=scratch or "/", env=_sandbox_environment(scratch or "/scratch"), **self.user,
             )
+        except BaseException:
+            for leftover in (result_read, info_read):
+                os.close(leftover)
+            if cgroup is not None:
+                self.cgroups.remove(cgroup)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
         finally:
             for descriptor in (request_fd, stdin_fd, result_write, info_write):
                 os.close(descriptor)
@@ -159,6 +212,8 @@ class Sandbox:
         finally:
             _stop(process, info_read)
             os.close(result_read)
+            if cgroup is not None:
+                self.cgroups.remove(cgroup)
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
@@ -244,6 +299,10 @@ def _user_arguments() -> dict:
     if os.geteuid() != 0:
         return {}
     return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+
+
+def _machine_memory_mb() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
 
 
 def _memory_file(data: bytes) -> int:

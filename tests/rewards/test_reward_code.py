@@ -12,6 +12,9 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewr
 
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(0, 0) == 0"]
 SUM_IO = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"}]
+# Honest programs take milliseconds, but a test run at nice 19 beside a learning run gets little CPU:
+# a generous wall limit keeps these tests about scoring, not about the machine's load.
+SLOW_MACHINE = dict(wall_s=60.0, cpu_s=10)
 
 
 def answer(code: str, fence: str = "```python") -> str:
@@ -40,7 +43,7 @@ def test_extract_program(completion, program):
 
 @needs_bwrap
 def test_registry_entry_and_docstring_example():
-    reward = get_reward("code")
+    reward = get_reward("code", **SLOW_MACHINE)
     add = "<answer>```python\ndef add(a, b):\n    return a {} b\n```</answer>"
     echo = "<answer>print(sum(map(int, input().split())){})</answer>"
     tests = ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]
@@ -73,7 +76,7 @@ SCORING_CASES = [
 
 @needs_bwrap
 def test_correct_and_wrong_programs_both_forms():
-    reward = get_code_reward(workers=8)
+    reward = get_code_reward(workers=8, **SLOW_MACHINE)
     completions = [answer(program) for program, _, _, _ in SCORING_CASES]
     scores = reward(completions, tests=[c[1] for c in SCORING_CASES], io_tests=[c[2] for c in SCORING_CASES])
     assert scores == pytest.approx([c[3] for c in SCORING_CASES])
@@ -81,7 +84,7 @@ def test_correct_and_wrong_programs_both_forms():
 
 @needs_bwrap
 def test_all_or_nothing_and_rows_without_tests():
-    reward = get_code_reward(all_or_nothing=True)
+    reward = get_code_reward(all_or_nothing=True, **SLOW_MACHINE)
     right, half = answer("def add(a, b):\n    return a + b"), answer("def add(a, b):\n    return a * b")
     scores = reward([right, half, right, "<think>no answer"], tests=[ADD_TESTS, ADD_TESTS, None, ADD_TESTS])
     assert scores == [1.0, 0.0, None, 0.0]  # a row without tests is not judged; no program scores 0
@@ -90,7 +93,7 @@ def test_all_or_nothing_and_rows_without_tests():
 @needs_bwrap
 def test_humaneval_style_check_function():
     test = "def check(candidate):\n    assert candidate('ab') == 'ba'\n    assert candidate('') == ''\ncheck(reverse)"
-    reward = get_code_reward()
+    reward = get_code_reward(**SLOW_MACHINE)
     right, wrong = answer("def reverse(s):\n    return s[::-1]"), answer("def reverse(s):\n    return s")
     assert reward([right, wrong], tests=[[test], [test]]) == [1.0, 0.0]
 

@@ -1,5 +1,5 @@
 """Hostile programs against the code reward's sandbox: each scores 0 (or its fair score), ends within
-its limits, and leaves no trace (sentinel files intact, no process left, the test process alive).
+its limits, and leaves no trace (sentinel files intact, no process or memory cgroup left, the test process alive).
 
 All programs run as one batch through the reward, in parallel, with small limits, so the table
 costs about one wall limit plus start-up. HOME points at a temporary folder holding a sentinel for
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rewards import get_code_reward
+from rewards.sandbox import Sandbox, SandboxLimits
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (scripts/setup.sh installs it as root)")
@@ -22,6 +23,23 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
 WALL_S = 4.0
 LIMITS = dict(wall_s=WALL_S, cpu_s=2, memory_mb=512, processes=16, output_kb=64, workers=8)
 SECRET = "r1train-secret-4f1c"
+SPREAD_ALLOCATION = """import os, time
+children = []
+for _ in range(11):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(400 << 20)
+        for page in range(0, len(block), 4096):
+            block[page] = 1
+        time.sleep(2)
+        os._exit(0)
+    children.append(pid)
+block = bytearray(400 << 20)
+for page in range(0, len(block), 4096):
+    block[page] = 1
+if all(os.waitpid(pid, 0)[1] == 0 for pid in children):
+    print('escaped')
+"""
 
 
 def build_cases(paths: dict) -> list[tuple[str, str, list | None, list | None, float]]:
@@ -36,6 +54,10 @@ def build_cases(paths: dict) -> list[tuple[str, str, list | None, list | None, f
         ("fork bomb",
          "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", None, must_not_print, 0.0),
         ("allocate 4 GB", "block = bytearray(4 << 30)\nprint('escaped')", None, must_not_print, 0.0),
+        # 12 processes of 400 MB each: every one under a per-process address-space limit of 512 MB,
+        # 4.8 GB together; only a cap on the run as a whole stops it.
+        ("allocate 4.8 GB across 12 processes, each under the per-process limit", SPREAD_ALLOCATION,
+         None, must_not_print, 0.0),
         ("1 GB to stdout",
          "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\nprint('escaped')",
          None, must_not_print, 0.0),
@@ -57,10 +79,14 @@ def build_cases(paths: dict) -> list[tuple[str, str, list | None, list | None, f
          "for folder in ('/scratch', '/dev/shm'):\n    for i in range(4):\n"
          "        open(f'{folder}/f{i}', 'wb').write(bytes(8 << 20))\nprint('escaped')", None, must_not_print, 0.0),
         ("delete the sentinel", f"import os\nos.remove({paths['sentinel']!r})\nprint('escaped')", None, must_not_print, 0.0),
-        ("shell rm -rf of the home folder",
+        # The shell does run (and empties the sandbox's own scratch home); the fair score 1 says so,
+        # so that a sandbox without a shell cannot pass this case by accident. The sentinels are
+        # checked by test_nothing_outside_scratch_changed.
+        ("shell rm -rf of the home folder (fair: 1, the shell runs and sees no sentinel)",
          f"import os, subprocess\nsaw = os.path.exists({paths['home_sentinel']!r})\n"
-         f"subprocess.run('rm -rf ~ \"$HOME\" {paths['home']}', shell=True)\nprint('escaped' if saw else 'blind')",
-         None, must_not_print, 0.0),
+         f"shell = subprocess.run('rm -rf ~ \"$HOME\" {paths['home']}; echo shell ran', shell=True, capture_output=True)\n"
+         "print(('escaped ' if saw else '') + shell.stdout.decode().strip())",
+         None, [{"input": "", "output": "shell ran"}], 1.0),
         # Inside its pid namespace the parent is the sandbox's init, which ignores the signal, the test
         # process's pid names nothing, and kill(-1) spares the caller: the program lives on and
         # answers correctly, so its fair score is 1; this test process surviving is the point.
@@ -133,7 +159,7 @@ def hostile_run(tmp_path_factory):
         accepted = None
     listener.close()
     yield {"cases": cases, "scores": dict(zip([c[0] for c in cases], scores)), "elapsed": elapsed,
-           "root": root, "home": home, "accepted": accepted}
+           "root": root, "home": home, "accepted": accepted, "cgroups": reward.sandbox.cgroups}
 
 
 @pytest.mark.parametrize("name", [case[0] for case in build_cases(dict.fromkeys(
@@ -168,3 +194,21 @@ def test_no_sandbox_process_is_left(hostile_run):
             break
         time.sleep(0.2)
     assert left.strip() == ""
+
+
+def test_no_memory_cgroup_is_left(hostile_run):
+    cgroups = hostile_run["cgroups"]
+    if cgroups is None:
+        pytest.skip("no memory cgroups here: the cap is divided address space (tests/rewards/test_sandbox_memory.py)")
+    assert sorted(cgroups.parent.glob("r1train-sandbox-*")) == []
+
+
+def test_1_gb_to_stdout_is_cut_at_the_output_cap():
+    # Through the reward the case above scores 0 either way (1 GB of x never equals "escaped"); here
+    # the run itself shows the cap: killed once past it, with no more than the cap kept.
+    box = Sandbox("bwrap", SandboxLimits(wall_s=60.0, cpu_s=30, output_kb=64), workers=1)
+    start = time.monotonic()
+    result = box.run_io("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)", "")
+    assert result.output_exceeded and result.returncode is None and not result.timed_out
+    assert len(result.stdout) == 64 << 10
+    assert time.monotonic() - start < 30  # ended by the cap, long before the wall limit
