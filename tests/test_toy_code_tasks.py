@@ -30,7 +30,9 @@ def test_rows_name_their_function_and_have_three_distinct_tests():
 def test_reference_solutions_pass_and_wrong_ones_fail():
     train, test = make_code_tasks(0)
     rows = train + test
-    reward = get_code_reward(workers=8)
+    # A generous wall limit: 242 programs on a loaded 2-core machine can each wait seconds for a CPU,
+    # and this test is about the tasks' references, not the limits.
+    reward = get_code_reward(workers=8, wall_s=60)
     right = [f"<think>easy</think><answer>```python\n{row['solution']}```</answer>" for row in rows]
     # the same function returning None: wrong for every test of every template
     wrong = [f"<answer>```python\ndef {row['entry_point']}(value):\n    return None\n```</answer>" for row in rows]
