@@ -8,9 +8,9 @@ a table and plots one PNG of held-out accuracy, held-out format rate, entropy an
     .venv/bin/python benchmarks/compare_variants.py --steps 2 --seeds 1 --variants gspo --eval-examples 8
     .venv/bin/python benchmarks/compare_variants.py --plot-only --out runs/compare_variants
 
-On a shared machine, `--lock /tmp/r1train-heavy.lock` takes that lock (flock) around each run
-alone, so other jobs get the machine between runs, and `--reuse` makes a stopped comparison
-resume: runs whose metrics already reach `--steps` with a held-out score are not trained again.
+On a shared machine, `--lock /tmp/r1train-heavy.lock` takes that lock (flock(2), the same lock
+as the flock command's) around each group of `--runs-per-lock` runs (default 1), so other jobs get
+the machine between groups, and `--reuse` makes a stopped comparison resume: runs whose metrics already reach `--steps` with a held-out score are not trained again.
 Each run's weights are deleted once it ends (`--keep-weights` keeps them); its metrics stay in
 `--out` and all runs' rows are copied to `--results` beside the table and the plot.
 
@@ -28,6 +28,8 @@ order and the samples; they do not change the initial weights (the same pretrain
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import shlex
 import shutil
@@ -75,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder for the table, the plot and every run's metrics (default: --out)")
     p.add_argument("--reuse", action="store_true", help="skip runs whose metrics already reach --steps")
     p.add_argument("--lock", default=None, metavar="PATH",
-                   help="hold this lock file (flock) during each run alone, e.g. /tmp/r1train-heavy.lock")
+                   help="hold this lock file (flock) during each group of runs, e.g. /tmp/r1train-heavy.lock")
+    p.add_argument("--runs-per-lock", type=int, default=1, help="runs trained in one holding of --lock")
     p.add_argument("--keep-weights", action="store_true",
                    help="keep each run's final model and checkpoint (deleted by default: about 2 GB per run)")
     p.add_argument("--plot-only", action="store_true", help="train nothing: summarise the runs already in --out")
@@ -85,13 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not args.variants:
         p.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}")
     for name, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--mini-batches", args.mini_batches),
-                        ("--last", args.last)):
+                        ("--last", args.last), ("--runs-per-lock", args.runs_per_lock)):
         if value < 1:
             p.error(f"{name} must be at least 1, got {value}")
     if not Path(args.recipe).is_file():
         p.error(f"--recipe: file not found: {args.recipe}")
-    if args.lock and not shutil.which("flock"):
-        p.error("--lock needs the flock command (util-linux); install it or leave --lock out")
     args.results = args.results or args.out
     return args
 
@@ -121,13 +122,22 @@ def train(args: argparse.Namespace, variant: str, seed: int) -> None:
     command = [sys.executable, "-m", "r1train.cli", "run", args.recipe, "--fresh"]
     for item in overrides(args, variant, seed):
         command += ["--set", item]
-    if args.lock:  # the lock is held by flock for this run alone, released when the run ends
-        command = ["flock", args.lock] + command
     print("$", shlex.join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     if not args.keep_weights:  # the comparison reads metrics only; 12 runs' weights would fill the disk
         for folder in ("model", "checkpoints"):
             shutil.rmtree(Path(args.out).resolve() / run_name(variant, seed) / folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def held(lock_path: str | None):
+    """Hold an exclusive flock on lock_path (nothing without one) while the block runs."""
+    if not lock_path:
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits for other holders; released on close, also on a crash
+        yield
 
 
 def read_rows(run_dir: Path) -> list[dict]:
@@ -248,11 +258,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     if not args.plot_only:
-        for seed in range(args.seeds):  # seed-major: a stopped comparison still has every variant once
-            for variant in args.variants:
-                if args.reuse and finished(read_rows(out / run_name(variant, seed)), args.steps):
-                    continue
-                train(args, variant, seed)
+        # Seed-major: a stopped comparison still has every variant once.
+        pending = [(v, s) for s in range(args.seeds) for v in args.variants
+                   if not (args.reuse and finished(read_rows(out / run_name(v, s)), args.steps))]
+        for start in range(0, len(pending), args.runs_per_lock):
+            with held(args.lock):
+                for variant, seed in pending[start:start + args.runs_per_lock]:
+                    train(args, variant, seed)
     runs = {v: [read_rows(out / run_name(v, s)) for s in range(args.seeds)] for v in args.variants}
     runs = {v: [rows for rows in seeds if rows] for v, seeds in runs.items()}
     runs = {v: seeds for v, seeds in runs.items() if seeds}

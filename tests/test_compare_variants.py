@@ -1,4 +1,5 @@
 """benchmarks/compare_variants.py: every variant it names is a valid recipe, and bad options exit 2."""
+import json
 import sys
 from pathlib import Path
 
@@ -61,12 +62,32 @@ def test_base_model_scored_once_and_shown_as_its_own_row(tmp_path):
     assert len(lines) == 3 and '"variant": "gspo"' in lines[0]
 
 
-def test_lock_wraps_each_run_in_flock(tmp_path, monkeypatch):
-    args = compare_variants.parse_args(["--variants", "rloo", "--lock", str(tmp_path / "heavy.lock"),
-                                        "--out", str(tmp_path)])
+def test_runs_are_trained_in_groups_under_the_lock(tmp_path, monkeypatch):
+    lock = tmp_path / "heavy.lock"
+    args = ["--variants", "rloo,gspo,cispo", "--seeds", "1", "--lock", str(lock), "--runs-per-lock", "2",
+            "--out", str(tmp_path)]
     (tmp_path / "rloo-seed0" / "model").mkdir(parents=True)
-    commands = []
-    monkeypatch.setattr(compare_variants.subprocess, "run", lambda command, **kw: commands.append(command))
-    compare_variants.train(args, "rloo", 0)
-    assert commands[0][:2] == ["flock", str(tmp_path / "heavy.lock")] and "r1train.cli" in commands[0]
+    held_during = []
+
+    def fake_run(command, **kwargs):  # a run: is the lock held by someone else meanwhile?
+        with open(lock, "a") as other:
+            try:
+                compare_variants.fcntl.flock(other, compare_variants.fcntl.LOCK_EX | compare_variants.fcntl.LOCK_NB)
+                held_during.append(False)
+            except BlockingIOError:
+                held_during.append(True)
+        name = next(c.split("=", 1)[1] for c in command if c.startswith("run_name="))
+        rows = [{"step": 1, "reward/mean": 0.1, "entropy": 0.5, "time/step": 9.0, "eval/accuracy": 0.1,
+                 "eval/format_rate": 0.5}]
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    monkeypatch.setattr(compare_variants.subprocess, "run", fake_run)
+    monkeypatch.setattr(compare_variants, "plot", lambda *a: None)
+    compare_variants.main(args + ["--steps", "1"])
+    assert held_during == [True, True, True]
     assert not (tmp_path / "rloo-seed0" / "model").exists()  # weights deleted unless --keep-weights
+    # --reuse: finished runs are not trained again.
+    held_during.clear()
+    compare_variants.main(args + ["--steps", "1", "--reuse"])
+    assert held_during == []
