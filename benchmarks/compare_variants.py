@@ -266,10 +266,14 @@ def main(argv: list[str] | None = None) -> None:
                 for variant, seed in pending[start:start + args.runs_per_lock]:
                     train(args, variant, seed)
     runs = {v: [read_rows(out / run_name(v, s)) for s in range(args.seeds)] for v in args.variants}
-    runs = {v: [rows for rows in seeds if rows] for v, seeds in runs.items()}
+    unfinished = [run_name(v, s) for v, seeds in runs.items() for s, rows in enumerate(seeds)
+                  if not finished(rows, args.steps)]
+    if unfinished:  # a run cut short or still training has no final score: summarising it would mislead
+        print(f"compare_variants: left out, not finished at step {args.steps}: {', '.join(unfinished)}")
+    runs = {v: [rows for rows in seeds if finished(rows, args.steps)] for v, seeds in runs.items()}
     runs = {v: seeds for v, seeds in runs.items() if seeds}
     if not runs:
-        print(f"compare_variants: no runs found in {out}; run without --plot-only first", file=sys.stderr)
+        print(f"compare_variants: no finished runs in {out}; run without --plot-only first", file=sys.stderr)
         raise SystemExit(2)
     results = {v: [summarise(rows, args.last) for rows in seeds] for v, seeds in runs.items()}
     base = base_scores(runs)
