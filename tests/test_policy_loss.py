@@ -155,6 +155,14 @@ def test_cispo_hand_computed_keeps_the_gradient_of_clipped_tokens():
     loss.backward()
     assert loss.item() == pytest.approx(-0.8) and logp.grad.item() == pytest.approx(-0.8)
     assert m["clip/low_frac"] == 1.0
+    # Ratio 1.5, A = -1: PPO does not clip on this side (loss 1.5, gradient 1.5); CISPO still caps
+    # the weight at 1.2 (loss and gradient 1.2).
+    for policy_loss, expected in (("ppo_clip", 1.5), ("cispo", 1.2)):
+        logp = torch.tensor([[math.log(1.5)]], dtype=torch.float64, requires_grad=True)
+        loss, _ = compute_policy_loss(logp, torch.zeros(1, 1, dtype=torch.float64), torch.tensor([-1.0]),
+                                      torch.ones(1, 1), policy_loss=policy_loss)
+        loss.backward()
+        assert loss.item() == pytest.approx(expected) and logp.grad.item() == pytest.approx(expected), policy_loss
 
 
 @pytest.mark.parametrize("mode", AGGREGATIONS)
