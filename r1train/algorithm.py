@@ -97,40 +97,6 @@ def select_informative_groups(rewards: torch.Tensor, group_size: int) -> torch.T
     return ~_groups_all_equal(rewards.view(-1, group_size))
 
 
-def overlong_mask(truncated: torch.Tensor) -> torch.Tensor:
-    """DAPO's overlong filtering (arXiv 2503.14476): completions cut off at the length limit get no
-    loss, since their reward judges an unfinished answer.
-
-    Args:
-        truncated: [N] bool, True where generation hit max_new_tokens.
-
-    Returns:
-        [N] bool sample mask, True for samples that keep their loss.
-    """
-    return ~truncated.bool()
-
-
-def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
-    """DAPO's soft overlong punishment (arXiv 2503.14476), added to the reward.
-
-    No penalty up to `max_len - buffer` tokens, then a penalty growing linearly to `-penalty` at
-    `max_len`, and `-penalty` beyond it.
-
-    Args:
-        lengths: [N] completion lengths in tokens.
-        max_len: the generation limit (max_new_tokens).
-        buffer: length of the linear zone (DAPO's L_cache), 0 < buffer <= max_len.
-        penalty: magnitude of the penalty at and beyond max_len.
-
-    Returns:
-        [N] float penalties, each in [-penalty, 0].
-    """
-    if not 0 < buffer <= max_len:
-        raise ValueError(f"buffer must be in (0, max_len={max_len}], got {buffer}")
-    over = (lengths.float() - (max_len - buffer)).clamp(min=0.0)
-    return -penalty * (over / buffer).clamp(max=1.0)
-
-
 def aggregate_loss(
     loss_mat: torch.Tensor,
     mask: torch.Tensor,

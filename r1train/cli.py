@@ -10,28 +10,25 @@ import argparse
 import sys
 from pathlib import Path
 
-USAGE_ERROR = 2
-INTERRUPTED = 130
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from r1train.errors import INTERRUPTED_EXIT, USAGE_ERROR_EXIT, USER_ERRORS
+
     if not getattr(args, "command", None):
         parser.print_help()
-        return USAGE_ERROR
-    from r1train.errors import USER_ERRORS
-
+        return USAGE_ERROR_EXIT
     try:
         return args.func(args) or 0
     except USER_ERRORS as exc:
         # One line, however the message was built (a YAML problem or a library's text may hold newlines).
         print(f"r1train: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return USAGE_ERROR
+        return USAGE_ERROR_EXIT
     except KeyboardInterrupt:  # a second Ctrl-C during a run, or one outside the training loop
         hint = "; run the same command again to resume from the last checkpoint" if args.command == "run" else ""
         print(f"r1train: interrupted{hint}", file=sys.stderr)
-        return INTERRUPTED
+        return INTERRUPTED_EXIT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,21 +119,15 @@ def _cmd_validate(args) -> int:
 def _cmd_run(args) -> int:
     from r1train.config import load_recipe
     from r1train.errors import RunError
-    from r1train.pipeline import run_recipe
+    from r1train.pipeline import has_progress, run_recipe
     from r1train.validation import check_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     check_recipe(recipe)
-    if args.resume and not _has_progress(recipe.run_dir):
+    if args.resume and not has_progress(recipe.run_dir):
         raise RunError(f"--resume: {recipe.run_dir} holds no checkpoint or finished stage to resume from; "
                        "run without --resume to start the run")
     return run_recipe(recipe, fresh=args.fresh, from_stage=args.from_stage)
-
-
-def _has_progress(run_dir: Path) -> bool:
-    """Whether a run folder holds anything a resume starts from: a checkpoint or a finished stage."""
-    return run_dir.is_dir() and (any(run_dir.rglob("checkpoints/step-*/trainer_state.json"))
-                                 or any(run_dir.rglob("DONE.json")))
 
 
 def _cmd_eval(args) -> int:

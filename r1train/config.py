@@ -260,8 +260,8 @@ class TrainingConfig:
     # work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored.
     share_prompts: bool = True
     # CPU GRPO: allocations from 4 MiB get their own memory mappings, so freed activations leave the
-    # process at once. Lowers peak RSS by 0.5-1 GiB on the toy recipe; the learner runs 10-25%
-    # slower, paying page faults for every fresh mapping (r1train/heap.py).
+    # process at once: a lower peak RSS for a slower learner, which pays page faults for every fresh
+    # mapping (r1train/heap.py; measured in the README's options table).
     cpu_low_memory: bool = False
     # AdamW's two moments in "float32" or "bfloat16" (half their memory, rounded after every update;
     # r1train/adamw_state.py). Not with fsdp.

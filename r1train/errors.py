@@ -1,10 +1,14 @@
-"""The exceptions that mean "the user asked for something wrong" (exit code 2, one line)."""
+"""The exceptions that mean "the user asked for something wrong" (exit code 2, one line), and the
+command line's exit codes."""
 from __future__ import annotations
 
 from r1train.config import ConfigError
 from r1train.data import DataError
 from r1train.models import ModelNotFoundError
 from r1train.prompts import PromptError
+
+USAGE_ERROR_EXIT = 2  # bad input: one line on stderr, nothing started
+INTERRUPTED_EXIT = 130  # stopped by SIGINT/SIGTERM (128 + SIGINT, as shells report Ctrl-C); resumable
 
 
 class RunError(ValueError):

@@ -7,9 +7,8 @@ Two settings help, both no-ops where the C library is not glibc:
 - `map_large_allocations` (the recipe's `training.cpu_low_memory`): allocations from 4 MiB up get
   their own memory mapping, which goes back to the OS the moment it is freed (glibc otherwise
   raises this threshold as large blocks are freed, up to 32 MiB, and serves them from the heap).
-  It trades time for memory: every fresh mapping is paid in page faults. Measured on the learner
-  alone (32 sequences, 96 new tokens, 2-core AMD EPYC): peak 6.78 -> 6.26 GiB and 61 -> 69 s per
-  batch at 2048-token micro-batches, 10.0 -> 9.1 GiB and 61 -> 76 s at 4096. Off by default.
+  It trades time for memory: every fresh mapping is paid in page faults (the README's Performance
+  section has the measured peak memory and time). Off by default.
 - `return_free_memory` (malloc_trim): hands the heap's free pages back between phases; the vLLM
   engine calls it when it sleeps, always, as it costs one trim per step.
 """

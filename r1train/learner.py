@@ -445,11 +445,7 @@ class PolicyLearner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.consecutive_nan_steps = state["consecutive_nan_steps"]
 
-    def trainable_model(self) -> torch.nn.Module:
-        """The model being trained (a peft model with LoRA)."""
-        return self.model
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+    def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained parameters only (LoRA: the adapters), by `named_parameters` name.
         Sharded: a collective; whole tensors on the main process, {} on the others."""
         trained = [name for name, p in self.model.named_parameters() if p.requires_grad]
@@ -464,9 +460,6 @@ class PolicyLearner:
         Otherwise None: the model saves itself."""
         return fsdp_sharding.full_state_dict(self.model) if self.sharded else None
 
-    # The names checkpoints (`r1train/run_state.py`) use, shared with the SFT trainer.
-    trainable_state = trainable_state_dict
-
     @torch.no_grad()
     def load_trainable_state(self, weights: dict[str, torch.Tensor]) -> None:
         params = dict(self.model.named_parameters())
@@ -478,29 +471,6 @@ class PolicyLearner:
             return
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-
-    @torch.no_grad()
-    def merged_state_dict_for_inference(self) -> dict[str, torch.Tensor]:
-        """Full weights under the base HF model's names, LoRA merged in, for rollout engines.
-
-        The model itself is left untouched (no merge/unmerge round trip that would drift the
-        fp32 weights). Tied weights appear under both names.
-        """
-        if not self.use_lora:
-            return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}
-        from peft.tuners.lora import LoraLayer
-
-        base = self.model.get_base_model()
-        adapter = self.model.active_adapter
-        deltas = {f"{name}.weight": module.get_delta_weight(adapter)
-                  for name, module in base.named_modules() if isinstance(module, LoraLayer)}
-        merged = {}
-        for key, tensor in base.state_dict().items():
-            if ".lora_" in key:
-                continue
-            name = key.replace(".base_layer.", ".")
-            merged[name] = tensor + deltas[name] if name in deltas else tensor.detach()
-        return merged
 
 
 class _MetricTotals:

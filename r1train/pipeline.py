@@ -25,7 +25,7 @@ from pathlib import Path
 from r1train import distributed
 from r1train.checkpoint import CheckpointWriteError
 from r1train.config import Recipe, StageConfig, stage_recipe, to_yaml
-from r1train.errors import USER_ERRORS, RunError
+from r1train.errors import INTERRUPTED_EXIT, USER_ERRORS, RunError
 from r1train.run_lock import LOCK_FILE, hold_run_folder
 from r1train.run_state import TrainingInterrupted
 
@@ -85,12 +85,12 @@ def _run_locked(recipe: Recipe, run_dir: Path, main: bool, created: bool) -> int
             _run_single(recipe, run_dir)
     except USER_ERRORS:
         # Bad input found while setting up (e.g. a prompt too long): leave nothing half-made.
-        if main and created and not _has_progress(run_dir):
+        if main and created and not has_progress(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     except TrainingInterrupted as exc:
         print(f"r1train: {exc}", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
     except (FloatingPointError, CheckpointWriteError) as exc:
         print(f"r1train: error: {exc}", file=sys.stderr)
         return 1
@@ -221,9 +221,11 @@ def _empty_folder(folder: Path, keep: str) -> None:
             entry.unlink()
 
 
-def _has_progress(run_dir: Path) -> bool:
-    """Whether anything worth keeping exists: a finished stage or a checkpoint."""
-    return any(run_dir.rglob(DONE)) or any(run_dir.rglob("checkpoints/step-*"))
+def has_progress(run_dir: Path) -> bool:
+    """Whether a run folder holds anything a resume starts from (and a failed start must keep): a
+    finished stage or a complete checkpoint (`r1train/checkpoint.py` writes trainer_state.json last)."""
+    return run_dir.is_dir() and (any(run_dir.rglob(DONE))
+                                 or any(run_dir.rglob("checkpoints/step-*/trainer_state.json")))
 
 
 def _mark_done(folder: Path, output: Path | str) -> None:

@@ -4,15 +4,12 @@ OpenMP's wait policy is left to the user (README, Performance, "Threads under lo
 spins) at the end of every parallel region, waiting for the others. When the process has every
 core to itself that saves a wake-up; when another process takes part of a core, the spinning
 thread burns the time slice its partner needs to finish, and every small operator waits for a
-descheduled thread. A decoding loop issues thousands of small operators per second, so the whole
-run slows far more than its share of the cores: on the 2-core machine with other work running
-(load average 12-17), a decode-like loop of small bf16 matmuls took 0.9-2.2 s per iteration with
-2 spinning threads against 35-64 ms with OMP_WAIT_POLICY=PASSIVE (and 48-180 ms with one thread).
-Passive waiting costs a futex wake-up per parallel region on an idle machine, and that cost is not
-small: with OMP_WAIT_POLICY=PASSIVE set for every run, bench_vs_trl's r1train step on the idle
-2-core AMX machine took 15.6 s (generation 237 tokens/s) against 12.0 s (371 tokens/s) with the
-default. So r1train does not set it; on a shared machine, `export OMP_WAIT_POLICY=PASSIVE` before
-running (it must be set before torch loads).
+descheduled thread. A decoding loop issues thousands of small operators per second, so on a
+loaded machine the whole run slows far more than its share of the cores. Passive waiting costs a
+futex wake-up per parallel region on an idle machine, and that cost is not small either (the
+README's "Sync, threads under load" section has the measurements). So r1train does not set it; on
+a shared machine, `export OMP_WAIT_POLICY=PASSIVE` before running (it must be set before torch
+loads).
 
 Threads: torch starts one intra-op thread per core it sees; a container may also be limited by a
 CPU quota (cgroup `cpu.max`) that torch does not read. More threads than the cores the process

@@ -7,9 +7,7 @@ import torch
 from r1train.algorithm import (
     aggregate_loss,
     compute_group_advantages,
-    overlong_mask,
     select_informative_groups,
-    soft_overlong_penalty,
 )
 from r1train.policy_loss import compute_policy_loss
 
@@ -125,16 +123,6 @@ def test_group_advantages_reject_bad_input():
 def test_select_informative_groups():
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     assert select_informative_groups(rewards, 2).tolist() == [False, True, False]
-
-
-def test_overlong_mask_and_soft_penalty():
-    assert overlong_mask(torch.tensor([True, False])).tolist() == [False, True]
-    lengths = torch.tensor([3, 6, 7, 8, 10, 12])
-    # max_len 10, buffer 4: free up to 6 tokens, then -1/4 per token, -penalty from 10 on.
-    penalty = soft_overlong_penalty(lengths, max_len=10, buffer=4, penalty=2.0)
-    assert torch.allclose(penalty, torch.tensor([0.0, 0.0, -0.5, -1.0, -2.0, -2.0]))
-    with pytest.raises(ValueError):
-        soft_overlong_penalty(lengths, max_len=10, buffer=0)
 
 
 # ----------------------------------------------------------------------------- aggregation

@@ -7,6 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from r1train.algorithm import aggregate_loss, compute_group_advantages
 from r1train.batching import collate, plan_micro_batches
+from r1train.engines.weights import checkpoint_weights
 from r1train.learner import LossSettings, PolicyLearner, TrainBatch, lr_factor
 
 AGGREGATIONS = ("sequence_mean", "token_mean", "sum_over_max_len")
@@ -262,20 +263,20 @@ def test_lora_trains_adapters_and_merges_under_base_names():
     # fp32 throughout: merging is exact there, while bf16 autocast rounds merged and unmerged
     # weights differently (about 1e-3 in the logprobs).
     learner = PolicyLearner(model, lr=1e-2, use_lora=True, lora_r=4, bf16=False)
-    trainable = [n for n, p in learner.trainable_model().named_parameters() if p.requires_grad]
+    trainable = [n for n, p in learner.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    frozen_before = {n: p.detach().clone() for n, p in learner.trainable_model().named_parameters()
+    frozen_before = {n: p.detach().clone() for n, p in learner.model.named_parameters()
                      if not p.requires_grad}
     batch = toy_batch()
     initial = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids)
     for _ in range(2):
         learner.train_on_batch(batch, LossSettings())
-    for name, p in learner.trainable_model().named_parameters():
+    for name, p in learner.model.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, frozen_before[name]), name
-    assert set(learner.trainable_state_dict()) == set(trainable)
+    assert set(learner.trainable_state()) == set(trainable)
 
-    merged = learner.merged_state_dict_for_inference()
+    merged = dict(checkpoint_weights(learner.model, torch.float32))
     assert set(merged) == base_names  # includes the tied lm_head.weight
     assert torch.equal(merged["lm_head.weight"], merged["model.embed_tokens.weight"])
     plain = tiny_model()

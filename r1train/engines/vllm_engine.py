@@ -100,8 +100,7 @@ class VLLMEngine:
         dtype: the engine's weight dtype; the learner's weights are cast to it when pushed. None
             picks bfloat16 where the hardware computes in bf16 natively (GPUs with bf16, CPUs with
             AMX or AVX512-BF16) and float32 elsewhere: on a CPU without them vLLM's bf16 kernels
-            are emulated, about 4x slower than float32 (measured on a 2-core AVX2 AMD EPYC: 43
-            against 167 tokens/s).
+            are emulated and several times slower than float32 (README, Rollouts).
         eos_token_ids: extra token ids that end a completion, besides the model's own EOS.
     """
 

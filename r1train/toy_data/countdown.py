@@ -18,8 +18,8 @@ def solve_countdown(numbers: list[int], target: int) -> Tree | None:
     intermediate result a positive integer, or None when there is none.
 
     Depth-first search: merge two of the remaining values with one operator until one is left.
-    Three numbers mean at most 3 pairs x 4 results x 4 results (tens of microseconds); four take
-    about 3 ms per instance; the cost grows steeply with every number after that.
+    Three numbers mean at most 3 pairs x 4 results x 4 results; the search grows steeply with every
+    number after that.
 
     Example: solve_countdown([3, 7, 25], 46) == ("+", 25, ("*", 7, 3)), i.e. "25 + 7 * 3".
     """
