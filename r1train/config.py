@@ -20,6 +20,7 @@ import yaml
 
 from r1train.algorithm import ADVANTAGE_BASELINES, ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS
 from r1train.policy_loss import POLICY_LOSSES, TIS_MODES
+from r1train.reward_scope import REWARD_SCOPES
 
 
 class ConfigError(ValueError):
@@ -199,9 +200,6 @@ class AlgorithmConfig:
         _check(self.tis_floor is None or 0 < self.tis_floor <= 1, f"{at}.tis_floor", "must be in (0, 1] (or null)")
         _check(self.max_sampling_retries >= 0, f"{at}.max_sampling_retries", "must be non-negative")
         _check(self.entropy_coef >= 0, f"{at}.entropy_coef", "must be non-negative")
-
-
-REWARD_SCOPES = ("reasoning", "general", "all")
 
 
 @dataclass

@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,30 +30,20 @@ from r1train.data import PromptSampler, load_data
 from r1train.diagnostics import StallWatch
 from r1train.heap import map_large_allocations
 from r1train.runtime import engine_for, seed_everything, set_threads
-from r1train.engines.base import Completion, SamplingSettings
-from r1train.engines.sync_check import compare_logprobs, sync_check_metrics
+from r1train.engines.base import SamplingSettings
+from r1train.engines.sync_check import step_sync_metrics
 from r1train.evaluation import Evaluator, task_metrics
 from r1train.learner import LossSettings, PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.prompts import encode_all, prefill
 from r1train.run_state import RunState
-from r1train.scoring import UnscoredSteps, reward_columns
-from r1train.prompt_mix import MixedPromptSampler, build_scoped_scorer, tag_sources
+from r1train.prompt_mix import MixedPromptSampler, tag_sources
+from r1train.rollouts import Rollouts, logged_samples, merge, non_finite_samples, select_groups
+from r1train.rollouts import engine_logprobs as rollout_logprobs
+from r1train.scoring import UnscoredSteps, build_scorer, reward_columns
 from r1train.tracking import RunLogger, read_metrics
 
 log = logging.getLogger("r1train")
-
-
-@dataclass
-class Rollouts:
-    rows: list[dict[str, Any]]  # one per prompt
-    completions: list[Completion]  # G per prompt, grouped
-    texts: list[str]  # assistant responses as rewards see them (prefill + completion)
-    rewards: torch.Tensor  # [N] weighted total
-    per_function: dict[str, list[float | None]]
-    metrics: dict[str, float]
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # generate and score seconds
-    policy_step: int = 0  # the optimiser step whose weights sampled these completions
 
 
 class GRPOTrainer:
@@ -93,7 +82,7 @@ class GRPOTrainer:
         # it sampled from. They are comparable, for the sync check and TIS, only at temperature 1.
         self.use_engine_logprobs = cfg.rollout.temperature == 1.0
         self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
-        self.scorer = build_scoped_scorer(cfg.rewards, cfg.rollout.max_new_tokens)
+        self.scorer = build_scorer(cfg.rewards, cfg.rollout.max_new_tokens)
         rows = load_data(cfg.data, "train", (cfg.data.question_column,))
         context = getattr(model.config, "max_position_embeddings", None)
         encoded = encode_all(self.tokenizer, rows, cfg.data.question_column, cfg.data.prompt_template,
@@ -229,8 +218,8 @@ class GRPOTrainer:
 
         # 3. Reference log-probs, only when the KL term is on. Samples the engine scored with a
         #    non-finite logprob are left out of the loss: they would make the whole step's loss NaN.
-        engine_logprobs = _engine_logprobs(completions) if self.use_engine_logprobs else None
-        broken = _non_finite(engine_logprobs, len(completions))
+        engine_logprobs = rollout_logprobs(completions) if self.use_engine_logprobs else None
+        broken = non_finite_samples(engine_logprobs, len(completions))
         sample_mask = ~truncated if cfg.algorithm.overlong == "mask" else None
         if broken.any():
             log.warning("%d of %d completions came with non-finite engine logprobs; they are left out of "
@@ -275,8 +264,11 @@ class GRPOTrainer:
         metrics["rollout/non_finite_logprob_samples"] = int(broken.sum())
         if batch.engine_logprobs is not None and cfg.rollout.verify_sync:
             learner_logprobs = [None if bad else lp for bad, lp in zip(broken.tolist(), self.learner.pre_update_logprobs)]
-            metrics.update(self._sync_metrics(batch.engine_logprobs, learner_logprobs, staleness,
-                                              [c.worker for c in completions]))
+            sync_metrics, warnings = step_sync_metrics(batch.engine_logprobs, learner_logprobs, staleness,
+                                                       [c.worker for c in completions])
+            metrics.update(sync_metrics)
+            for warning in warnings:
+                log.warning(warning)
         lengths = [len(c.token_ids) for c in completions]
         gen_tokens = sum(lengths)
         metrics.update({
@@ -287,7 +279,8 @@ class GRPOTrainer:
         })
         metrics.update(timings)
         metrics["time/step"] = time.perf_counter() - t_step
-        samples = self._samples(rollouts)
+        samples = logged_samples(rollouts, cfg.logging.num_samples, G, cfg.data.question_column,
+                                 cfg.data.answer_column)
         return distributed.gather_metrics(metrics), samples
 
     def next_rollouts(self, step: int, timings: dict[str, float]) -> Rollouts:
@@ -322,7 +315,7 @@ class GRPOTrainer:
             if cfg.algorithm.dynamic_sampling:
                 keep = algorithm.select_informative_groups(batch.rewards, G)
                 dropped += int((~keep).sum())
-                batch = _select_groups(batch, keep, G)
+                batch = select_groups(batch, keep, G)
             if batch.rows:
                 kept.append(batch)
                 have += len(batch.rows)
@@ -335,7 +328,7 @@ class GRPOTrainer:
             # generation.
             kept.append(unfiltered)
         # Metrics describe the first draw: the policy's own reward distribution, before filtering.
-        merged = _merge(kept, wanted, G)
+        merged = merge(kept, wanted, G)
         merged.metrics["sampling/prompts_drawn"] = drawn
         merged.metrics["sampling/groups_dropped"] = dropped
         merged.metrics["sampling/unfiltered_fallback"] = int(fallback)  # summed over processes
@@ -397,29 +390,6 @@ class GRPOTrainer:
             tis_mode=a.tis_mode, tis_floor=a.tis_floor,
         )
 
-    @staticmethod
-    def _sync_metrics(engine_logprobs: list[torch.Tensor], learner_logprobs: list[torch.Tensor | None],
-                      staleness: int = 0, workers: list[int | None] | None = None) -> dict[str, float]:
-        """How far the engine's logprobs of its samples are from the learner's on the same weights.
-
-        The learner's first forward pass of a step runs on the weights last pushed to the engine,
-        so this checks the previous sync. Samples the learner skipped (zero advantage) are left out.
-        A stale batch (async mode) was sampled with older weights than the learner's: the difference
-        then measures how far the policy moved, is logged as such, and is no sync failure.
-        """
-        workers = workers or [None] * len(engine_logprobs)
-        kept = [(e, l, w) for e, l, w in zip(engine_logprobs, learner_logprobs, workers) if l is not None]
-        if not kept:
-            return {}
-        engine, learner, workers = zip(*kept)
-        if staleness:
-            diff = compare_logprobs(engine, learner)
-            return {"async/logprob_abs_diff_mean": diff["mean_abs_diff"], "async/logprob_abs_diff_max": diff["max_abs_diff"]}
-        metrics, warnings = sync_check_metrics(engine, learner, workers)
-        for warning in warnings:
-            log.warning(warning)
-        return metrics
-
     def _check_finite(self, metrics: dict[str, float]) -> None:
         """Stop the run after `training.max_nan_steps` optimiser steps in a row were skipped."""
         skipped_in_a_row = self.learner.consecutive_nan_steps
@@ -434,22 +404,6 @@ class GRPOTrainer:
                 f"{kept} (lower training.learning_rate or check the rewards)"
             )
 
-    def _samples(self, rollouts: Rollouts) -> list[dict[str, Any]]:
-        n = min(self.recipe.logging.num_samples, len(rollouts.texts))
-        G = self.recipe.rollout.group_size
-        picked = range(0, len(rollouts.texts), max(1, G))[:n] if len(rollouts.texts) >= n * G else range(n)
-        q, a = self.recipe.data.question_column, self.recipe.data.answer_column
-        out = []
-        for i in picked:
-            row = rollouts.rows[rollouts.completions[i].prompt_index]
-            out.append({
-                "prompt": row.get(q), "answer": row.get(a), "completion": rollouts.texts[i],
-                "reward": rollouts.rewards[i].item(),
-                "rewards": {name: values[i] for name, values in rollouts.per_function.items()},
-            })
-        return out
-
-
 def step_advantages(rewards: torch.Tensor, group_size: int, scaling: str,
                     baseline: str = "group_mean") -> tuple[torch.Tensor, dict[str, float]]:
     """This process's advantages (`algorithm.compute_group_advantages`). Groups never straddle
@@ -457,60 +411,6 @@ def step_advantages(rewards: torch.Tensor, group_size: int, scaling: str,
     process, so that N processes take the step one process takes on the same batch."""
     whole_std = distributed.batch_std(rewards) if scaling == "batch" and distributed.world_size() > 1 else None
     return algorithm.compute_group_advantages(rewards, group_size, scaling, baseline=baseline, batch_std=whole_std)
-
-
-def _non_finite(engine_logprobs: list[torch.Tensor] | None, count: int) -> torch.Tensor:
-    """[count] bool: which samples have a non-finite engine logprob (none without engine logprobs)."""
-    if engine_logprobs is None:
-        return torch.zeros(count, dtype=torch.bool)
-    return torch.tensor([not bool(torch.isfinite(lp).all()) for lp in engine_logprobs], dtype=torch.bool)
-
-
-def _engine_logprobs(completions: list[Completion]) -> list[torch.Tensor] | None:
-    if any(c.logprobs is None for c in completions):
-        return None
-    return [torch.tensor(c.logprobs, dtype=torch.float32) for c in completions]
-
-
-def _select_groups(batch: Rollouts, keep_groups: torch.Tensor, G: int) -> Rollouts:
-    keep_idx = [i for i in range(len(batch.completions)) if keep_groups[i // G]]
-    rows_idx = [g for g in range(len(batch.rows)) if keep_groups[g]]
-    return _take(batch, rows_idx, keep_idx)
-
-
-def _take(batch: Rollouts, rows_idx: list[int], keep_idx: list[int]) -> Rollouts:
-    new_index = {old: new for new, old in enumerate(rows_idx)}
-    completions = []
-    for i in keep_idx:
-        c = batch.completions[i]
-        completions.append(dataclasses.replace(c, prompt_index=new_index[c.prompt_index]))
-    return Rollouts(
-        rows=[batch.rows[g] for g in rows_idx],
-        completions=completions,
-        texts=[batch.texts[i] for i in keep_idx],
-        rewards=batch.rewards[keep_idx] if keep_idx else batch.rewards[:0],
-        per_function={k: [v[i] for i in keep_idx] for k, v in batch.per_function.items()},
-        metrics=batch.metrics,
-    )
-
-
-def _merge(parts: list[Rollouts], wanted: int, G: int) -> Rollouts:
-    """Concatenate draws (prompt indices renumbered) and cut to `wanted` prompts."""
-    rows, completions, texts, rewards = [], [], [], []
-    per_function: dict[str, list] = {k: [] for k in parts[0].per_function}
-    for part in parts:
-        offset = len(rows)
-        rows += part.rows
-        for c in part.completions:
-            completions.append(dataclasses.replace(c, prompt_index=c.prompt_index + offset))
-        texts += part.texts
-        rewards.append(part.rewards)
-        for k in per_function:
-            per_function[k] += part.per_function.get(k, [None] * len(part.texts))
-    merged = Rollouts(rows, completions, texts, torch.cat(rewards), per_function, dict(parts[0].metrics))
-    if len(rows) > wanted:
-        merged = _take(merged, list(range(wanted)), list(range(wanted * G)))
-    return merged
 
 
 def run_grpo(recipe: Recipe, run_dir: Path, model_name: str | None = None) -> Path:

@@ -1,5 +1,4 @@
-"""Second-stage RL prompts: batches mixing reasoning prompts with general prompts, and rewards scoped
-to one kind of prompt.
+"""Second-stage RL prompts: batches mixing reasoning prompts with general prompts.
 
 DeepSeek-R1's last RL stage trains on reasoning prompts judged by rule rewards together with
 general prompts (writing, questions without a checkable answer) judged by a reward model. Here
@@ -10,10 +9,8 @@ and a checkpoint restores both positions.
 
 Every row carries a `prompt_source` column ("reasoning" or "general"), and both sources' rows
 hold the same columns (missing ones are None), because reward functions receive the batch's
-columns as aligned lists. A reward entry's `applies_to` ("reasoning", the default, "general" or
-"all") says which rows it judges; `scope_reward` calls the function on those rows only and gives
-None (no credit, no penalty) on the others, so a rule reward never sees a general prompt without
-an answer and a reward model is not spent on arithmetic.
+columns as aligned lists. A reward entry's `applies_to` says which rows it judges
+(`r1train/reward_scope.py`).
 
 Within a batch the general prompts are spread evenly among the reasoning ones. GRPO's advantages
 do not depend on the order, but what reads a prefix of the batch does: the sample completions a
@@ -21,16 +18,11 @@ step logs, and the cut after dynamic sampling's retries. Both then see both kind
 """
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Mapping
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from r1train.data import PromptSampler
-from r1train.scoring import RewardScorer, build_scorer
-
-SOURCE_COLUMN = "prompt_source"
-REASONING, GENERAL = "reasoning", "general"
+from r1train.reward_scope import GENERAL, REASONING, SOURCE_COLUMN
 
 
 def tag_sources(reasoning_rows: list[dict[str, Any]], general_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,61 +77,3 @@ class MixedPromptSampler:
                              "one source, this run two); use --fresh or the original data settings")
         self.reasoning.load_state_dict(state[REASONING])
         self.general.load_state_dict(state[GENERAL])
-
-
-def scope_reward(function: Callable, applies_to: str) -> Callable:
-    """Wrap a reward so that it judges only the rows whose `prompt_source` it applies to.
-
-    Rows without a `prompt_source` column count as reasoning prompts (a run without general data).
-
-    Args:
-        function: a reward `fn(completions, **columns) -> list[float | None]`.
-        applies_to: "reasoning", "general" or "all".
-    Returns:
-        A reward with the same contract: N scores, None on the rows outside its scope. The wrapped
-        function is called on the rows inside its scope only (not at all when there are none).
-
-    Example (applies_to="general"):
-        scoped(["a", "b", "c"], prompt_source=["reasoning", "general", "general"], answer=["1", None, None])
-        calls function(["b", "c"], prompt_source=["general", "general"], answer=[None, None])
-        and returns [None, <its score of "b">, <its score of "c">].
-    """
-    if applies_to == "all":
-        return function
-
-    def scoped(completions: list[str], **columns) -> list[float | None]:
-        sources = columns.get(SOURCE_COLUMN) or [REASONING] * len(completions)
-        inside = [i for i, source in enumerate(sources) if source == applies_to]
-        if len(inside) == len(completions):
-            return function(completions, **columns)
-        scores: list[float | None] = [None] * len(completions)
-        if not inside:
-            return scores
-        picked = function([completions[i] for i in inside], **{k: [v[i] for i in inside] for k, v in columns.items()})
-
-        def spread(result):
-            if not isinstance(result, (list, tuple)) or len(result) != len(inside):
-                return result  # malformed: the scorer reports it
-            for i, score in zip(inside, result):
-                scores[i] = score
-            return scores
-
-        if inspect.isawaitable(picked):  # an async reward: the scorer awaits what it gets back
-            async def spread_later():
-                return spread(await picked)
-
-            return spread_later()
-        return spread(picked)
-
-    scoped.__name__ = getattr(function, "__name__", "reward")
-    return scoped
-
-
-def build_scoped_scorer(specs: Iterable[Any], max_new_tokens: int | None = None) -> RewardScorer:
-    """`scoring.build_scorer` for the recipe's reward entries, each scoped by its `applies_to`."""
-    entries = [dict(spec) if isinstance(spec, Mapping) else dict(vars(spec)) for spec in specs]
-    scopes = [entry.pop("applies_to", None) or REASONING for entry in entries]
-    scorer = build_scorer(entries, max_new_tokens)
-    scoped = [(name, scope_reward(function, scope), weight)
-              for (name, function, weight), scope in zip(scorer.specs, scopes)]
-    return RewardScorer(scoped, timeout_s=scorer.timeout_s)

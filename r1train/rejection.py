@@ -90,7 +90,7 @@ def judge_group(texts: list[str], tokens: list[int], failed: list[str | None],
 
 def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, stage_name: str | None = None) -> Path:
     """Sample, filter and write the dataset; returns its path (stage_dir/dataset.jsonl or .parquet)."""
-    from r1train.prompt_mix import build_scoped_scorer
+    from r1train.scoring import build_scorer
 
     cfg, rj, data = recipe, recipe.rejection, recipe.data
     stage_dir = Path(stage_dir)
@@ -101,7 +101,7 @@ def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, sta
     count = min(rj.max_prompts or len(rows), len(rows))
     rows = PromptSampler(rows, cfg.seed, data.shuffle).next_batch(count)
     # Before loading the model: a bad reward fails fast.
-    scorer = build_scoped_scorer(cfg.rewards, cfg.rollout.max_new_tokens)
+    scorer = build_scorer(cfg.rewards, cfg.rollout.max_new_tokens)
     language_fn = _language_reward(rj.language) if rj.language else None
 
     size = cfg.rollout.prompts_per_step

@@ -1,7 +1,8 @@
 """Score a batch of completions with several weighted reward functions, containing their failures.
 
 `build_scorer(recipe.rewards)` resolves the recipe's entries (see `rewards.resolve_reward`) into a
-`RewardScorer`; `RewardScorer.score(completions, prompts, columns)` returns a `ScoreResult`.
+`RewardScorer`, each reward scoped to the prompts it `applies_to` (`r1train/reward_scope.py`);
+`RewardScorer.score(completions, prompts, columns)` returns a `ScoreResult`.
 
 Each reward function runs in its own daemon thread, all of them at once. Its time limit is per
 sample (`timeout_s` of its recipe entry): a call on N samples may take N times that, so a batch
@@ -42,6 +43,7 @@ from typing import Any, Callable
 
 import torch
 
+from r1train.reward_scope import REASONING, scope_reward
 from rewards import resolve_reward
 
 logger = logging.getLogger(__name__)
@@ -291,12 +293,32 @@ def _soft_overlong_defaults(max_new_tokens: int) -> dict[str, int]:
 RECIPE_DEFAULT_KWARGS: dict[str, Callable[[int], dict[str, Any]]] = {"soft_overlong": _soft_overlong_defaults}
 
 
+def reward_entry(spec: Any) -> dict[str, Any]:
+    """One recipe reward entry (the config's RewardSpec, or a mapping with its keys) as a dict of
+    the keys it sets (None values left out): the one reading of an entry that every user shares."""
+    entry = dict(spec) if isinstance(spec, Mapping) else dict(vars(spec))
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+def resolve_entry(spec: Any, max_new_tokens: int | None = None) -> tuple[str, Callable]:
+    """(name, reward function) of one recipe entry (`rewards.resolve_reward` on its name, path,
+    function and kwargs; the entry's weight, scope and time limit are the scorer's business).
+
+    Raises:
+        rewards.RewardSpecError: the entry names a reward that cannot be resolved.
+    """
+    entry = reward_entry(spec)
+    if max_new_tokens is not None and entry.get("name") in RECIPE_DEFAULT_KWARGS:
+        entry["kwargs"] = {**RECIPE_DEFAULT_KWARGS[entry["name"]](max_new_tokens), **(entry.get("kwargs") or {})}
+    return resolve_reward({key: entry[key] for key in ("name", "path", "function", "kwargs") if key in entry})
+
+
 def build_scorer(specs: Iterable[Any], max_new_tokens: int | None = None) -> RewardScorer:
-    """A RewardScorer for the recipe's reward entries.
+    """A RewardScorer for the recipe's reward entries, each scoped by its `applies_to`.
 
     Args:
         specs: entries as mappings or objects with the attributes name, path, function, weight,
-            kwargs and timeout_s (the config's RewardSpec); unset (None) fields are left out.
+            kwargs, applies_to and timeout_s (the config's RewardSpec); unset (None) fields are left out.
         max_new_tokens: the recipe's rollout.max_new_tokens, which the rewards in
             RECIPE_DEFAULT_KWARGS take their defaults from (kwargs given in the entry win).
     Raises:
@@ -304,14 +326,11 @@ def build_scorer(specs: Iterable[Any], max_new_tokens: int | None = None) -> Rew
     """
     resolved, limits = [], {}
     for spec in specs:
-        entry = dict(spec) if isinstance(spec, Mapping) else dict(vars(spec))
-        if max_new_tokens is not None and entry.get("name") in RECIPE_DEFAULT_KWARGS:
-            entry["kwargs"] = {**RECIPE_DEFAULT_KWARGS[entry["name"]](max_new_tokens), **(entry.get("kwargs") or {})}
-        weight = entry.pop("weight", 1.0)
-        limit = entry.pop("timeout_s", None) or DEFAULT_TIMEOUT_S
-        name, function = resolve_reward({k: v for k, v in entry.items() if v is not None})
-        resolved.append((name, function, float(weight)))
-        limits[name] = limit
+        entry = reward_entry(spec)
+        name, function = resolve_entry(entry, max_new_tokens)
+        resolved.append((name, scope_reward(function, entry.get("applies_to") or REASONING),
+                         float(entry.get("weight", 1.0))))
+        limits[name] = entry.get("timeout_s") or DEFAULT_TIMEOUT_S
     return RewardScorer(resolved, timeout_s=limits)
 
 

@@ -21,6 +21,7 @@ from r1train.data import holds_no_rows, load_data
 from r1train.errors import MissingExtraError, RunError
 from r1train.models import _GGUF_ALIASES, ModelNotFoundError, cache_dir, load_tokenizer
 from r1train.prompts import check_template, encode_all, prefill, require_chat_template
+from r1train.scoring import resolve_entry
 from r1train.trackers import missing_tracker
 
 # Columns each built-in reward reads from the dataset.
@@ -130,14 +131,7 @@ def _check_no_doubled_prefill(recipe: Recipe, where: str) -> None:
 
 def resolve_rewards(recipe: Recipe) -> list[str]:
     """Resolve every reward of the recipe (raises RewardSpecError); returns their base names."""
-    from rewards import resolve_reward
-
-    names = []
-    for spec in recipe.rewards:
-        raw = {k: v for k, v in vars(spec).items() if v is not None and k not in ("weight", "applies_to", "timeout_s")}
-        name, _ = resolve_reward(raw)
-        names.append(spec.name or name)
-    return names
+    return [spec.name or resolve_entry(spec)[0] for spec in recipe.rewards]
 
 
 def _check_prompts(recipe: Recipe, kind: str, where: str, model_name: str, train_rows: list[dict] | None,

@@ -9,7 +9,9 @@ import pytest
 
 from r1train.config import ConfigError, RewardSpec, recipe_from_dict
 from r1train.data import PromptSampler
-from r1train.prompt_mix import MixedPromptSampler, build_scoped_scorer, general_count, scope_reward, tag_sources
+from r1train.prompt_mix import MixedPromptSampler, general_count, tag_sources
+from r1train.reward_scope import scope_reward
+from r1train.scoring import build_scorer
 
 REASONING = [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(10)]
 GENERAL = [{"question": f"Write about topic {i}.", "topic": i} for i in range(6)]
@@ -109,7 +111,7 @@ def test_the_scorer_weights_each_prompt_by_the_rewards_that_judge_it(tmp_path):
     reward_file = tmp_path / "rewards_file.py"
     reward_file.write_text("def politeness(completions, **columns):\n"
                            "    return [1.0 if 'please' in c else 0.0 for c in completions]\n")
-    scorer = build_scoped_scorer([
+    scorer = build_scorer([
         RewardSpec(name="accuracy"),  # reasoning by default
         RewardSpec(path=str(reward_file), function="politeness", weight=2.0, applies_to="general"),
         RewardSpec(name="format", weight=0.5, applies_to="all"),

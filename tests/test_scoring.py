@@ -250,20 +250,20 @@ def test_the_time_limit_is_per_sample():
 
 def test_the_time_limit_is_set_per_reward_in_the_recipe():
     from r1train.config import RewardSpec
-    from r1train.prompt_mix import build_scoped_scorer
+    from r1train.scoring import build_scorer
 
-    scorer = build_scoped_scorer([RewardSpec(name="accuracy", timeout_s=0.25), RewardSpec(name="format")])
+    scorer = build_scorer([RewardSpec(name="accuracy", timeout_s=0.25), RewardSpec(name="format")])
     assert scorer.timeout_s == {"accuracy": 0.25, "format": 5.0}
 
 
 def test_soft_overlong_defaults_to_the_recipes_completion_budget():
     from r1train.config import RewardSpec
-    from r1train.prompt_mix import build_scoped_scorer
+    from r1train.scoring import build_scorer
 
     lengths = {"completion_tokens": [8, 13, 14, 16]}  # budget 16: the ramp covers tokens 12..16
-    scorer = build_scoped_scorer([RewardSpec(name="soft_overlong")], max_new_tokens=16)
+    scorer = build_scorer([RewardSpec(name="soft_overlong")], max_new_tokens=16)
     assert scorer.score(["x"] * 4, ["p"] * 4, lengths).per_function["soft_overlong"] == [0.0, -0.25, -0.5, -1.0]
     # kwargs written in the recipe win over the defaults
-    scorer = build_scoped_scorer([RewardSpec(name="soft_overlong", kwargs={"max_length": 20, "buffer": 4})],
+    scorer = build_scorer([RewardSpec(name="soft_overlong", kwargs={"max_length": 20, "buffer": 4})],
                                  max_new_tokens=16)
     assert scorer.score(["x"] * 4, ["p"] * 4, lengths).per_function["soft_overlong"] == [0.0, 0.0, 0.0, 0.0]

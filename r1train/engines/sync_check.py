@@ -115,6 +115,28 @@ def sync_check_metrics(
     return metrics, warnings
 
 
+def step_sync_metrics(engine_logprobs: Sequence[torch.Tensor], learner_logprobs: Sequence[torch.Tensor | None],
+                      staleness: int = 0, workers: Sequence[int | None] | None = None) -> tuple[dict[str, float], list[str]]:
+    """A training step's check of the previous sync: its metrics and the warnings worth printing.
+
+    The learner's first forward pass of a step runs on the weights last pushed to the engine, so
+    comparing its logprobs with the engine's checks that push. Samples the learner skipped (None:
+    zero advantage) are left out. A stale batch (async mode) was sampled with older weights than
+    the learner's: the difference then measures how far the policy moved, is logged as such
+    (`async/*`), and is no sync failure.
+    """
+    workers = workers or [None] * len(engine_logprobs)
+    kept = [(e, l, w) for e, l, w in zip(engine_logprobs, learner_logprobs, workers) if l is not None]
+    if not kept:
+        return {}, []
+    engine, learner, workers = zip(*kept)
+    if staleness:
+        diff = compare_logprobs(engine, learner)
+        return {"async/logprob_abs_diff_mean": diff["mean_abs_diff"],
+                "async/logprob_abs_diff_max": diff["max_abs_diff"]}, []
+    return sync_check_metrics(engine, learner, workers)
+
+
 def _flat_abs_diffs(engine, learner, mask: torch.Tensor | None) -> torch.Tensor:
     if isinstance(engine, torch.Tensor) and engine.dim() == 2:
         if not isinstance(learner, torch.Tensor) or learner.shape != engine.shape:
