@@ -24,7 +24,6 @@ import torch
 
 from r1train import algorithm, distributed
 from r1train.async_rollouts import RolloutPrefetcher
-from r1train.checkpoint import latest_checkpoint
 from r1train.config import ConfigError, Recipe
 from r1train.data import PromptSampler, load_data
 from r1train.diagnostics import StallWatch
@@ -392,17 +391,11 @@ class GRPOTrainer:
 
     def _check_finite(self, metrics: dict[str, float]) -> None:
         """Stop the run after `training.max_nan_steps` optimiser steps in a row were skipped."""
-        skipped_in_a_row = self.learner.consecutive_nan_steps
         if metrics.get("nan_skipped_steps"):
-            log.warning("non-finite loss or gradient: step skipped (%d in a row)", skipped_in_a_row)
-        if skipped_in_a_row >= self.recipe.training.max_nan_steps:
-            # Skipped steps leave the weights as they were, so the newest checkpoint is a good one.
-            latest = latest_checkpoint(self.state.checkpoint_dir)
-            kept = f"the last good checkpoint kept is {latest}" if latest else "no checkpoint was written yet"
-            raise FloatingPointError(
-                f"{skipped_in_a_row} consecutive steps with a non-finite loss or gradient; stopping, "
-                f"{kept} (lower training.learning_rate or check the rewards)"
-            )
+            log.warning("non-finite loss or gradient: step skipped (%d in a row)", self.learner.consecutive_nan_steps)
+        self.learner.optimiser.check_nan_limit(self.recipe.training.max_nan_steps, self.state.checkpoint_dir,
+                                               "lower training.learning_rate or check the rewards")
+
 
 def step_advantages(rewards: torch.Tensor, group_size: int, scaling: str,
                     baseline: str = "group_mean") -> tuple[torch.Tensor, dict[str, float]]:

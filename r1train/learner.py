@@ -41,15 +41,12 @@ import torch
 
 from r1train.batching import pad_token_values, plan_micro_batches
 from r1train import fsdp as fsdp_sharding
-from r1train.adamw_state import make_adamw
 from r1train.distributed import all_reduce_max, all_reduce_sum
 from r1train.hardware import bf16_autocast_supported
 from r1train.logprobs import compute_token_logprobs
+from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
 from r1train.policy_loss import compute_policy_loss
-
-LR_SCHEDULES = ("constant", "linear", "cosine")
-
 
 @dataclass
 class TrainBatch:
@@ -81,19 +78,6 @@ class LossSettings:
     policy_loss: str = "ppo_clip"
     tis_mode: str = "token_truncate"
     tis_floor: float | None = None
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str) -> float:
-    """Multiplier of the base learning rate at optimiser step `step` (0-based): linear warm-up
-    over `warmup_steps`, then constant, or a linear or cosine decay reaching 0 at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class _TokenLogprobs(torch.nn.Module):
@@ -159,19 +143,10 @@ class PolicyLearner:
         where it saves work (`r1train/packing.py`). `optimizer_state_dtype` "bfloat16" keeps AdamW's
         moments in half the memory (`r1train/adamw_state.py`).
         """
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}")
-        if lr_schedule != "constant" and total_steps is None:
-            raise ValueError(f"lr_schedule {lr_schedule!r} needs total_steps")
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if use_lora:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(
-                r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                target_modules=lora_target_modules, task_type="CAUSAL_LM",
-            ))
+            model = with_lora(model, lora_r, lora_alpha, lora_dropout, lora_target_modules)
         self.model = model  # unwrapped: what engines generate with and checkpoints save
         self.use_lora = use_lora
         self.max_grad_norm = max_grad_norm
@@ -187,22 +162,20 @@ class PolicyLearner:
         self.sharded = fsdp and accelerator is not None and self.world_size > 1
         if self.sharded:  # before the optimiser: sharding replaces the parameters
             fsdp_sharding.shard_model(model, accelerator.device, compute_token_logprobs)
-        self.trainable_parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_adamw(self.trainable_parameters, lr=lr, betas=betas, weight_decay=weight_decay,
-                                    state_dtype=optimizer_state_dtype)
         # Every forward pass of the policy goes through this module (wrapped when data-parallel).
         self.policy = _TokenLogprobs(model)
-        if accelerator is not None and not self.sharded:
-            # The schedule is not prepared: accelerate would step it once per process.
-            self.policy, self.optimizer = accelerator.prepare(self.policy, self.optimizer)
+
+        def prepare(optimizer):  # data-parallel: the policy and the optimiser are wrapped together
+            self.policy, optimizer = accelerator.prepare(self.policy, optimizer)
+            return optimizer
+
+        self.optimiser = Optimiser(
+            [p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, weight_decay=weight_decay,
+            lr_schedule=lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
+            prepare=prepare if accelerator is not None and not self.sharded else None,
+            state_dtype=optimizer_state_dtype)
         self.device = next(model.parameters()).device
         self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, lr_schedule)
-        )
-        # Consecutive optimiser steps skipped for a non-finite loss or gradient; the trainer stops
-        # the run when this reaches its limit. Reset by every step taken.
-        self.consecutive_nan_steps = 0
         # Per sample of the last batch: its logprobs under the weights the batch was sampled with
         # (None where no forward pass ran). The trainer compares them with the engine's logprobs
         # to verify the last weight sync without an extra forward pass.
@@ -224,9 +197,23 @@ class PolicyLearner:
             optimizer_state_dtype=t.optimizer_state_dtype,
         )
 
+    @property
+    def optimizer(self):
+        return self.optimiser.optimizer
+
+    @property
+    def scheduler(self):
+        return self.optimiser.scheduler
+
+    @property
+    def consecutive_nan_steps(self) -> int:
+        """Optimiser steps skipped in a row for a non-finite loss or gradient; the trainer stops the
+        run at its limit."""
+        return self.optimiser.consecutive_nan_steps
+
     # ----------------------------------------------------------------------------- logprobs
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+        return bf16_autocast(self.device, self.use_bf16)
 
     def _plan(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], indices: list[int],
               model: torch.nn.Module | None = None) -> list[list[list[int]]]:
@@ -351,16 +338,12 @@ class PolicyLearner:
         grad_norm = self._clip_gradients()
         if self.world_size > 1:  # the loss is the sum over processes; skipping is decided alike
             step_loss = all_reduce_sum([step_loss])[0]
-        if math.isfinite(step_loss) and math.isfinite(grad_norm):
-            totals.lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
-            self.consecutive_nan_steps = 0
+        lr = self.optimiser.lr
+        if self.optimiser.step(finite=math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            totals.lr = lr
             totals.add_step(step_loss, grad_norm)
         else:
-            self.consecutive_nan_steps += 1
             totals.nan_skipped_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
 
     def _micro_batch_backward(self, batch, packs, old_logprobs, settings, batch_sequences, batch_tokens,
                               totals) -> float:
@@ -423,54 +406,48 @@ class PolicyLearner:
     def _clip_gradients(self) -> float:
         """Clip to `max_grad_norm`; returns the norm before clipping (of the summed gradients)."""
         if self.accelerator is None or self.sharded:  # sharded: the norm of the shards' norms (collective)
-            norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.optimiser.parameters, self.max_grad_norm)
         else:  # the wrapped parameters
             norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         return float(fsdp_sharding.full_tensor(norm))
 
     # ----------------------------------------------------------------------------- state
+    # What checkpoints (`r1train/run_state.py`) save and restore.
     def state_dict(self) -> dict:
         """Optimiser and schedule state for checkpoints (the weights are saved separately).
         Sharded: a collective; the main process gets the whole optimiser state, keyed by name."""
-        optimizer = (fsdp_sharding.full_optimizer_state(self.model, self.optimizer) if self.sharded
-                     else self.optimizer.state_dict())
-        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
-                "consecutive_nan_steps": self.consecutive_nan_steps}
+        if self.sharded:
+            return self.optimiser.state_dict(fsdp_sharding.full_optimizer_state(self.model, self.optimizer))
+        return self.optimiser.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        if self.sharded:  # every process holds the whole state (each read the checkpoint)
-            fsdp_sharding.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.consecutive_nan_steps = state["consecutive_nan_steps"]
+        # Sharded: every process holds the whole state (each read the checkpoint).
+        self.optimiser.load_state_dict(state, load_optimizer=(
+            (lambda whole: fsdp_sharding.load_full_optimizer_state(self.model, self.optimizer, whole))
+            if self.sharded else None))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained parameters only (LoRA: the adapters), by `named_parameters` name.
         Sharded: a collective; whole tensors on the main process, {} on the others."""
+        if not self.sharded:
+            return trainable_state(self.model)
         trained = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        whole = fsdp_sharding.full_state_dict(self.model)
+        return {name: whole[name] for name in trained if name in whole}
+
+    def load_trainable_state(self, weights: dict[str, torch.Tensor]) -> None:
         if self.sharded:
-            whole = fsdp_sharding.full_state_dict(self.model)
-            return {name: whole[name] for name in trained if name in whole}
-        params = dict(self.model.named_parameters())
-        return {name: params[name].detach() for name in trained}
+            missing = [name for name, p in self.model.named_parameters() if p.requires_grad and name not in weights]
+            if missing:
+                raise ValueError(f"checkpoint lacks {len(missing)} trained parameters, e.g. {missing[0]}")
+            fsdp_sharding.load_full_weights(self.model, weights)
+        else:
+            load_trainable_state(self.model, weights)
 
     def full_model_state(self) -> dict[str, torch.Tensor] | None:
         """Sharded: the whole model's state dict for saving (collective; {} off the main process).
         Otherwise None: the model saves itself."""
         return fsdp_sharding.full_state_dict(self.model) if self.sharded else None
-
-    @torch.no_grad()
-    def load_trainable_state(self, weights: dict[str, torch.Tensor]) -> None:
-        params = dict(self.model.named_parameters())
-        missing = [name for name, p in params.items() if p.requires_grad and name not in weights]
-        if missing:
-            raise ValueError(f"checkpoint lacks {len(missing)} trained parameters, e.g. {missing[0]}")
-        if self.sharded:
-            fsdp_sharding.load_full_weights(self.model, weights)
-            return
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
 
 
 class _MetricTotals:

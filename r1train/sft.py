@@ -27,12 +27,12 @@ Deliberate simplifications:
 - An example longer than `training.max_seq_len` keeps its prompt and loses the end of its
   completion (and EOS); an example whose prompt alone fills `max_seq_len` is dropped. Both counted.
 - Packing is next-fit in sampling order (no bin-packing search).
-- A step whose loss or gradient norm is not finite is skipped: the optimiser does not move, the
-  data and the schedule do. `training.max_nan_steps` in a row stop the run.
+- A step whose loss or gradient norm is not finite is skipped: neither the weights nor the
+  learning-rate schedule move, the data does (`r1train/optimiser.py`). `training.max_nan_steps` in
+  a row stop the run.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -42,14 +42,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from r1train.adamw_state import make_adamw
 from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
 from r1train.data import DataError, PromptSampler, holds_no_rows, load_data
 from r1train.evaluation import evaluate_model_dir
 from r1train.hardware import bf16_autocast_supported
-from r1train.learner import lr_factor
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
+from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.prompts import BUILT_IN, encode_prompt
 from r1train.run_state import RunState
 from r1train.runtime import seed_everything, set_threads
@@ -147,23 +146,23 @@ class SFTTrainer:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(self.model_dir, cfg.model.gradient_checkpointing)
-        self.model = _with_lora(model, cfg) if cfg.model.lora.enabled else model
-        self.model.to(self.device).train()
+        lora = cfg.model.lora
+        if lora.enabled:
+            model = with_lora(model, lora.r, lora.alpha, lora.dropout, list(lora.target_modules))
+        self.model = model.to(self.device).train()
+        self.use_bf16 = cfg.training.bf16 and bf16_autocast_supported(self.device)
 
         self.examples, counts = self._load_examples()
         t = cfg.training
         self.total_steps = math.ceil(t.epochs * len(self.examples) / t.batch_size) if t.epochs else t.steps
         self.sampler = PromptSampler(self.examples, cfg.seed, cfg.data.shuffle)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_adamw(self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                    weight_decay=t.weight_decay, state_dtype=t.optimizer_state_dtype)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total_steps, t.lr_schedule))
-        self.nan_skipped = 0
-        self.consecutive_nan = 0
+        self.optimiser = Optimiser(
+            [p for p in self.model.parameters() if p.requires_grad], lr=t.learning_rate,
+            betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay, lr_schedule=t.lr_schedule,
+            warmup_steps=t.warmup_steps, total_steps=self.total_steps, state_dtype=t.optimizer_state_dtype)
         print(f"r1train: sft on {len(self.examples)} examples ({counts['truncated']} truncated to "
               f"{t.max_seq_len} tokens, {counts['dropped']} dropped), {self.total_steps} steps of {t.batch_size}, "
-              f"{'LoRA' if cfg.model.lora.enabled else 'full'} ({sum(p.numel() for p in self.params):,} "
+              f"{'LoRA' if cfg.model.lora.enabled else 'full'} ({sum(p.numel() for p in self.optimiser.parameters):,} "
               f"trainable parameters), packing {'on' if t.packing else 'off'}", flush=True)
         self.state = RunState(self.stage_dir)
         self.step_count = self.state.restore(self, self.sampler)
@@ -200,25 +199,16 @@ class SFTTrainer:
 
     # The four methods RunState uses to save and restore a checkpoint.
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        return trainable_state(self.model)
 
     def load_trainable_state(self, weights: dict[str, torch.Tensor]) -> None:
-        params = self.trainable_state()
-        if set(weights) != set(params):
-            raise RuntimeError(f"checkpoint in {self.state.checkpoint_dir} does not match this model's trainable "
-                               "parameters (was it written with other model or LoRA settings? use --fresh)")
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
+        load_trainable_state(self.model, weights)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "nan_skipped": self.nan_skipped, "consecutive_nan": self.consecutive_nan}
+        return self.optimiser.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.nan_skipped, self.consecutive_nan = state["nan_skipped"], state["consecutive_nan"]
+        self.optimiser.load_state_dict(state)
 
     # -----------------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -254,8 +244,7 @@ class SFTTrainer:
         batches = build_micro_batches(examples, t.micro_batch_tokens, t.max_seq_len, t.packing,
                                       self.tokenizer.pad_token_id)
         completion_tokens = sum(int(b.loss_mask.sum()) for b in batches)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimiser.lr
         loss_value, finite = 0.0, True
         for batch in batches:
             with self._autocast():
@@ -265,46 +254,28 @@ class SFTTrainer:
                 break
             loss.backward()
             loss_value += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm).item() if finite else math.nan
-        if finite and math.isfinite(grad_norm):
-            self.optimizer.step()
-            self.consecutive_nan = 0
-        else:
-            self._count_nonfinite()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.optimiser.parameters, t.max_grad_norm).item() if finite
+                     else math.nan)
+        if not self.optimiser.step(finite=finite and math.isfinite(grad_norm)):
+            self._report_skipped_step()
         elapsed = time.perf_counter() - start
         tokens = sum(len(e) for e in examples)
         return {
             "loss": loss_value if finite else math.nan, "lr": lr, "grad_norm": grad_norm,
             "tokens": tokens, "completion_tokens": completion_tokens, "micro_batches": len(batches),
             "epoch": self.sampler.epoch + self.sampler.position / len(self.examples),
-            "nan_skipped_steps": self.nan_skipped, "time/step": elapsed,
+            "nan_skipped_steps": self.optimiser.nan_skipped_steps, "time/step": elapsed,
             "throughput/learn_tokens_per_s": tokens / max(elapsed, 1e-9),
         }
 
-    def _count_nonfinite(self) -> None:
-        self.nan_skipped += 1
-        self.consecutive_nan += 1
+    def _report_skipped_step(self) -> None:
         print(f"r1train: non-finite loss or gradient at step {self.step_count + 1}: step skipped "
-              f"({self.consecutive_nan} in a row)", flush=True)
-        if self.consecutive_nan >= self.recipe.training.max_nan_steps:
-            raise FloatingPointError(
-                f"{self.consecutive_nan} consecutive SFT steps with a non-finite loss or gradient; stopping with "
-                f"the last good checkpoint kept in {self.state.checkpoint_dir} (lower training.learning_rate)")
+              f"({self.optimiser.consecutive_nan_steps} in a row)", flush=True)
+        self.optimiser.check_nan_limit(self.recipe.training.max_nan_steps, self.state.checkpoint_dir,
+                                       "lower training.learning_rate")
 
     def _autocast(self):
-        if not (self.recipe.training.bf16 and bf16_autocast_supported(self.device)):
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-
-def _with_lora(model, cfg: Recipe):
-    from peft import LoraConfig, get_peft_model
-
-    lora = cfg.model.lora
-    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        return bf16_autocast(self.device, self.use_bf16)
 
 
 def run_sft(recipe: Recipe, stage_dir: Path, model_name: str) -> Path:

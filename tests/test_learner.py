@@ -8,7 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from r1train.algorithm import aggregate_loss, compute_group_advantages
 from r1train.batching import collate, plan_micro_batches
 from r1train.engines.weights import checkpoint_weights
-from r1train.learner import LossSettings, PolicyLearner, TrainBatch, lr_factor
+from r1train.learner import LossSettings, PolicyLearner, TrainBatch
+from r1train.optimiser import lr_factor
 
 AGGREGATIONS = ("sequence_mean", "token_mean", "sum_over_max_len")
 
