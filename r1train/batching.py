@@ -62,3 +62,18 @@ def pad_token_values(values: list[torch.Tensor], like: torch.Tensor) -> torch.Te
     for row, row_values in enumerate(values):
         out[row, : row_values.numel()] = row_values
     return out.to(like.device)
+
+
+def split_evenly(indices: list[int], parts: int) -> list[list[int]]:
+    """Contiguous parts whose sizes differ by at most one (fewer parts only when there are fewer
+    indices than parts), so a batch takes the optimiser steps the schedule counts on, each on a
+    fair share: 10 into 4 gives sizes [3, 3, 2, 2], not [3, 3, 3, 1]; 9 into 4 gives four parts."""
+    if not indices:
+        return [[]]
+    size, larger = divmod(len(indices), parts)
+    out, start = [], 0
+    for part in range(min(parts, len(indices))):
+        end = start + size + (part < larger)
+        out.append(indices[start:end])
+        start = end
+    return out

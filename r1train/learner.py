@@ -39,10 +39,11 @@ from dataclasses import dataclass
 
 import torch
 
-from r1train.batching import pad_token_values, plan_micro_batches
+from r1train.batching import pad_token_values, plan_micro_batches, split_evenly
 from r1train import fsdp as fsdp_sharding
 from r1train.distributed import all_reduce_max, all_reduce_sum
 from r1train.hardware import bf16_autocast_supported
+from r1train.learner_metrics import MetricTotals
 from r1train.logprobs import compute_token_logprobs
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
@@ -294,8 +295,8 @@ class PolicyLearner:
         if optimiser_steps > 1:  # later steps need the logprobs of the policy that sampled the batch
             old_logprobs = self.compute_logprobs(batch.prompt_ids, batch.completion_ids)
         self.pre_update_logprobs = list(old_logprobs) if old_logprobs is not None else [None] * len(batch)
-        totals = _MetricTotals()
-        mini_batches = _split(keep, self.mini_batches)
+        totals = MetricTotals()
+        mini_batches = split_evenly(keep, self.mini_batches)
         if self.world_size > 1:  # every process takes the same optimiser steps, some on no samples
             mini_batches += [[]] * (self.mini_batches - len(mini_batches))
         for _ in range(self.updates_per_batch):
@@ -306,7 +307,7 @@ class PolicyLearner:
         return metrics
 
     def _optimiser_step(self, batch: TrainBatch, indices: list[int], old_logprobs, settings: LossSettings,
-                        totals: "_MetricTotals") -> None:
+                        totals: MetricTotals) -> None:
         # Normalisers of the whole mini-batch (on every process) make the micro-batch losses add up
         # to its loss.
         batch_sequences = len(indices)
@@ -448,62 +449,3 @@ class PolicyLearner:
         """Sharded: the whole model's state dict for saving (collective; {} off the main process).
         Otherwise None: the model saves itself."""
         return fsdp_sharding.full_state_dict(self.model) if self.sharded else None
-
-
-class _MetricTotals:
-    """Token-weighted sums of the loss metrics over micro-batches, and per-step sums."""
-
-    def __init__(self):
-        self.sums: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-        self.maxima: dict[str, float] = {}
-        self.minima: dict[str, float] = {}
-        self.tokens = 0
-        self.steps = 0
-        self.loss = 0.0
-        self.grad_norm = 0.0
-        self.nan_skipped_steps = 0
-        self.lr: float | None = None
-
-    def add_micro_batch(self, metrics: dict[str, float], completion_tokens: int, tokens: int) -> None:
-        self.tokens += tokens
-        for key, value in metrics.items():
-            if key.endswith("/max"):
-                self.maxima[key] = max(self.maxima.get(key, -math.inf), value)
-            elif key.endswith("/min"):
-                self.minima[key] = min(self.minima.get(key, math.inf), value)
-            else:
-                self.sums[key] = self.sums.get(key, 0.0) + value * completion_tokens
-                self.weights[key] = self.weights.get(key, 0.0) + completion_tokens
-
-    def add_step(self, loss: float, grad_norm: float) -> None:
-        self.steps += 1
-        self.loss += loss
-        self.grad_norm += grad_norm
-
-    def result(self) -> dict[str, float]:
-        out = {key: self.sums[key] / max(self.weights[key], 1) for key in self.sums}
-        out.update(self.maxima)
-        out.update(self.minima)
-        if self.steps:
-            out["loss"] = self.loss / self.steps
-            out["grad_norm"] = self.grad_norm / self.steps
-        if self.lr is not None:
-            out["lr"] = self.lr
-        out["nan_skipped_steps"] = self.nan_skipped_steps
-        return out
-
-
-def _split(indices: list[int], parts: int) -> list[list[int]]:
-    """Contiguous parts whose sizes differ by at most one (fewer parts only when there are fewer
-    indices than parts), so a batch takes the optimiser steps the schedule counts on, each on a
-    fair share: 10 into 4 gives sizes [3, 3, 2, 2], not [3, 3, 3, 1]; 9 into 4 gives four parts."""
-    if not indices:
-        return [[]]
-    size, larger = divmod(len(indices), parts)
-    out, start = [], 0
-    for part in range(min(parts, len(indices))):
-        end = start + size + (part < larger)
-        out.append(indices[start:end])
-        start = end
-    return out

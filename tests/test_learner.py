@@ -300,8 +300,8 @@ def test_lora_trains_adapters_and_merges_under_base_names():
     (0, 4, [0]),
 ])
 def test_mini_batches_are_as_even_as_possible(count, parts, sizes):
-    from r1train.learner import _split
+    from r1train.batching import split_evenly
 
-    split = _split(list(range(count)), parts)
+    split = split_evenly(list(range(count)), parts)
     assert [len(part) for part in split] == sizes
     assert [i for part in split for i in part] == list(range(count))  # contiguous, in order
