@@ -4,8 +4,9 @@ optionally, the accuracy with the thinking forced empty (what the thinking is wo
 
 Used four ways: periodically inside GRPO (`Evaluator.run`), on a saved model at the end of SFT
 (`evaluate_model_dir`), as a pipeline stage (`run_eval_stage`), and from the command line
-(`r1train eval`). The task rule is `countdown` when the data has `numbers` and `target` columns,
-else `accuracy` against the `answer` column.
+(`r1train eval`). The task rule is the reward that says whether an answer is right for data with
+these columns (`rewards.correctness_reward`: countdown, code, or accuracy against the `answer`
+column).
 """
 from __future__ import annotations
 
@@ -28,32 +29,23 @@ from r1train.scoring import reward_columns
 
 def correctness_rule(columns: dict[str, list]) -> str | None:
     """The name of the reward that says whether a sample of this data is correct."""
-    if "numbers" in columns and "target" in columns:
-        return "countdown"
-    if "tests" in columns or "io_tests" in columns:
-        return "code"
-    if "answer" in columns:
-        return "accuracy"
-    return None
+    import rewards
+
+    return rewards.correctness_reward(columns)
 
 
 def correctness_function(columns: dict[str, list]) -> tuple[str, Callable] | None:
-    import rewards
-
     name = correctness_rule(columns)
-    if name is None:
-        return None
-    if name == "code":
-        return name, _sandboxed_code_reward()
-    return name, {"countdown": rewards.countdown_reward, "accuracy": rewards.accuracy_reward}[name]
+    return None if name is None else (name, _built_reward(name))
 
 
-@functools.lru_cache(maxsize=1)
-def _sandboxed_code_reward() -> Callable:
-    """The code reward with its default bubblewrap sandbox (refuses where bwrap is missing)."""
+@functools.lru_cache(maxsize=None)
+def _built_reward(name: str) -> Callable:
+    """A registered reward with its defaults, built once (the code reward's default is its
+    bubblewrap sandbox, refused where bwrap is missing)."""
     import rewards
 
-    return rewards.get_code_reward()
+    return rewards.get_reward(name)
 
 
 def task_metrics(texts: list[str], columns: dict[str, list],
@@ -172,8 +164,11 @@ class Evaluator:
         columns = reward_columns(self.rows, completions, self.answer_column)
         rule = correctness_function(columns)
         if rule is None:
-            raise ValueError("evaluation data needs an `answer` column (or `numbers` and `target` for countdown, "
-                             "or `tests` / `io_tests` for code)")
+            import rewards
+
+            needs = "; ".join(f"{rewards.registered_columns(name).describe()} ({name})"
+                              for name in rewards.CORRECTNESS_REWARDS)
+            raise ValueError(f"evaluation data needs the columns of a reward that judges answers: {needs}")
         correct = [float(s or 0.0) for s in rule[1](texts, **columns)]
         from rewards.extraction import tagged_answer
 

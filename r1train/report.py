@@ -13,8 +13,9 @@ Deliberate simplifications:
 - The "aha" signal counts whole-word, case-insensitive matches of a fixed list of reflective words
   (REFLECTIVE_WORDS) in the logged sample completions only, a handful per step, so the per-step
   share is noisy; the plot smooths it and the summary compares windows of several steps.
-- A sample counts as correct when its `accuracy`, `countdown` or `code` reward is 1; runs judged by
-  other rewards get their end-of-training examples picked by highest total reward instead.
+- A sample counts as correct when one of its rewards that judge answers
+  (`rewards.CORRECTNESS_REWARDS`) is 1; runs judged by other rewards get their end-of-training
+  examples picked by highest total reward instead.
 - Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, without pyplot, so
   making a report changes no global matplotlib state of the process that calls it.
 """
@@ -35,12 +36,12 @@ from matplotlib.ticker import MaxNLocator
 
 from r1train.errors import RunError
 from r1train.tracking import read_metrics
+from rewards import CORRECTNESS_REWARDS
 
 REFLECTIVE_WORDS = ("wait", "check", "verify", "let me", "recheck", "re-evaluate")
 _REFLECTIVE = re.compile(
     r"\b(?:" + "|".join(re.escape(word).replace(r"\ ", r"\s+") for word in REFLECTIVE_WORDS) + r")\b", re.IGNORECASE
 )
-CORRECTNESS_REWARDS = ("accuracy", "countdown", "code")
 EVAL_TABLE = (("accuracy", "eval/accuracy"), ("greedy accuracy", "eval/greedy_accuracy"),
               ("last-number accuracy (format aside)", "eval/last_number_accuracy"),
               ("format rate", "eval/format_rate"), ("pass@1", "eval/pass@1"), ("maj@k", "eval/maj@k"),

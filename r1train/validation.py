@@ -23,12 +23,7 @@ from r1train.models import _GGUF_ALIASES, ModelNotFoundError, cache_dir, load_to
 from r1train.prompts import check_template, encode_all, prefill, require_chat_template
 from r1train.scoring import resolve_entry
 from r1train.trackers import missing_tracker
-
-# Columns each built-in reward reads from the dataset.
-REWARD_COLUMNS = {"accuracy": ("answer",), "countdown": ("numbers", "target")}
-# Built-in rewards that read at least one column of a set (the code reward: tests and/or io_tests).
-REWARD_ANY_COLUMNS = {"code": ("tests", "io_tests")}
-
+from rewards import ColumnsRead, columns_read
 
 def check_recipe(recipe: Recipe) -> list[str]:
     """Raise a user error for the first problem found; return notes worth printing."""
@@ -59,12 +54,12 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
     elif not model_ref.startswith("stage:"):
         notes += _check_model(model_ref, f"{where}.model")
     needed = {recipe.data.question_column}
-    names: list[str] = []
+    reads: dict[str, ColumnsRead] = {}
     if kind in ("grpo", "rejection_sampling", "eval", "distill"):
-        names = resolve_rewards(recipe)
-        for name in names:
+        reads = columns_read_by_reward(recipe)
+        for columns in reads.values():
             # The trainer hands data.answer_column to the rewards as `answer`.
-            needed.update(recipe.data.answer_column if c == "answer" else c for c in REWARD_COLUMNS.get(name, ()))
+            needed.update(recipe.data.answer_column if c == "answer" else c for c in columns.required)
         if not recipe.rewards:
             raise RunError(f"{where}: a {kind} stage needs at least one entry under `rewards`")
     if kind == "sft":
@@ -80,7 +75,7 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
                 "general": (data.question_column,)}.get(key, (data.question_column, data.completion_column))
         rows = load_data(data, key, cols, where=where)
         if key in ("train", "eval"):  # the prompts the rewards judge
-            _check_any_columns(names, rows, f"{where}: data.{key} {source}")
+            _check_any_columns(reads, rows, f"{where}: data.{key} {source}")
         notes.append(f"{where}: data.{key} {source}: {len(rows)} rows")
         if key == "train":
             train_rows = rows
@@ -94,11 +89,11 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
     return notes
 
 
-def _check_any_columns(reward_names: list[str], rows: list[dict], where: str) -> None:
-    for name in reward_names:
-        choices = REWARD_ANY_COLUMNS.get(name, ())
-        if choices and not any(column in rows[0] for column in choices):
-            raise RunError(f"{where}: the {name!r} reward needs a column named {' or '.join(choices)} "
+def _check_any_columns(reads: dict[str, ColumnsRead], rows: list[dict], where: str) -> None:
+    """Rewards that need one of several columns (the code reward: tests or io_tests)."""
+    for name, columns in reads.items():
+        if columns.any_of and not any(column in rows[0] for column in columns.any_of):
+            raise RunError(f"{where}: the {name!r} reward needs a column named {' or '.join(columns.any_of)} "
                            f"(has: {', '.join(rows[0])})")
 
 
@@ -129,9 +124,14 @@ def _check_no_doubled_prefill(recipe: Recipe, where: str) -> None:
             )
 
 
-def resolve_rewards(recipe: Recipe) -> list[str]:
-    """Resolve every reward of the recipe (raises RewardSpecError); returns their base names."""
-    return [spec.name or resolve_entry(spec)[0] for spec in recipe.rewards]
+def columns_read_by_reward(recipe: Recipe) -> dict[str, ColumnsRead]:
+    """Resolve every reward of the recipe (raises RewardSpecError): the columns each declares it
+    reads, by the name the recipe gives it."""
+    out = {}
+    for spec in recipe.rewards:
+        name, function = resolve_entry(spec)
+        out[spec.name or name] = columns_read(function)
+    return out
 
 
 def _check_prompts(recipe: Recipe, kind: str, where: str, model_name: str, train_rows: list[dict] | None,

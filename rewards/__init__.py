@@ -14,12 +14,15 @@ reward does not judge that sample. Built-in rewards register themselves by name 
     [1.0]
 """
 from rewards.registry import (
+    ColumnsRead,
     RewardFunction,
     RewardSpecError,
     check_reward_signature,
+    columns_read,
     get_reward,
     list_rewards,
     register,
+    registered_columns,
     resolve_reward,
 )
 from rewards.accuracy import accuracy_reward, get_accuracy_reward
@@ -37,11 +40,30 @@ from rewards.shaping import (
     soft_overlong_reward,
 )
 
+# The rewards that say whether an answer is right (1.0) rather than shape it, most specific data
+# first: a dataset is judged by the first whose columns it has (`correctness_reward`).
+CORRECTNESS_REWARDS = ("countdown", "code", "accuracy")
+
+
+def correctness_reward(columns) -> str | None:
+    """The name of the reward that judges whether an answer to rows with these `columns` is right,
+    or None when the data has the columns of none of them.
+
+    >>> correctness_reward(["question", "numbers", "target"])
+    'countdown'
+    """
+    return next((name for name in CORRECTNESS_REWARDS if registered_columns(name).missing(columns) is None), None)
+
+
 __all__ = [
+    "CORRECTNESS_REWARDS",
+    "ColumnsRead",
     "RewardFunction",
     "RewardSpecError",
     "accuracy_reward",
     "check_reward_signature",
+    "columns_read",
+    "correctness_reward",
     "cosine_length_reward",
     "countdown_reward",
     "extract_program",
@@ -59,6 +81,7 @@ __all__ = [
     "language_consistency_reward",
     "list_rewards",
     "register",
+    "registered_columns",
     "repetition_penalty_reward",
     "resolve_reward",
     "soft_overlong_reward",

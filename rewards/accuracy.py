@@ -17,7 +17,7 @@ from rewards.math_client import shared_client
 ANSWER_SOURCES = {"answer": tagged_answer, "boxed": boxed_answer}
 
 
-@register("accuracy", factory=True)
+@register("accuracy", factory=True, columns=("answer",))
 def get_accuracy_reward(answer_source: str = "answer", timeout_s: float = 5.0, exact: bool = False) -> RewardFunction:
     """Build the accuracy reward.
 

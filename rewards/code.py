@@ -58,7 +58,7 @@ def normalise_output(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).rstrip("\n")
 
 
-@register("code", factory=True)
+@register("code", factory=True, any_columns=("tests", "io_tests"))
 def get_code_reward(sandbox: str = "bwrap", all_or_nothing: bool = False, workers: int | None = None,
                     wall_s: float = 10.0, cpu_s: int = 5, memory_mb: int = 1024, processes: int = 8,
                     file_mb: int = 16, output_kb: int = 1024):

@@ -51,7 +51,7 @@ def _evaluate(node: ast.AST, numbers: list[int]) -> Fraction:
     raise ValueError(f"not allowed in a Countdown equation: {ast.dump(node)[:80]}")
 
 
-@register("countdown")
+@register("countdown", columns=("numbers", "target"))
 def countdown_reward(completions: list[str], **columns) -> list[float | None]:
     """1.0 when the final <answer> is an equation using each of `numbers` exactly once that
     evaluates to `target`, else 0.0; None where `numbers` or `target` is None.

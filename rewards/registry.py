@@ -13,6 +13,11 @@ dotted path or a file, kwargs mean the target is a factory: it is called with th
 the reward function. Every problem in a spec raises `RewardSpecError` with a one-line message, so
 `r1train validate` can print it as is. The weight of a reward is the config's business; a `weight`
 key in the spec is accepted and ignored here.
+
+A reward declares the dataset columns it reads (`register(..., columns=..., any_columns=...)`), so
+that a trainer can check a dataset before a run without knowing the reward by name: the function
+`get_reward` returns carries them as its `columns_read` attribute (`ColumnsRead`). A user's own
+reward may set that attribute too; without it, nothing is checked.
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NamedTuple
 
 RewardFunction = Callable[..., list]  # fn(completions: list[str], **columns) -> list[float | None]
 
@@ -35,28 +41,76 @@ class RewardSpecError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
-_REGISTRY: dict[str, tuple[Callable, bool]] = {}  # name -> (function or factory, is_factory)
+@dataclass(frozen=True)
+class ColumnsRead:
+    """The dataset columns a reward reads: every one of `required`, and at least one of `any_of`
+    where that names any. `answer` stands for the reference answer, whatever the data calls it.
+
+    Example: ColumnsRead(any_of=("tests", "io_tests")).missing(["question", "tests"]) is None.
+    """
+
+    required: tuple[str, ...] = ()
+    any_of: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """In words: "numbers and target", "tests or io_tests", "" when nothing is read."""
+        parts = list(self.required) + ([" or ".join(self.any_of)] if self.any_of else [])
+        return " and ".join(parts)
+
+    def missing(self, columns: Iterable[str]) -> str | None:
+        """What of these columns `columns` lacks, in words ("numbers", "tests or io_tests"), or None."""
+        present = set(columns)
+        lacking = [column for column in self.required if column not in present]
+        if self.any_of and not present & set(self.any_of):
+            lacking.append(" or ".join(self.any_of))
+        return ", ".join(lacking) or None
+
+
+COLUMNS_ATTRIBUTE = "columns_read"
+
+
+def columns_read(function: Callable) -> ColumnsRead:
+    """The columns a reward function declares it reads (none declared: nothing required)."""
+    return getattr(function, COLUMNS_ATTRIBUTE, None) or ColumnsRead()
+
+
+class _Entry(NamedTuple):
+    target: Callable  # the reward function, or the factory building it
+    is_factory: bool
+    columns: ColumnsRead
+
+
+_REGISTRY: dict[str, _Entry] = {}
 _SPEC_KEYS = {"name", "kwargs", "path", "function", "weight"}
 
 
-def register(name: str, *, factory: bool = False) -> Callable[[Callable], Callable]:
+def register(name: str, *, factory: bool = False, columns: tuple[str, ...] = (),
+             any_columns: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Decorator adding a reward function (or, with factory=True, a reward factory) under `name`.
 
-    Refuses a name that is already taken, so two packages cannot silently shadow each other.
-    The decorated object is returned unchanged.
+    `columns` are the dataset columns the reward needs every one of, `any_columns` a set of which
+    it needs at least one (see `ColumnsRead`). Refuses a name that is already taken, so two
+    packages cannot silently shadow each other. The decorated object is returned unchanged.
     """
 
     def decorator(obj: Callable) -> Callable:
         if name in _REGISTRY:
-            existing = _REGISTRY[name][0]
+            existing = _REGISTRY[name].target
             raise ValueError(
                 f"reward name {name!r} is already registered by "
                 f"{existing.__module__}.{existing.__qualname__}; choose another name"
             )
-        _REGISTRY[name] = (obj, factory)
+        _REGISTRY[name] = _Entry(obj, factory, ColumnsRead(tuple(columns), tuple(any_columns)))
         return obj
 
     return decorator
+
+
+def registered_columns(name: str) -> ColumnsRead:
+    """The columns the registered reward `name` reads."""
+    if name not in _REGISTRY:
+        raise RewardSpecError(_unknown_name_message(name))
+    return _REGISTRY[name].columns
 
 
 def list_rewards() -> list[str]:
@@ -68,14 +122,21 @@ def get_reward(name: str, **kwargs: Any) -> RewardFunction:
     """The registered reward `name`, built with `kwargs` when it is a factory."""
     if name not in _REGISTRY:
         raise RewardSpecError(_unknown_name_message(name))
-    obj, is_factory = _REGISTRY[name]
+    obj, is_factory, columns = _REGISTRY[name]
     if not is_factory:
         if kwargs:
             raise RewardSpecError(
                 f"reward {name!r} takes no kwargs, got {sorted(kwargs)}"
             )
-        return obj
-    return _call_factory(obj, kwargs, label=f"reward {name!r}")
+        function = obj
+    else:
+        function = _call_factory(obj, kwargs, label=f"reward {name!r}")
+    if columns != ColumnsRead():
+        try:
+            setattr(function, COLUMNS_ATTRIBUTE, columns)
+        except AttributeError:  # a callable that takes no attributes (a bound method, a builtin)
+            pass
+    return function
 
 
 def resolve_reward(spec: dict) -> tuple[str, RewardFunction]:

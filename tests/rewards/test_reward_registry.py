@@ -211,3 +211,46 @@ def test_package_exports():
     for name in ("register", "get_reward", "resolve_reward", "list_rewards", "RewardSpecError"):
         assert hasattr(rewards, name)
     assert issubclass(RewardSpecError, ValueError)
+
+
+# ----------------------------------------------------------------------------- columns a reward reads
+@pytest.mark.parametrize("name, columns", [
+    ("accuracy", rewards.ColumnsRead(required=("answer",))),
+    ("countdown", rewards.ColumnsRead(required=("numbers", "target"))),
+    ("code", rewards.ColumnsRead(any_of=("tests", "io_tests"))),
+    ("format", rewards.ColumnsRead()),  # reads the completion only
+])
+def test_built_in_rewards_declare_the_columns_they_read(name, columns):
+    assert rewards.registered_columns(name) == columns
+    if name != "code":  # building the code reward needs bubblewrap
+        assert rewards.columns_read(get_reward(name)) == columns
+
+
+@pytest.mark.parametrize("columns, missing", [
+    (["question", "numbers", "target"], None),
+    (["question", "numbers"], "target"),
+    (["question"], "numbers, target"),
+])
+def test_columns_read_names_what_a_dataset_lacks(columns, missing):
+    assert rewards.ColumnsRead(required=("numbers", "target")).missing(columns) == missing
+
+
+def test_a_reward_needing_one_of_several_columns():
+    needs = rewards.ColumnsRead(any_of=("tests", "io_tests"))
+    assert needs.missing(["io_tests"]) is None
+    assert needs.missing(["answer"]) == "tests or io_tests"
+    assert needs.describe() == "tests or io_tests"
+
+
+@pytest.mark.parametrize("columns, rule", [
+    (["question", "answer"], "accuracy"),
+    (["question", "numbers", "target", "answer"], "countdown"),  # the most specific data wins
+    (["question", "tests", "answer"], "code"),
+    (["question"], None),
+])
+def test_the_reward_that_judges_answers_is_chosen_by_the_data_columns(columns, rule):
+    assert rewards.correctness_reward(columns) == rule
+
+
+def test_a_user_reward_without_declared_columns_requires_none():
+    assert rewards.columns_read(lambda completions, **columns: [1.0] * len(completions)) == rewards.ColumnsRead()
