@@ -5,350 +5,35 @@ YAML -> nested dicts -> `--set` overrides -> dataclasses, and every failure (unk
 type, impossible value, missing file) raises `ConfigError` naming the dotted key, before any work
 starts. Pipeline stages reuse the same sections as partial overrides of the top-level ones, so a
 stage is validated exactly like a whole recipe.
+
+This module holds the recipe, its stages and loading; the sections are in
+`r1train/config_sections.py` and the generic YAML-to-dataclass parsing in `r1train/config_parsing.py`
+(both re-exported here, so `r1train.config` stays the one import for users of the config).
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from r1train.algorithm import ADVANTAGE_BASELINES, ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS
-from r1train.policy_loss import POLICY_LOSSES, TIS_MODES
-from r1train.reward_scope import REWARD_SCOPES
-
-
-class ConfigError(ValueError):
-    """A recipe problem; the message names the key and how to fix it."""
-
-
-@dataclass
-class LoraConfig:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-
-    def validate(self, at: str) -> None:
-        _check(self.r >= 1, f"{at}.r", "must be at least 1")
-        _check(self.alpha > 0, f"{at}.alpha", "must be positive")
-        _check(0.0 <= self.dropout < 1.0, f"{at}.dropout", "must be in [0, 1)")
-
-
-@dataclass
-class ModelConfig:
-    # A short alias ("smollm2-135m-instruct"), a local Hugging Face folder, or a hub id.
-    name: str = "smollm2-135m-instruct"
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    gradient_checkpointing: bool = False
-    # Reward model for general prompts (a sequence-classification folder); used by GRPO stages.
-    reward_model: str | None = None
-
-    def validate(self, at: str) -> None:
-        _check(bool(self.name), f"{at}.name", "must name a model alias, folder or hub id")
-        self.lora.validate(f"{at}.lora")
-
-
-@dataclass
-class DataConfig:
-    # Each source is a .jsonl/.json/.parquet file, a folder (Dataset.save_to_disk, or Parquet/JSONL
-    # shards) or a hub id resolved by `datasets` (r1train/data_sources.py).
-    train: str | None = None  # prompts (GRPO) or examples (SFT)
-    eval: str | None = None  # held-out split for evaluation
-    subset: str | None = None  # a hub dataset's configuration, e.g. "main" for openai/gsm8k
-    split: str = "train"  # split of train, general and mix, where the source has several
-    eval_split: str = "test"  # split of eval, where the source has several
-    max_rows: int | None = None  # quick runs: only the first N rows of train and eval (after `filter`)
-    # Keep the rows of train and eval whose column equals the value (a list: any of them), e.g. {level: 1}.
-    filter: dict[str, Any] = field(default_factory=dict)
-    # A column of text, or of conversations (lists of {role, content} messages, as TRL's `prompt`).
-    question_column: str = "question"
-    answer_column: str = "answer"
-    completion_column: str = "completion"  # SFT targets
-    # "r1_zero" (think/answer instruction, <think> prefilled), "r1_chat" or any string with {question}.
-    prompt_template: str = "r1_zero"
-    system_prompt: str | None = None  # a system message in a conversation wins over it
-    max_prompt_tokens: int = 256
-    shuffle: bool = True
-    # Second-stage RL: extra prompts scored by the rewards with `applies_to: general` (or all).
-    general: str | None = None
-    general_ratio: float = 0.0  # share of each batch drawn from `general`
-    # SFT and distill: more example sources (or stage:<name> datasets) trained on together with `train`.
-    mix: list[str] = field(default_factory=list)
-
-    def validate(self, at: str) -> None:
-        from r1train.data_sources import source_problem
-
-        named = [(f"{at}.{key}", getattr(self, key)) for key in ("train", "eval", "general")]
-        for key, path in named + [(f"{at}.mix[{i}]", path) for i, path in enumerate(self.mix)]:
-            if path is not None and not path.startswith("stage:"):
-                problem = source_problem(path)
-                _check(problem is None, key, problem)
-        _check(self.max_prompt_tokens >= 8, f"{at}.max_prompt_tokens", "must be at least 8")
-        _check(self.max_rows is None or self.max_rows >= 1, f"{at}.max_rows", "must be at least 1 (or null for all)")
-        _check(bool(self.split), f"{at}.split", "must name a split, e.g. train")
-        _check(bool(self.eval_split), f"{at}.eval_split", "must name a split, e.g. test")
-        _check(0.0 <= self.general_ratio < 1.0, f"{at}.general_ratio", "must be in [0, 1)")
-        _check(
-            self.general_ratio == 0.0 or self.general is not None,
-            f"{at}.general_ratio",
-            "is set but data.general names no file",
-        )
-
-
-# Which rollout backends each placement can run: the one table `validate` and `engine_for` follow.
-# Remote workers are `vllm serve` processes, so only the vLLM backend runs there.
-BACKENDS_BY_PLACEMENT = {"colocate": ("hf", "vllm"), "remote": ("vllm",)}
-# How the learner's weights reach remote workers: "nccl" broadcasts them (CUDA on every side), "disk"
-# writes them once as safetensors that every worker reloads; "auto" takes nccl where it can.
-WEIGHT_SYNC_METHODS = ("auto", "nccl", "disk")
-
-
-@dataclass
-class RolloutConfig:
-    backend: str = "hf"  # "hf" (transformers generate) or "vllm"
-    placement: str = "colocate"  # "colocate" (in-process) or "remote" (`vllm serve` workers)
-    remote_urls: list[str] = field(default_factory=list)
-    weight_sync: str = "auto"  # remote placement: one of WEIGHT_SYNC_METHODS
-    weight_sync_dir: str | None = None  # disk sync: a folder every worker can read (default: a temp folder)
-    remote_timeout_s: float = 600.0  # remote placement: wait for workers at start, and for each request
-    group_size: int = 8  # G completions per prompt
-    prompts_per_step: int = 16
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: list[str] = field(default_factory=lambda: ["</answer>"])
-    vllm_kv_cache_gib: float = 2.0
-    vllm_sleep: bool = True  # free vLLM's KV cache while the learner trains (GPU: weights offloaded too)
-    verify_sync: bool = True  # compare engine and learner logprobs after each sync
-    # One-step off-policy: sample the next batch while the learner trains on this one (r1train/async_rollouts.py).
-    async_generation: bool = False
-
-    def validate(self, at: str) -> None:
-        _one_of(self.backend, ("hf", "vllm"), f"{at}.backend")
-        _one_of(self.placement, tuple(BACKENDS_BY_PLACEMENT), f"{at}.placement")
-        _check(
-            self.backend in BACKENDS_BY_PLACEMENT[self.placement],
-            f"{at}.backend",
-            f"{self.backend!r} does not run with placement {self.placement!r} (remote workers are `vllm serve` "
-            "processes): set rollout.backend: vllm, or rollout.placement: colocate",
-        )
-        _one_of(self.weight_sync, WEIGHT_SYNC_METHODS, f"{at}.weight_sync")
-        _check(self.remote_timeout_s > 0, f"{at}.remote_timeout_s", "must be positive")
-        _check(
-            self.placement == "colocate" or self.remote_urls,
-            f"{at}.remote_urls",
-            "must list the rollout servers when placement is 'remote'",
-        )
-        _check(self.group_size >= 2, f"{at}.group_size", "must be at least 2 (advantages compare completions of one prompt)")
-        _check(self.prompts_per_step >= 1, f"{at}.prompts_per_step", "must be at least 1")
-        _check(self.max_new_tokens >= 1, f"{at}.max_new_tokens", "must be at least 1")
-        _check(self.temperature > 0, f"{at}.temperature", "must be positive")
-        _check(0 < self.top_p <= 1, f"{at}.top_p", "must be in (0, 1]")
-        _check(self.top_k >= 0, f"{at}.top_k", "must be 0 (off) or positive")
-        _check(self.vllm_kv_cache_gib > 0, f"{at}.vllm_kv_cache_gib", "must be positive")
-
-
-@dataclass
-class AlgorithmConfig:
-    advantage_scaling: str = "group"  # "group" std, "batch" std, or "none" (Dr. GRPO)
-    advantage_baseline: str = "group_mean"  # or "leave_one_out" (RLOO, with advantage_scaling: none)
-    policy_loss: str = "ppo_clip"  # "ppo_clip" (token ratio) | "gspo" (sequence ratio) | "cispo"
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2  # > epsilon_low is DAPO's clip-higher
-    dual_clip: float | None = None  # c > 1 bounds the loss of negative-advantage tokens
-    beta: float = 0.0  # KL weight; 0 loads no reference model
-    loss_aggregation: str = "token_mean"  # "sequence_mean" | "token_mean" | "sum_over_max_len"
-    updates_per_batch: int = 1  # mu
-    mini_batches: int = 1  # optimiser steps per batch and update
-    tis_cap: float | None = 2.0  # engine/learner mismatch correction: cap C of the weight (or range); null disables
-    tis_mode: str = "token_truncate"  # level and mode of that correction (r1train/policy_loss.py)
-    tis_floor: float | None = None  # lower bound of the kept range for the *_mask modes; null: 1 / tis_cap
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
-    max_sampling_retries: int = 3
-    overlong: str = "none"  # "none" | "mask" (truncated completions get no loss)
-    entropy_coef: float = 0.0
-
-    def validate(self, at: str) -> None:
-        _one_of(self.advantage_scaling, ADVANTAGE_SCALINGS, f"{at}.advantage_scaling")
-        _one_of(self.advantage_baseline, ADVANTAGE_BASELINES, f"{at}.advantage_baseline")
-        _one_of(self.policy_loss, POLICY_LOSSES, f"{at}.policy_loss")
-        _one_of(self.loss_aggregation, LOSS_AGGREGATIONS, f"{at}.loss_aggregation")
-        _one_of(self.tis_mode, TIS_MODES, f"{at}.tis_mode")
-        _one_of(self.overlong, ("none", "mask"), f"{at}.overlong")
-        _check(0 < self.epsilon_low < 1, f"{at}.epsilon_low", "must be in (0, 1)")
-        _check(self.epsilon_high > 0, f"{at}.epsilon_high", "must be positive")
-        _check(self.dual_clip is None or self.dual_clip > 1, f"{at}.dual_clip", "must be greater than 1 (or null)")
-        _check(self.dual_clip is None or self.policy_loss == "ppo_clip", f"{at}.dual_clip",
-               f"applies to policy_loss: ppo_clip, not {self.policy_loss}; set it to null")
-        _check(self.beta >= 0, f"{at}.beta", "must be non-negative")
-        _check(self.updates_per_batch >= 1, f"{at}.updates_per_batch", "must be at least 1")
-        _check(self.mini_batches >= 1, f"{at}.mini_batches", "must be at least 1")
-        _check(self.tis_cap is None or self.tis_cap >= 1, f"{at}.tis_cap", "must be at least 1 (or null)")
-        _check(self.tis_floor is None or self.tis_mode.endswith("_mask"), f"{at}.tis_floor",
-               f"bounds the kept range of the *_mask modes; tis_mode {self.tis_mode} only truncates at tis_cap: "
-               "set tis_floor to null")
-        _check(self.tis_floor is None or 0 < self.tis_floor <= 1, f"{at}.tis_floor", "must be in (0, 1] (or null)")
-        _check(self.max_sampling_retries >= 0, f"{at}.max_sampling_retries", "must be non-negative")
-        _check(self.entropy_coef >= 0, f"{at}.entropy_coef", "must be non-negative")
-
-
-@dataclass
-class RewardSpec:
-    name: str | None = None  # registered name or "package.module:function"
-    path: str | None = None  # a Python file holding the function...
-    function: str | None = None  # ...and its name
-    weight: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    # The prompts it judges: "reasoning" (data.train), "general" (data.general) or "all"; it gives
-    # None (no credit, no penalty) on the others.
-    applies_to: str = "reasoning"
-    # Seconds the reward may take per sample: a call on N samples may take N times that.
-    timeout_s: float = 5.0
-
-    @property
-    def label(self) -> str:
-        return self.name or f"{Path(self.path or '').stem}:{self.function}"
-
-    def validate(self, at: str) -> None:
-        _check(
-            (self.name is None) != (self.path is None),
-            at,
-            "give either `name` (registered or package.module:function) or `path` + `function`",
-        )
-        _check(self.path is None or self.function is not None, f"{at}.function", "is required with `path`")
-        if self.path is not None:
-            _check(Path(self.path).is_file(), f"{at}.path", _file_not_found(self.path))
-        _one_of(self.applies_to, REWARD_SCOPES, f"{at}.applies_to")
-        _check(self.timeout_s > 0, f"{at}.timeout_s", "must be positive")
-
-
-@dataclass
-class TrainingConfig:
-    steps: int = 40  # optimiser-facing steps (GRPO: batches; SFT: optimiser steps)
-    epochs: float | None = None  # SFT: passes over the data, overrides steps when set
-    learning_rate: float = 1e-6
-    lr_schedule: str = "constant"  # "constant" | "linear" | "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    max_grad_norm: float = 1.0
-    micro_batch_tokens: int = 4096  # token budget per forward/backward (padding included)
-    batch_size: int = 16  # SFT: examples per optimiser step
-    bf16: bool = True  # bf16 autocast where the hardware supports it; fp32 master weights
-    packing: bool = False  # SFT: pack short examples into one sequence
-    max_seq_len: int = 1024  # SFT
-    checkpoint_every: int = 10
-    keep_checkpoints: int = 2
-    max_nan_steps: int = 3  # consecutive non-finite steps before the run stops
-    max_unscored_steps: int = 3  # consecutive GRPO steps in which no reward judged any sample
-    threads: int | None = None  # torch intra-op threads; null: one per core the process may use (r1train/threads.py)
-    fsdp: bool = False  # multi-process GRPO: shard weights, gradients and optimiser state (torch FSDP2)
-    # GRPO learner: a prompt's completions share one row, the prompt computed once, where that saves
-    # work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored.
-    share_prompts: bool = True
-    # CPU GRPO: allocations from 4 MiB get their own memory mappings, so freed activations leave the
-    # process at once: a lower peak RSS for a slower learner, which pays page faults for every fresh
-    # mapping (r1train/heap.py; measured in the README's options table).
-    cpu_low_memory: bool = False
-    # AdamW's two moments in "float32" or "bfloat16" (half their memory, rounded after every update;
-    # r1train/adamw_state.py). Not with fsdp.
-    optimizer_state_dtype: str = "float32"
-
-    def validate(self, at: str) -> None:
-        _one_of(self.lr_schedule, ("constant", "linear", "cosine"), f"{at}.lr_schedule")
-        _check(self.steps >= 1, f"{at}.steps", "must be at least 1")
-        _check(self.epochs is None or self.epochs > 0, f"{at}.epochs", "must be positive")
-        _check(self.learning_rate > 0, f"{at}.learning_rate", "must be positive")
-        _check(self.warmup_steps >= 0, f"{at}.warmup_steps", "must be non-negative")
-        _check(self.weight_decay >= 0, f"{at}.weight_decay", "must be non-negative")
-        _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, f"{at}.adam_beta1", "betas must be in [0, 1)")
-        _check(self.max_grad_norm > 0, f"{at}.max_grad_norm", "must be positive")
-        _check(self.micro_batch_tokens >= 64, f"{at}.micro_batch_tokens", "must be at least 64")
-        _check(self.batch_size >= 1, f"{at}.batch_size", "must be at least 1")
-        _check(self.max_seq_len >= 16, f"{at}.max_seq_len", "must be at least 16")
-        _check(self.checkpoint_every >= 1, f"{at}.checkpoint_every", "must be at least 1")
-        _check(self.keep_checkpoints >= 1, f"{at}.keep_checkpoints", "must be at least 1")
-        _check(self.max_nan_steps >= 1, f"{at}.max_nan_steps", "must be at least 1")
-        _check(self.max_unscored_steps >= 1, f"{at}.max_unscored_steps", "must be at least 1")
-        _one_of(self.optimizer_state_dtype, ("float32", "bfloat16"), f"{at}.optimizer_state_dtype")
-        _check(not (self.fsdp and self.optimizer_state_dtype != "float32"), f"{at}.optimizer_state_dtype",
-               "bfloat16 state does not combine with training.fsdp (sharding already divides the optimiser "
-               "state across processes); leave it float32")
-
-
-@dataclass
-class EvaluationConfig:
-    every: int = 0  # evaluate the held-out split every N steps (0: only before and after)
-    max_examples: int = 100
-    samples: int = 1  # k samples per problem (pass@1 is their mean)
-    temperature: float = 1.0
-    greedy: bool = True  # also measure greedy accuracy
-    max_new_tokens: int | None = None  # default: rollout.max_new_tokens
-    # Also evaluate with the thinking forced empty (`<think>\n</think>\n<answer>` prefilled):
-    # eval/no_think_accuracy and eval/thinking_gain, what the thinking is worth.
-    no_think: bool = False
-    at_start: bool = True
-    at_end: bool = True
-
-    def validate(self, at: str) -> None:
-        _check(self.every >= 0, f"{at}.every", "must be non-negative")
-        _check(self.max_examples >= 1, f"{at}.max_examples", "must be at least 1")
-        _check(self.samples >= 1, f"{at}.samples", "must be at least 1")
-        _check(self.temperature > 0, f"{at}.temperature", "must be positive")
-
-
-@dataclass
-class RejectionConfig:
-    samples: int = 8  # k per prompt
-    max_per_prompt: int = 2  # m kept
-    max_prompts: int | None = None
-    require: list[str] = field(default_factory=lambda: ["accuracy", "format"])  # rewards that must be 1
-    max_completion_tokens: int | None = None
-    language: str | None = None  # require language consistency >= 0.9 in this language
-    output_format: str = "jsonl"  # "jsonl" | "parquet"
-
-    def validate(self, at: str) -> None:
-        _check(self.samples >= 1, f"{at}.samples", "must be at least 1")
-        _check(self.max_per_prompt >= 1, f"{at}.max_per_prompt", "must be at least 1")
-        _one_of(self.output_format, ("jsonl", "parquet"), f"{at}.output_format")
-
-
-@dataclass
-class LoggingConfig:
-    # Trackers that get every step's metrics besides metrics.jsonl: tensorboard, wandb, trackio,
-    # mlflow; where no server is configured they write into the run folder (r1train/trackers.py).
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    tensorboard: bool | None = None  # the older switch: false leaves tensorboard out of report_to
-    project: str = "r1train"  # the wandb / trackio project, the mlflow experiment
-    samples_every: int = 1  # write sample completions every N steps
-    num_samples: int = 4
-    progress: bool = True
-
-    def validate(self, at: str) -> None:
-        from r1train.trackers import TRACKERS
-
-        for i, name in enumerate(self.report_to):
-            _one_of(name, tuple(TRACKERS), f"{at}.report_to[{i}]")
-        _check(len(set(self.report_to)) == len(self.report_to), f"{at}.report_to", "names a tracker twice")
-        _check(bool(self.project), f"{at}.project", "must be a non-empty name")
-        _check(self.samples_every >= 1, f"{at}.samples_every", "must be at least 1")
-
-    @property
-    def trackers(self) -> list[str]:
-        """The trackers in use: report_to, with the older `tensorboard: true/false` applied."""
-        names = [name for name in self.report_to if not (name == "tensorboard" and self.tensorboard is False)]
-        return ["tensorboard", *names] if self.tensorboard and "tensorboard" not in names else names
+from r1train.config_parsing import ConfigError, apply_override, build, check, deep_merge, one_of, unknown_key
+from r1train.config_sections import (  # noqa: F401 - re-exported: the sections are part of the config's API
+    BACKENDS_BY_PLACEMENT,
+    WEIGHT_SYNC_METHODS,
+    AlgorithmConfig,
+    DataConfig,
+    EvaluationConfig,
+    LoggingConfig,
+    LoraConfig,
+    ModelConfig,
+    RejectionConfig,
+    RewardSpec,
+    RolloutConfig,
+    TrainingConfig,
+)
 
 
 # Sections a stage may override; `stages` itself cannot nest.
@@ -394,7 +79,7 @@ class Recipe:
         return Path(self.output_dir) / self.run_name
 
     def validate(self) -> None:
-        _check(bool(self.run_name) and "/" not in self.run_name, "run_name", "must be a non-empty name without '/'")
+        check(bool(self.run_name) and "/" not in self.run_name, "run_name", "must be a non-empty name without '/'")
         for name in SECTIONS:
             if name == "rewards":
                 for i, spec in enumerate(self.rewards):
@@ -402,15 +87,15 @@ class Recipe:
             else:
                 getattr(self, name).validate(name)
         if self.data.general_ratio > 0:
-            _check(any(spec.applies_to in ("general", "all") for spec in self.rewards), "rewards",
+            check(any(spec.applies_to in ("general", "all") for spec in self.rewards), "rewards",
                    "data.general_ratio is set but no reward has `applies_to: general` (or all): "
                    "the general prompts would get no reward")
         if self.rewards:
-            _check(any(spec.applies_to in ("reasoning", "all") for spec in self.rewards), "rewards",
+            check(any(spec.applies_to in ("reasoning", "all") for spec in self.rewards), "rewards",
                    "no reward has `applies_to: reasoning` (the default) or all: the prompts of data.train "
                    "would get no reward")
         if self.training.fsdp:
-            _check(not self.model.lora.enabled, "training.fsdp",
+            check(not self.model.lora.enabled, "training.fsdp",
                    "does not combine with model.lora (the adapters are small enough to replicate: leave fsdp "
                    "off and launch data-parallel as usual)")
         truncated_sampling = self.rollout.top_p < 1.0 or self.rollout.top_k > 0
@@ -418,16 +103,16 @@ class Recipe:
             # The engines report the log-probs of the full distribution, not of the top-p/top-k one
             # the tokens were drawn from, so the importance weight would not be the one it claims.
             what = f"rollout.top_p: {self.rollout.top_p}" if self.rollout.top_p < 1.0 else f"rollout.top_k: {self.rollout.top_k}"
-            _check(False, "algorithm.tis_cap",
+            check(False, "algorithm.tis_cap",
                    f"{what} samples from a truncated distribution whose log-probs the engines do not report, "
                    "so no importance correction can be computed; set algorithm.tis_cap: null (no correction), "
                    "or sample with rollout.top_p: 1.0 and rollout.top_k: 0")
         if self.rollout.async_generation:
             # The stale policy is corrected with the engine's log-probs, which are raw (temperature 1).
-            _check(self.rollout.temperature == 1.0, "rollout.async_generation",
+            check(self.rollout.temperature == 1.0, "rollout.async_generation",
                    "corrects for the one-step-stale policy with the engine's log-probs, which match the "
                    "learner's only at rollout.temperature: 1.0; set it, or turn async_generation off")
-            _check(self.algorithm.tis_cap is not None, "rollout.async_generation",
+            check(self.algorithm.tis_cap is not None, "rollout.async_generation",
                    "needs algorithm.tis_cap (the importance weight that corrects for the one-step-stale "
                    "policy); set it (2.0 is usual), or turn async_generation off")
 
@@ -462,20 +147,20 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     recipe.validate()
     names = [s.name for s in recipe.stages]
     for i, stage in enumerate(recipe.stages):
-        _check(names.count(stage.name) == 1, f"stages[{i}].name", f"'{stage.name}' is used twice")
+        check(names.count(stage.name) == 1, f"stages[{i}].name", f"'{stage.name}' is used twice")
         data = stage.overrides.get("data") or {}
         refs = [("model", stage.model, "model"), ("teacher", stage.teacher, "model")]
         refs += [(f"data.{key}", data.get(key), "dataset") for key in ("train", "eval", "general")]
         refs += [(f"data.mix[{j}]", ref, "dataset") for j, ref in enumerate(data.get("mix") or [])]
         for key, ref, needed in refs:
             if isinstance(ref, str) and ref.startswith("stage:"):
-                _check(ref[6:] in names[:i], f"stages[{i}]", f"'{ref}' must name an earlier stage")
+                check(ref[6:] in names[:i], f"stages[{i}]", f"'{ref}' must name an earlier stage")
                 source = recipe.stages[names.index(ref[6:])]
                 produced = STAGE_OUTPUTS[source.type]
-                _check(produced == needed, f"stages[{i}] ({stage.name}).{key}",
+                check(produced == needed, f"stages[{i}] ({stage.name}).{key}",
                        f"'{ref}' is a {source.type} stage, which produces a {produced}, not a {needed}")
         merged = stage_recipe(recipe, stage)  # validates the merged sections
-        _check(not merged.data.mix or stage.type in ("sft", "distill"), f"stages[{i}] ({stage.name}).data.mix",
+        check(not merged.data.mix or stage.type in ("sft", "distill"), f"stages[{i}] ({stage.name}).data.mix",
                f"only sft and distill stages train on mixed example files, not {stage.type}")
     return recipe
 
@@ -488,7 +173,7 @@ def stage_recipe(recipe: Recipe, stage: StageConfig) -> Recipe:
         if section == "rewards":
             base["rewards"] = value
         else:
-            base[section] = _deep_merge(base[section], value)
+            base[section] = deep_merge(base[section], value)
     merged = build(Recipe, base, "")
     merged.validate()
     return merged
@@ -501,134 +186,17 @@ def _build_stage(raw: Any, index: int) -> StageConfig:
     raw = dict(raw)
     own = {k: raw.pop(k) for k in STAGE_KEYS if k in raw}
     stage = build(StageConfig, own, at)
-    _check(bool(stage.name), f"{at}.name", "is required")
-    _one_of(stage.type, STAGE_TYPES, f"{at}.type")
-    _check(stage.type != "distill" or stage.teacher, f"{at}.teacher", "is required for a distill stage")
-    _check(stage.student_layers is None or stage.type == "distill", f"{at}.student_layers",
+    check(bool(stage.name), f"{at}.name", "is required")
+    one_of(stage.type, STAGE_TYPES, f"{at}.type")
+    check(stage.type != "distill" or stage.teacher, f"{at}.teacher", "is required for a distill stage")
+    check(stage.student_layers is None or stage.type == "distill", f"{at}.student_layers",
            "is only for a distill stage")
-    _check(stage.student_layers is None or stage.student_layers >= 1, f"{at}.student_layers", "must be at least 1")
+    check(stage.student_layers is None or stage.student_layers >= 1, f"{at}.student_layers", "must be at least 1")
     for key in raw:
         if key not in SECTIONS:
-            raise ConfigError(_unknown(f"{at}.{key}", key, STAGE_KEYS + SECTIONS))
+            raise ConfigError(unknown_key(f"{at}.{key}", key, STAGE_KEYS + SECTIONS))
     stage.overrides = raw
     return stage
-
-
-def _deep_merge(base: dict, update: Any) -> Any:
-    if not isinstance(update, dict) or not isinstance(base, dict):
-        return update
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _deep_merge(base.get(key), value) if key in base else value
-    return merged
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one `a.b.c=value` override; the value is parsed as YAML (so 3, 1e-5, true, [a, b])."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set '{item}': expected key=value, e.g. --set training.steps=10")
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set '{item}': '{part}' is not a section")
-    try:
-        node[parts[-1]] = yaml.safe_load(value)
-    except yaml.YAMLError:
-        node[parts[-1]] = value
-
-
-def build(cls: type, raw: Any, at: str) -> Any:
-    """Build dataclass `cls` from a mapping, checking keys and types; `at` is the dotted prefix."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{at or 'recipe'}: expected a mapping of keys, got {_describe(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("stages", "overrides")}
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in raw.items():
-        dotted = f"{at}.{key}" if at else str(key)
-        if key not in fields:
-            raise ConfigError(_unknown(dotted, str(key), list(fields)))
-        values[key] = _coerce(hints[key], value, dotted)
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, at: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, at)
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, at)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{at}: expected a list, got {_describe(value)}")
-        return [_coerce(args[0], v, f"{at}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{at}: expected a mapping, got {_describe(value)}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{at}: expected true or false, got {_describe(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{at}: expected an integer, got {_describe(value)}")
-        return value
-    if hint is float:
-        # YAML reads 1e-5 (no dot) as a string; accept numeric strings for floats.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{at}: expected a number, got {_describe(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{at}: expected a string, got {_describe(value)}")
-        return value
-    return value
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) < 40 else text[:37] + '...'}"
-
-
-def _unknown(dotted: str, key: str, valid: Any) -> str:
-    prefix = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-    return f"unknown key '{dotted}'{hint}"
-
-
-def _file_not_found(path: str) -> str:
-    where = "" if Path(path).is_absolute() else f" (relative paths start from {Path.cwd()})"
-    return f"file not found: {path}{where}; fix the path"
-
-
-def _check(ok: Any, key: str, reason: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {reason}")
-
-
-def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}{hint}")
 
 
 def to_yaml(recipe: Recipe) -> str:

@@ -28,7 +28,9 @@ from r1train.config import ConfigError, Recipe
 from r1train.data import PromptSampler, load_data
 from r1train.diagnostics import StallWatch
 from r1train.heap import map_large_allocations
-from r1train.runtime import engine_for, seed_everything, set_threads
+from r1train.engines import engine_from_recipe
+from r1train.seeding import seed_everything
+from r1train.threads import set_threads
 from r1train.engines.base import SamplingSettings
 from r1train.engines.sync_check import step_sync_metrics
 from r1train.evaluation import Evaluator, task_metrics
@@ -80,7 +82,7 @@ class GRPOTrainer:
         # Engines report raw (temperature-1) logprobs; the learner scores the tempered distribution
         # it sampled from. They are comparable, for the sync check and TIS, only at temperature 1.
         self.use_engine_logprobs = cfg.rollout.temperature == 1.0
-        self.engine = engine_for(cfg, self.learner.model, self.model_dir, self.tokenizer)
+        self.engine = engine_from_recipe(cfg, self.learner.model, self.model_dir, self.tokenizer)
         self.scorer = build_scorer(cfg.rewards, cfg.rollout.max_new_tokens)
         rows = load_data(cfg.data, "train", (cfg.data.question_column,))
         context = getattr(model.config, "max_position_embeddings", None)

@@ -39,7 +39,9 @@ from r1train.data import PromptSampler, load_data, write_rows
 from r1train.engines.base import SamplingSettings
 from r1train.errors import RunError
 from r1train.prompts import encode_all, prefill, render_prompt
-from r1train.runtime import engine_for, seed_everything, set_threads
+from r1train.engines import engine_from_recipe
+from r1train.seeding import seed_everything
+from r1train.threads import set_threads
 from r1train.scoring import reward_columns
 
 LANGUAGE_THRESHOLD = 0.9
@@ -121,7 +123,7 @@ def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, sta
         prompt_ids = encode_all(tokenizer, rows, data.question_column, data.prompt_template, data.system_prompt,
                                 data.max_prompt_tokens, getattr(model.config, "max_position_embeddings", None),
                                 cfg.rollout.max_new_tokens)
-        engine = engine_for(cfg, model, model_dir, tokenizer)
+        engine = engine_from_recipe(cfg, model, model_dir, tokenizer)
         sampling = SamplingSettings(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                     top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop))
         bar = tqdm(total=count, initial=count - sum(len(chunks[i]) for i in todo), unit="prompt",

@@ -51,7 +51,8 @@ from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_m
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.prompts import BUILT_IN, encode_prompt
 from r1train.run_state import RunState
-from r1train.runtime import seed_everything, set_threads
+from r1train.seeding import seed_everything
+from r1train.threads import set_threads
 from r1train.tracking import RunLogger
 
 

@@ -1,4 +1,4 @@
-"""CPU threads: no more of them than the process may use.
+"""CPU threads: no more of them than the process may use (`set_threads`, called by every stage).
 
 OpenMP's wait policy is left to the user (README, Performance, "Threads under load"). By default libgomp's idle threads spin (OMP_WAIT_POLICY unset: a few hundred thousand
 spins) at the end of every parallel region, waiting for the others. When the process has every
@@ -38,3 +38,11 @@ def usable_cpus(cpu_max: Path = _CGROUP_CPU_MAX) -> int:
     if quota == "max":
         return cpus
     return max(1, min(cpus, math.ceil(int(quota) / int(period))))
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch's intra-op threads: `threads`, or by default one per core this process may use
+    (`usable_cpus`), never more than torch's own default."""
+    import torch
+
+    torch.set_num_threads(threads or min(torch.get_num_threads(), usable_cpus()))

@@ -38,6 +38,14 @@ class Completion:
     def truncated(self) -> bool:
         return self.finish_reason == "length"
 
+    @classmethod
+    def decoded(cls, tokenizer, stop: list[str], prompt_index: int, prompt: list[int], token_ids: list[int],
+                logprobs: list[float] | None, finish_reason: str, worker: int | None = None) -> "Completion":
+        """A completion of `prompt` with its text decoded as rewards see it (`decode_completion`)."""
+        return cls(prompt_index=prompt_index, prompt_token_ids=list(prompt), token_ids=token_ids,
+                   text=decode_completion(tokenizer, token_ids, stop), logprobs=logprobs,
+                   finish_reason=finish_reason, worker=worker)
+
 
 def decode_completion(tokenizer, token_ids: list[int], stop: list[str]) -> str:
     """A completion's text: its decoded tokens, cut right after the first stop string.

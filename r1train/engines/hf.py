@@ -34,7 +34,7 @@ from collections.abc import Iterator
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from r1train.engines.base import Completion, SamplingSettings, decode_completion
+from r1train.engines.base import Completion, SamplingSettings
 from r1train.fsdp import is_sharded
 from r1train.hardware import bf16_autocast_supported
 
@@ -214,16 +214,8 @@ class HFEngine:
             if stopper is not None and row in stopper.stopped_at and stopper.stopped_at[row] <= end:
                 end, finish_reason = stopper.stopped_at[row], "stop"
             token_ids = token_ids[:end]
-            completions.append(
-                Completion(
-                    prompt_index=prompt_index,
-                    prompt_token_ids=list(prompt),
-                    token_ids=token_ids,
-                    text=decode_completion(self.tokenizer, token_ids, sampling.stop),
-                    logprobs=logprobs[row, :end].tolist(),
-                    finish_reason=finish_reason,
-                )
-            )
+            completions.append(Completion.decoded(self.tokenizer, sampling.stop, prompt_index, prompt, token_ids,
+                                                  logprobs[row, :end].tolist(), finish_reason))
         return completions
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from r1train.engines.base import Completion, SamplingSettings, decode_completion
+from r1train.engines.base import Completion, SamplingSettings
 from r1train.engines.remote_weights import DiskWeightPush, NCCLWeightPush
 from r1train.errors import RolloutWorkerError
 
@@ -144,15 +144,9 @@ class RemoteVLLMEngine:
                 token_ids = list(choice["token_ids"])
                 if choice["finish_reason"] not in ("stop", "length"):
                     raise RuntimeError(f"a completion ended with finish_reason={choice['finish_reason']!r}")
-                completions.append(Completion(
-                    prompt_index=i,
-                    prompt_token_ids=list(prompt),
-                    token_ids=token_ids,
-                    text=decode_completion(self.tokenizer, token_ids, sampling.stop),
-                    logprobs=[float(x) for x in choice["logprobs"]["token_logprobs"]],
-                    finish_reason=choice["finish_reason"],
-                    worker=worker,
-                ))
+                completions.append(Completion.decoded(
+                    self.tokenizer, sampling.stop, i, prompt, token_ids,
+                    [float(x) for x in choice["logprobs"]["token_logprobs"]], choice["finish_reason"], worker))
         return completions
 
     def sync_weights(self, model: torch.nn.Module) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from r1train.engines.base import Completion, SamplingSettings, decode_completion
+from r1train.engines.base import Completion, SamplingSettings
 from r1train.engines.direct_sync import DirectWeightSync, learner_tensors
 from r1train.engines.weights import checkpoint_weights
 from r1train.heap import return_free_memory
@@ -213,16 +213,9 @@ class VLLMEngine:
                 if sample.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"vLLM ended a completion with finish_reason={sample.finish_reason!r}")
                 token_ids = list(sample.token_ids)
-                completions.append(
-                    Completion(
-                        prompt_index=prompt_index,
-                        prompt_token_ids=list(prompt),
-                        token_ids=token_ids,
-                        text=decode_completion(self.tokenizer, token_ids, sampling.stop),
-                        logprobs=[step[t].logprob for t, step in zip(token_ids, sample.logprobs)],
-                        finish_reason=sample.finish_reason,
-                    )
-                )
+                completions.append(Completion.decoded(
+                    self.tokenizer, sampling.stop, prompt_index, prompt, token_ids,
+                    [step[t].logprob for t, step in zip(token_ids, sample.logprobs)], sample.finish_reason))
         return completions
 
     def sync_weights(self, model: torch.nn.Module) -> None:

@@ -12,7 +12,7 @@ from r1train.cli import main
 from r1train.config import BACKENDS_BY_PLACEMENT, recipe_from_dict
 from r1train.engines import ENGINE_BY_RECIPE
 from r1train.engines.base import SamplingSettings
-from r1train.runtime import engine_for
+from r1train.engines import engine_from_recipe as engine_for
 
 
 def recipe_for(model_dir, backend: str, placement: str = "colocate", **rollout):
