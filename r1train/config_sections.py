@@ -273,7 +273,7 @@ class TrainingConfig:
         check(self.keep_checkpoints >= 1, f"{at}.keep_checkpoints", "must be at least 1")
         check(self.max_nan_steps >= 1, f"{at}.max_nan_steps", "must be at least 1")
         check(self.max_unscored_steps >= 1, f"{at}.max_unscored_steps", "must be at least 1")
-        one_of(self.optimizer_state_dtype, STATE_DTYPES, f"{at}.optimizer_state_dtype")
+        one_of(self.optimizer_state_dtype, tuple(STATE_DTYPES), f"{at}.optimizer_state_dtype")
         check(not (self.fsdp and self.optimizer_state_dtype != "float32"), f"{at}.optimizer_state_dtype",
               "bfloat16 state does not combine with training.fsdp (sharding already divides the optimiser "
               "state across processes); leave it float32")

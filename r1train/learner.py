@@ -141,8 +141,7 @@ class PolicyLearner:
         processes instead of replicated (ignored without an accelerator: one process has nothing
         to shard across). `share_prompts` packs completions of one prompt into a row with the
         prompt computed once, where the model's attention takes the custom mask this needs and
-        where it saves work (`r1train/packing.py`). `optimizer_state_dtype` "bfloat16" keeps AdamW's
-        moments in half the memory (`r1train/adamw_state.py`).
+        where it saves work (`r1train/packing.py`). `optimizer_state_dtype`: see `Optimiser`.
         """
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
