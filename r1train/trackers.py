@@ -62,7 +62,19 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-class WandbTracker:
+class _FinishingRunTracker:
+    """A tracker whose `run` takes `log(metrics, step=)` and ends with `finish()` (W&B, Trackio)."""
+
+    run: Any
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class WandbTracker(_FinishingRunTracker):
     def __init__(self, run_dir: Path, start_step: int, project: str, config: dict[str, Any]):
         import wandb
 
@@ -74,27 +86,16 @@ class WandbTracker:
             print(f"r1train: wandb offline run in {self.run.dir.rsplit('/files', 1)[0]}; upload it with "
                   "`wandb sync <that folder>`", file=sys.stderr, flush=True)
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.run.log(metrics, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
-
-
-class TrackioTracker:
+class TrackioTracker(_FinishingRunTracker):
     def __init__(self, run_dir: Path, start_step: int, project: str, config: dict[str, Any]):
         import trackio
 
-        self.trackio = trackio
         # No system metrics: every tracker gets the same names.
-        self.run = trackio.init(project=project, name=run_dir.name, config=config,
-                                resume="allow" if start_step else "never", auto_log_cpu=False, auto_log_gpu=False)
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.trackio.log(metrics, step=step)
-
-    def close(self) -> None:
-        self.trackio.finish()
+        trackio.init(project=project, name=run_dir.name, config=config,
+                     resume="allow" if start_step else "never", auto_log_cpu=False, auto_log_gpu=False)
+        # The module's log and finish act on the run that init made current.
+        self.run = trackio
 
 
 class MlflowTracker:
