@@ -39,7 +39,8 @@ import torch
 
 from r1train.batching import collate
 from r1train.hardware import bf16_autocast_supported
-from r1train.learner import LossSettings, PolicyLearner, TrainBatch
+from r1train.learner import PolicyLearner, TrainBatch
+from r1train.policy_loss import LossSettings
 
 
 def load_model(name: str):

@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
-from r1train.config_parsing import ConfigError, apply_override, build, check, deep_merge, one_of, unknown_key
+from r1train.config_parsing import (  # noqa: F401 - the stage reference helpers are re-exported
+    STAGE_REFERENCE, ConfigError, apply_override, build, check, deep_merge, one_of, referenced_stage, unknown_key,
+)
 from r1train.config_sections import (  # noqa: F401 - re-exported: the sections are part of the config's API
     BACKENDS_BY_PLACEMENT,
     WEIGHT_SYNC_METHODS,
@@ -38,11 +40,30 @@ from r1train.config_sections import (  # noqa: F401 - re-exported: the sections 
 
 # Sections a stage may override; `stages` itself cannot nest.
 SECTIONS = ("model", "data", "rollout", "algorithm", "rewards", "training", "evaluation", "rejection", "logging")
-STAGE_TYPES = ("sft", "grpo", "rejection_sampling", "distill", "eval")
-# What each stage type leaves for later stages: `model:`/`teacher:` references need a model, data
-# references (data.train/eval/general/mix) a dataset.
-STAGE_OUTPUTS = {"sft": "model", "grpo": "model", "distill": "model", "rejection_sampling": "dataset",
-                 "eval": "scores"}
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """What a stage type needs from its recipe and leaves for later stages."""
+
+    produces: str  # "model" (for model:/teacher: references), "dataset" (for data references) or "scores"
+    needs_rewards: bool = False  # it scores completions
+    needs_train: bool = True  # data.train: the prompts or examples it works on
+    needs_eval: bool = False  # data.eval: what it measures
+    samples_train_prompts: bool = False  # it generates from data.train's prompts (they must fit the context)
+    learns_examples: bool = False  # it trains on written examples, so data.mix may add more files
+    needs_completions: bool = False  # its examples carry data.completion_column
+    logs_steps: bool = False  # it reports optimiser steps to the trackers
+
+
+STAGE_KINDS = {
+    "sft": StageKind("model", learns_examples=True, needs_completions=True, logs_steps=True),
+    "grpo": StageKind("model", needs_rewards=True, samples_train_prompts=True, logs_steps=True),
+    "rejection_sampling": StageKind("dataset", needs_rewards=True, samples_train_prompts=True),
+    "distill": StageKind("model", needs_rewards=True, learns_examples=True, logs_steps=True),
+    "eval": StageKind("scores", needs_rewards=True, needs_train=False, needs_eval=True),
+}
+STAGE_TYPES = tuple(STAGE_KINDS)
 STAGE_KEYS = ("name", "type", "model", "teacher", "student_layers")
 
 
@@ -153,15 +174,17 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         refs += [(f"data.{key}", data.get(key), "dataset") for key in ("train", "eval", "general")]
         refs += [(f"data.mix[{j}]", ref, "dataset") for j, ref in enumerate(data.get("mix") or [])]
         for key, ref, needed in refs:
-            if isinstance(ref, str) and ref.startswith("stage:"):
-                check(ref[6:] in names[:i], f"stages[{i}]", f"'{ref}' must name an earlier stage")
-                source = recipe.stages[names.index(ref[6:])]
-                produced = STAGE_OUTPUTS[source.type]
+            name = referenced_stage(ref)
+            if name is not None:
+                check(name in names[:i], f"stages[{i}]", f"'{ref}' must name an earlier stage")
+                source = recipe.stages[names.index(name)]
+                produced = STAGE_KINDS[source.type].produces
                 check(produced == needed, f"stages[{i}] ({stage.name}).{key}",
                        f"'{ref}' is a {source.type} stage, which produces a {produced}, not a {needed}")
         merged = stage_recipe(recipe, stage)  # validates the merged sections
-        check(not merged.data.mix or stage.type in ("sft", "distill"), f"stages[{i}] ({stage.name}).data.mix",
-               f"only sft and distill stages train on mixed example files, not {stage.type}")
+        mixers = " and ".join(t for t, kind in STAGE_KINDS.items() if kind.learns_examples)
+        check(not merged.data.mix or STAGE_KINDS[stage.type].learns_examples, f"stages[{i}] ({stage.name}).data.mix",
+               f"only {mixers} stages train on mixed example files, not {stage.type}")
     return recipe
 
 

@@ -135,3 +135,13 @@ def one_of(value: str, choices: tuple[str, ...], key: str) -> None:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}{hint}")
+
+
+STAGE_REFERENCE = "stage:"  # `stage:<name>` in a stage's model, teacher or data means that stage's output
+
+
+def referenced_stage(ref: Any) -> str | None:
+    """The stage a `stage:<name>` reference names, or None when `ref` is not such a reference."""
+    if isinstance(ref, str) and ref.startswith(STAGE_REFERENCE):
+        return ref[len(STAGE_REFERENCE):]
+    return None

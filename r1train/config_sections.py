@@ -13,9 +13,9 @@ from typing import Any
 
 from r1train.adamw_state import STATE_DTYPES
 from r1train.algorithm import ADVANTAGE_BASELINES, ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS
-from r1train.config_parsing import check, file_not_found, one_of
+from r1train.config_parsing import check, file_not_found, one_of, referenced_stage
 from r1train.optimiser import LR_SCHEDULES
-from r1train.policy_loss import POLICY_LOSSES, TIS_MODES
+from r1train.policy_loss import POLICY_LOSSES, TIS_MODES, LossSettings
 from r1train.reward_scope import REWARD_SCOPES
 
 
@@ -81,7 +81,7 @@ class DataConfig:
 
         named = [(f"{at}.{key}", getattr(self, key)) for key in ("train", "eval", "general")]
         for key, path in named + [(f"{at}.mix[{i}]", path) for i, path in enumerate(self.mix)]:
-            if path is not None and not path.startswith("stage:"):
+            if path is not None and referenced_stage(path) is None:
                 problem = source_problem(path)
                 check(problem is None, key, problem)
         check(self.max_prompt_tokens >= 8, f"{at}.max_prompt_tokens", "must be at least 8")
@@ -152,23 +152,24 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
+    # The loss's settings take their defaults from policy_loss.LossSettings (one default each).
     advantage_scaling: str = "group"  # "group" std, "batch" std, or "none" (Dr. GRPO)
     advantage_baseline: str = "group_mean"  # or "leave_one_out" (RLOO, with advantage_scaling: none)
-    policy_loss: str = "ppo_clip"  # "ppo_clip" (token ratio) | "gspo" (sequence ratio) | "cispo"
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2  # > epsilon_low is DAPO's clip-higher
-    dual_clip: float | None = None  # c > 1 bounds the loss of negative-advantage tokens
-    beta: float = 0.0  # KL weight; 0 loads no reference model
-    loss_aggregation: str = "token_mean"  # "sequence_mean" | "token_mean" | "sum_over_max_len"
+    policy_loss: str = LossSettings.policy_loss  # "ppo_clip" (token ratio) | "gspo" (sequence ratio) | "cispo"
+    epsilon_low: float = LossSettings.epsilon_low
+    epsilon_high: float = LossSettings.epsilon_high  # > epsilon_low is DAPO's clip-higher
+    dual_clip: float | None = LossSettings.dual_clip  # c > 1 bounds the loss of negative-advantage tokens
+    beta: float = LossSettings.beta  # KL weight; 0 loads no reference model
+    loss_aggregation: str = LossSettings.loss_aggregation  # "sequence_mean" | "token_mean" | "sum_over_max_len"
     updates_per_batch: int = 1  # mu
     mini_batches: int = 1  # optimiser steps per batch and update
-    tis_cap: float | None = 2.0  # engine/learner mismatch correction: cap C of the weight (or range); null disables
-    tis_mode: str = "token_truncate"  # level and mode of that correction (r1train/policy_loss.py)
-    tis_floor: float | None = None  # lower bound of the kept range for the *_mask modes; null: 1 / tis_cap
+    tis_cap: float | None = LossSettings.tis_cap  # engine/learner mismatch correction: cap C of the weight (or range); null disables
+    tis_mode: str = LossSettings.tis_mode  # level and mode of that correction (r1train/policy_loss.py)
+    tis_floor: float | None = LossSettings.tis_floor  # lower bound of the kept range for the *_mask modes; null: 1 / tis_cap
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
     max_sampling_retries: int = 3
     overlong: str = "none"  # "none" | "mask" (truncated completions get no loss)
-    entropy_coef: float = 0.0
+    entropy_coef: float = LossSettings.entropy_coef
 
     def validate(self, at: str) -> None:
         one_of(self.advantage_scaling, ADVANTAGE_SCALINGS, f"{at}.advantage_scaling")

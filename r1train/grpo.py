@@ -34,8 +34,9 @@ from r1train.threads import set_threads
 from r1train.engines.base import SamplingSettings
 from r1train.engines.sync_check import step_sync_metrics
 from r1train.evaluation import Evaluator, task_metrics
-from r1train.learner import LossSettings, PolicyLearner, TrainBatch
+from r1train.learner import PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
+from r1train.policy_loss import LossSettings
 from r1train.prompts import encode_all, prefill
 from r1train.run_state import RunState
 from r1train.prompt_mix import MixedPromptSampler, tag_sources
@@ -370,13 +371,12 @@ class GRPOTrainer:
     def _sampling_for(self, step: int, draw: int) -> SamplingSettings:
         """The sampling settings of one draw of `step`.
 
-        The HF engine's own random stream would start again from the seed when a killed run resumes;
+        An engine's own random stream would start again from the seed when a killed run resumes;
         a seed made of (seed, step, draw) gives each step the samples it would have had in an
-        uninterrupted run, so resuming is exact. The colocated vLLM engine applies a request seed to
-        every prompt of a call alike (correlated groups), so it keeps its engine-level stream instead;
-        remote workers derive one seed per prompt from it.
+        uninterrupted run, so resuming is exact. Engines that cannot take a call seed without
+        correlating its prompts (`RolloutEngine.seeds_each_call`) keep their own stream instead.
         """
-        if (self.recipe.rollout.backend, self.recipe.rollout.placement) == ("vllm", "colocate"):
+        if not self.engine.seeds_each_call:
             return self.sampling
         rank = f"-{self.rank}" if self.world_size > 1 else ""  # processes sampling alike would correlate
         seed = random.Random(f"{self.recipe.seed}-{step}-{draw}{rank}").getrandbits(63)
@@ -384,12 +384,9 @@ class GRPOTrainer:
 
     def loss_settings(self) -> LossSettings:
         a = self.recipe.algorithm
-        return LossSettings(
-            eps_low=a.epsilon_low, eps_high=a.epsilon_high, dual_clip=a.dual_clip,
-            aggregation=a.loss_aggregation, max_completion_length=self.recipe.rollout.max_new_tokens,
-            beta=a.beta, tis_cap=a.tis_cap, entropy_coef=a.entropy_coef, policy_loss=a.policy_loss,
-            tis_mode=a.tis_mode, tis_floor=a.tis_floor,
-        )
+        names = [f.name for f in dataclasses.fields(LossSettings) if f.name != "max_completion_length"]
+        return LossSettings(max_completion_length=self.recipe.rollout.max_new_tokens,
+                            **{name: getattr(a, name) for name in names})
 
     def _check_finite(self, metrics: dict[str, float]) -> None:
         """Stop the run after `training.max_nan_steps` optimiser steps in a row were skipped."""

@@ -47,7 +47,7 @@ from r1train.learner_metrics import MetricTotals
 from r1train.logprobs import compute_token_logprobs
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
-from r1train.policy_loss import compute_policy_loss
+from r1train.policy_loss import LossSettings, compute_policy_loss
 
 @dataclass
 class TrainBatch:
@@ -62,23 +62,6 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
-
-
-@dataclass
-class LossSettings:
-    """Arguments of `compute_policy_loss`; README.md lists what each one does."""
-
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: float | None = None
-    aggregation: str = "token_mean"
-    max_completion_length: int | None = None  # needed by "sum_over_max_len"
-    beta: float = 0.0
-    tis_cap: float | None = 2.0  # used when the batch carries engine logprobs
-    entropy_coef: float = 0.0
-    policy_loss: str = "ppo_clip"
-    tis_mode: str = "token_truncate"
-    tis_floor: float | None = None
 
 
 class _TokenLogprobs(torch.nn.Module):
@@ -311,8 +294,7 @@ class PolicyLearner:
         # to its loss.
         batch_sequences = len(indices)
         batch_tokens = sum(len(batch.completion_ids[i]) for i in indices)
-        # A zero advantage gives a zero loss unless a KL or entropy term is on: skip the forward.
-        contributes = settings.beta > 0 or settings.entropy_coef > 0
+        contributes = settings.zero_advantage_contributes()
         work = [i for i in indices if contributes or batch.advantages[i].item() != 0.0]
         any_work = len(work)
         if self.world_size > 1:
@@ -363,13 +345,9 @@ class PolicyLearner:
         old = gather(old_logprobs) if old_logprobs is not None else logprobs.detach()  # mu = 1: ratio = 1
         loss, metrics = compute_policy_loss(
             logprobs, old, batch.advantages[samples].to(self.device), mask,
-            eps_low=settings.eps_low, eps_high=settings.eps_high, dual_clip=settings.dual_clip,
-            aggregation=settings.aggregation, max_completion_length=settings.max_completion_length,
-            ref_logprobs=gather(batch.ref_logprobs), beta=settings.beta,
-            engine_logprobs=gather(batch.engine_logprobs), tis_cap=settings.tis_cap,
-            entropy=entropy if settings.entropy_coef > 0 else entropy.detach(), entropy_coef=settings.entropy_coef,
-            batch_sequences=batch_sequences, batch_tokens=batch_tokens, policy_loss=settings.policy_loss,
-            tis_mode=settings.tis_mode, tis_floor=settings.tis_floor,
+            ref_logprobs=gather(batch.ref_logprobs), engine_logprobs=gather(batch.engine_logprobs),
+            entropy=entropy if settings.entropy_coef > 0 else entropy.detach(),
+            batch_sequences=batch_sequences, batch_tokens=batch_tokens, **settings.as_kwargs(),
         )
         self._backward(loss)
         totals.add_micro_batch(metrics, completion_tokens=int(lengths.sum()),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from r1train import distributed
 from r1train.checkpoint import CheckpointWriteError
-from r1train.config import Recipe, StageConfig, stage_recipe, to_yaml
+from r1train.config import Recipe, StageConfig, referenced_stage, stage_recipe, to_yaml
 from r1train.errors import INTERRUPTED_EXIT, USER_ERRORS, RunError
 from r1train.run_lock import LOCK_FILE, hold_run_folder
 from r1train.run_state import TrainingInterrupted
@@ -165,8 +165,9 @@ def _run_stage(recipe: Recipe, stage: StageConfig, stage_dir: Path, outputs: dic
 def _resolve_model_ref(ref: str, recipe: Recipe, outputs: dict[str, str]) -> str:
     if ref == "base":
         return recipe.model.name
-    if ref.startswith("stage:"):
-        produced = outputs[ref[6:]]
+    name = referenced_stage(ref)
+    if name is not None:
+        produced = outputs[name]
         if not (Path(produced) / "config.json").is_file():
             raise RunError(f"'{ref}' produced {produced}, which is not a model folder")
         return produced
@@ -177,9 +178,10 @@ def _resolve_data_refs(cfg: Recipe, outputs: dict[str, str]) -> Recipe:
     """Replace `stage:<name>` in data.train/eval/general/mix by the dataset file that stage wrote."""
 
     def resolve(key: str, ref: str | None) -> str | None:
-        if not (ref and ref.startswith("stage:")):
+        name = referenced_stage(ref)
+        if name is None:
             return ref
-        produced = outputs[ref[6:]]
+        produced = outputs[name]
         if Path(produced).is_dir():
             raise RunError(f"{key} '{ref}' names a stage that produced a model, not a dataset")
         return produced

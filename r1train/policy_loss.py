@@ -1,7 +1,7 @@
 """Policy losses and engine/learner mismatch corrections: the per-token loss GRPO minimises.
 
 Pure functions of tensors and scalars, like `r1train/algorithm.py` (which holds the advantages and
-the loss aggregation): no model, no I/O, no config objects. README.md ("GRPO: every algorithm
+the loss aggregation): no model, no I/O, no recipe objects (`LossSettings` holds plain values). README.md ("GRPO: every algorithm
 option") lists each option with its paper.
 
 Layout as in `algorithm.py`: token tensors are [B, T], row b holds the completion tokens of sample b
@@ -24,6 +24,7 @@ normalisers, as a zero advantage would.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -37,6 +38,38 @@ POLICY_LOSSES = ("ppo_clip", "gspo", "cispo")
 # One value picks the level (token, sequence, geometric mean over the sequence) and the mode
 # (truncate the weight at the cap, or mask what leaves [floor, cap]).
 TIS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "geometric_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """The scalar arguments of `compute_policy_loss`, under the recipe's `algorithm` names.
+
+    These defaults are the recipe's defaults too (`config_sections.AlgorithmConfig` takes them from
+    here); README.md ("GRPO: every algorithm option") says what each does.
+    """
+
+    policy_loss: str = "ppo_clip"
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    dual_clip: float | None = None
+    loss_aggregation: str = "token_mean"
+    max_completion_length: int | None = None  # the generation limit; needed by "sum_over_max_len"
+    beta: float = 0.0
+    tis_cap: float | None = 2.0  # applies when the batch carries engine logprobs; None turns it off
+    tis_mode: str = "token_truncate"
+    tis_floor: float | None = None
+    entropy_coef: float = 0.0
+
+    def zero_advantage_contributes(self) -> bool:
+        """Whether a sample with advantage 0 still has a loss (a KL or an entropy term); when not,
+        its forward pass can be skipped."""
+        return self.beta > 0 or self.entropy_coef > 0
+
+    def as_kwargs(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_DEFAULTS = LossSettings()
 
 
 def bounded_exp(log_ratio: torch.Tensor) -> torch.Tensor:
@@ -159,32 +192,32 @@ def compute_policy_loss(
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    dual_clip: float | None = None,
-    aggregation: str = "token_mean",
-    max_completion_length: int | None = None,
+    epsilon_low: float = _DEFAULTS.epsilon_low,
+    epsilon_high: float = _DEFAULTS.epsilon_high,
+    dual_clip: float | None = _DEFAULTS.dual_clip,
+    loss_aggregation: str = _DEFAULTS.loss_aggregation,
+    max_completion_length: int | None = _DEFAULTS.max_completion_length,
     ref_logprobs: torch.Tensor | None = None,
-    beta: float = 0.0,
+    beta: float = _DEFAULTS.beta,
     engine_logprobs: torch.Tensor | None = None,
-    tis_cap: float | None = None,
+    tis_cap: float | None = _DEFAULTS.tis_cap,
     entropy: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
+    entropy_coef: float = _DEFAULTS.entropy_coef,
     batch_sequences: int | None = None,
     batch_tokens: int | None = None,
-    policy_loss: str = "ppo_clip",
-    tis_mode: str = "token_truncate",
-    tis_floor: float | None = None,
+    policy_loss: str = _DEFAULTS.policy_loss,
+    tis_mode: str = _DEFAULTS.tis_mode,
+    tis_floor: float | None = _DEFAULTS.tis_floor,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO loss for one (micro-)batch: policy loss, mismatch correction, optional KL, entropy.
 
     Per token, with advantage A of its sequence and r = exp(logp - old):
-        ppo_clip  pg = max(-A * r, -A * clip(r, 1 - eps_low, 1 + eps_high))   PPO clip as in GRPO
-                  (arXiv 2402.03300); eps_high > eps_low is DAPO's clip-higher (arXiv 2503.14476);
+        ppo_clip  pg = max(-A * r, -A * clip(r, 1 - epsilon_low, 1 + epsilon_high))   PPO clip as in GRPO
+                  (arXiv 2402.03300); epsilon_high > epsilon_low is DAPO's clip-higher (arXiv 2503.14476);
                   with dual_clip c, pg = min(pg, -A * c) where A < 0 (Ye et al. 2020, arXiv 1912.09729)
         gspo      the same clip applied to GSPO's sequence ratio (`compute_gspo_ratio`,
                   arXiv 2507.18071): every token of a sequence is clipped or not together
-        cispo     pg = -A * sg(clip(r, 1 - eps_low, 1 + eps_high)) * r / sg(r): the clipped ratio
+        cispo     pg = -A * sg(clip(r, 1 - epsilon_low, 1 + epsilon_high)) * r / sg(r): the clipped ratio
                   weights the token's plain policy gradient and carries no gradient itself, so
                   no token's gradient is dropped (MiniMax-M1, arXiv 2506.13585)
         pg *= w, the detached mismatch weight of `compute_mismatch_weights` (tis_mode, tis_cap,
@@ -199,10 +232,10 @@ def compute_policy_loss(
         old_logprobs: [B, T] logprobs of the policy that sampled the batch (detached).
         advantages: [B] per-sequence advantage.
         mask: [B, T] 1 on completion tokens that count.
-        eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high] of the ratio (GSPO's paper uses
+        epsilon_low, epsilon_high: clip range [1 - epsilon_low, 1 + epsilon_high] of the ratio (GSPO's paper uses
             3e-4 and 4e-4 for its sequence ratio).
         dual_clip: c > 1 bounds the loss of negative-advantage tokens at -c * A (ppo_clip only).
-        aggregation, max_completion_length, batch_sequences, batch_tokens: see `aggregate_loss`.
+        loss_aggregation, max_completion_length, batch_sequences, batch_tokens: see `aggregate_loss`.
         ref_logprobs: [B, T] frozen reference model logprobs; required when beta > 0.
         beta: KL weight.
         engine_logprobs: [B, T] rollout engine logprobs; with tis_cap, enables the mismatch weight.
@@ -234,8 +267,8 @@ def compute_policy_loss(
         ratio = compute_gspo_ratio(logprobs, old_logprobs, mask)
     else:
         ratio = bounded_exp(logprobs - old_logprobs)
-    clipped_ratio = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-    below, above = ratio < 1.0 - eps_low, ratio > 1.0 + eps_high
+    clipped_ratio = ratio.clamp(1.0 - epsilon_low, 1.0 + epsilon_high)
+    below, above = ratio < 1.0 - epsilon_low, ratio > 1.0 + epsilon_high
     dual_active = torch.zeros_like(mask_bool)
     if policy_loss == "cispo":
         pg = -adv * clipped_ratio.detach() * torch.exp(logprobs - logprobs.detach())
@@ -264,7 +297,7 @@ def compute_policy_loss(
         if entropy_coef > 0:
             loss_mat = loss_mat - entropy_coef * entropy
         metrics["entropy"] = _token_mean(entropy, mask_bool)
-    loss = aggregate_loss(loss_mat, mask, aggregation, max_completion_length, batch_sequences, batch_tokens)
+    loss = aggregate_loss(loss_mat, mask, loss_aggregation, max_completion_length, batch_sequences, batch_tokens)
 
     metrics["clip/low_frac"] = _token_mean(below, mask_bool)
     metrics["clip/high_frac"] = _token_mean(above, mask_bool)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from r1train.config import Recipe, stage_recipe
+from r1train.config import STAGE_KINDS, Recipe, referenced_stage, stage_recipe
 from r1train.data import holds_no_rows, load_data
 from r1train.errors import MissingExtraError, RunError
 from r1train.models import _GGUF_ALIASES, ModelNotFoundError, cache_dir, load_tokenizer
@@ -34,7 +34,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
         for i, stage in enumerate(recipe.stages):
             notes += _check_stage_recipe(stage_recipe(recipe, stage), stage.type, f"stages[{i}] ({stage.name})",
                                          stage.model, tokenizers)
-            if stage.teacher and not stage.teacher.startswith("stage:"):
+            if stage.teacher and referenced_stage(stage.teacher) is None:
                 notes += _check_model(stage.teacher, f"stages[{i}].teacher")
     else:
         notes += _check_stage_recipe(recipe, "grpo", "recipe", "base", tokenizers)
@@ -44,32 +44,33 @@ def check_recipe(recipe: Recipe) -> list[str]:
 def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, tokenizers: dict[str, Any]) -> list[str]:
     check_template(recipe.data.prompt_template)
     _check_no_doubled_prefill(recipe, where)
-    if kind in ("grpo", "sft", "distill"):  # the stages that log steps
+    needs = STAGE_KINDS[kind]
+    if needs.logs_steps:
         missing = missing_tracker(recipe.logging.trackers)
         if missing:
             raise MissingExtraError(f"{where}: {missing}")
     notes = []
     if model_ref == "base":
         notes += _check_model(recipe.model.name, "model.name")
-    elif not model_ref.startswith("stage:"):
+    elif referenced_stage(model_ref) is None:
         notes += _check_model(model_ref, f"{where}.model")
     needed = {recipe.data.question_column}
     reads: dict[str, ColumnsRead] = {}
-    if kind in ("grpo", "rejection_sampling", "eval", "distill"):
+    if needs.needs_rewards:
         reads = columns_read_by_reward(recipe)
         for columns in reads.values():
             # The trainer hands data.answer_column to the rewards as `answer`.
             needed.update(recipe.data.answer_column if c == "answer" else c for c in columns.required)
         if not recipe.rewards:
             raise RunError(f"{where}: a {kind} stage needs at least one entry under `rewards`")
-    if kind == "sft":
+    if needs.needs_completions:
         needed.add(recipe.data.completion_column)
     needed = tuple(sorted(needed))
     train_rows = None
     data = recipe.data
     sources = [(key, getattr(data, key)) for key in ("train", "eval", "general")]
     for key, source in sources + [(f"mix[{i}]", source) for i, source in enumerate(data.mix)]:
-        if source is None or source.startswith("stage:") or (key.startswith("mix[") and holds_no_rows(source)):
+        if source is None or referenced_stage(source) is not None or (key.startswith("mix[") and holds_no_rows(source)):
             continue
         cols = {"train": needed, "eval": tuple(c for c in needed if c != data.completion_column),
                 "general": (data.question_column,)}.get(key, (data.question_column, data.completion_column))
@@ -80,11 +81,11 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
         if key == "train":
             train_rows = rows
     model_name = recipe.model.name if model_ref == "base" else model_ref
-    if not model_name.startswith("stage:"):
+    if referenced_stage(model_name) is None:
         _check_prompts(recipe, kind, where, model_name, train_rows, tokenizers)
-    if kind in ("grpo", "rejection_sampling", "sft", "distill") and recipe.data.train is None:
+    if needs.needs_train and recipe.data.train is None:
         raise RunError(f"{where}: data.train is required for a {kind} stage")
-    if kind == "eval" and recipe.data.eval is None:
+    if needs.needs_eval and recipe.data.eval is None:
         raise RunError(f"{where}: data.eval is required for an eval stage")
     return notes
 
@@ -144,7 +145,7 @@ def _check_prompts(recipe: Recipe, kind: str, where: str, model_name: str, train
         tokenizers[model_dir] = load_tokenizer(model_dir)
     tokenizer = tokenizers[model_dir]
     require_chat_template(tokenizer, model_dir)
-    if kind in ("grpo", "rejection_sampling") and train_rows is not None:
+    if STAGE_KINDS[kind].samples_train_prompts and train_rows is not None:
         context = json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings")
         data = recipe.data
         encode_all(tokenizer, train_rows, data.question_column, data.prompt_template, data.system_prompt,

@@ -8,7 +8,8 @@ import torch
 from r1train import adamw_state
 from r1train.adamw_state import AdamWLowPrecisionState, make_adamw
 from r1train.config import ConfigError, recipe_from_dict
-from r1train.learner import LossSettings, PolicyLearner
+from r1train.learner import PolicyLearner
+from r1train.policy_loss import LossSettings
 from tests.test_learner import tiny_model, toy_batch
 
 SETTINGS = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)

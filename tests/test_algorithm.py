@@ -46,13 +46,13 @@ def loop_aggregate(loss_mat, mask, mode, max_len):
     return sum(sum(r) for r in rows) / (max_len * len(rows))
 
 
-def loop_policy_loss(logp, old, adv, mask, eps_low, eps_high, dual_clip, mode, ref, beta, engine, cap, ent, ent_coef):
+def loop_policy_loss(logp, old, adv, mask, epsilon_low, epsilon_high, dual_clip, mode, ref, beta, engine, cap, ent, ent_coef):
     per_token = []
     for b in range(len(logp)):
         row = []
         for t in range(len(logp[b])):
             ratio = math.exp(logp[b][t] - old[b][t])
-            clipped = min(max(ratio, 1 - eps_low), 1 + eps_high)
+            clipped = min(max(ratio, 1 - epsilon_low), 1 + epsilon_high)
             pg = max(-adv[b] * ratio, -adv[b] * clipped)
             if dual_clip is not None and adv[b] < 0:
                 pg = min(pg, -adv[b] * dual_clip)
@@ -166,18 +166,18 @@ def test_aggregate_composes_over_micro_batches(mode):
 
 # ----------------------------------------------------------------------------- policy loss
 def one_token(logp, adv, **kwargs):
-    kwargs.setdefault("eps_low", 0.2)
-    kwargs.setdefault("eps_high", 0.2)
+    kwargs.setdefault("epsilon_low", 0.2)
+    kwargs.setdefault("epsilon_high", 0.2)
     return compute_policy_loss(torch.tensor([[logp]]), torch.tensor([[0.0]]), torch.tensor([adv]),
                                torch.ones(1, 1), **kwargs)
 
 
 def test_policy_loss_hand_computed():
-    # Ratio 1.5 with A = +1 is clipped at 1 + eps_high = 1.2.
+    # Ratio 1.5 with A = +1 is clipped at 1 + epsilon_high = 1.2.
     loss, m = one_token(math.log(1.5), 1.0)
     assert loss.item() == pytest.approx(-1.2) and m["clip/high_frac"] == 1.0 and m["clip/low_frac"] == 0.0
-    # Clip-higher: eps_high 0.28 lets the same ratio reach 1.28.
-    loss, _ = one_token(math.log(1.5), 1.0, eps_high=0.28)
+    # Clip-higher: epsilon_high 0.28 lets the same ratio reach 1.28.
+    loss, _ = one_token(math.log(1.5), 1.0, epsilon_high=0.28)
     assert loss.item() == pytest.approx(-1.28)
     # Ratio 0.5 with A = -1: max(0.5, 0.8) = 0.8, the low clip is active.
     loss, m = one_token(math.log(0.5), -1.0)
@@ -208,15 +208,15 @@ def test_k3_kl_and_tis_hand_computed():
 @pytest.mark.parametrize("dual_clip", [None, 2.0])
 def test_policy_loss_matches_loop(mode, dual_clip):
     b = random_token_batch(4)
-    settings = dict(eps_low=0.2, eps_high=0.28, dual_clip=dual_clip, beta=0.05, tis_cap=1.5, entropy_coef=0.01)
+    settings = dict(epsilon_low=0.2, epsilon_high=0.28, dual_clip=dual_clip, beta=0.05, tis_cap=1.5, entropy_coef=0.01)
     loss, metrics = compute_policy_loss(
-        b["logp"], b["old"], b["adv"], b["mask"], eps_low=0.2, eps_high=0.28, dual_clip=dual_clip,
-        aggregation=mode, max_completion_length=MAX_LEN, ref_logprobs=b["ref"], beta=0.05,
+        b["logp"], b["old"], b["adv"], b["mask"], epsilon_low=0.2, epsilon_high=0.28, dual_clip=dual_clip,
+        loss_aggregation=mode, max_completion_length=MAX_LEN, ref_logprobs=b["ref"], beta=0.05,
         engine_logprobs=b["engine"], tis_cap=1.5, entropy=b["ent"], entropy_coef=0.01,
     )
     lists = {k: v.tolist() for k, v in b.items()}
-    expected = loop_policy_loss(lists["logp"], lists["old"], lists["adv"], lists["mask"], settings["eps_low"],
-                                settings["eps_high"], dual_clip, mode, lists["ref"], 0.05, lists["engine"], 1.5,
+    expected = loop_policy_loss(lists["logp"], lists["old"], lists["adv"], lists["mask"], settings["epsilon_low"],
+                                settings["epsilon_high"], dual_clip, mode, lists["ref"], 0.05, lists["engine"], 1.5,
                                 lists["ent"], 0.01)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
     tokens = [(bi, t) for bi in range(5) for t in range(MAX_LEN) if lists["mask"][bi][t]]
@@ -232,7 +232,7 @@ def test_unclipped_on_policy_gradient_is_policy_gradient(mode):
     """mu = 1 (old = current, detached), clip inactive: the gradient is that of -A * logp."""
     b = random_token_batch(5)
     logp = b["logp"].clone().requires_grad_()
-    loss, _ = compute_policy_loss(logp, logp.detach(), b["adv"], b["mask"], aggregation=mode,
+    loss, _ = compute_policy_loss(logp, logp.detach(), b["adv"], b["mask"], loss_aggregation=mode,
                                   max_completion_length=MAX_LEN)
     (grad,) = torch.autograd.grad(loss, logp)
     plain = aggregate_loss(-b["adv"].unsqueeze(1) * logp, b["mask"], mode, MAX_LEN)

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from r1train.distributed import combine_rank_metrics, shard
 from r1train.fsdp import full_tensor
-from r1train.learner import LossSettings, PolicyLearner, TrainBatch
+from r1train.learner import PolicyLearner, TrainBatch
+from r1train.policy_loss import LossSettings
 from r1train.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +157,7 @@ def train(case: str, batch_index: int | None, accelerator=None) -> tuple[dict[st
         batch.advantages = step_advantages(rewards, 3, "batch")[0]
     learner = make_learner(case, accelerator)
     assert learner.sharded == (accelerator is not None and options.get("fsdp", False))
-    metrics = learner.train_on_batch(batch, LossSettings(aggregation=aggregation, max_completion_length=8))
+    metrics = learner.train_on_batch(batch, LossSettings(loss_aggregation=aggregation, max_completion_length=8))
     if learner.sharded:  # every process gathers every tensor whole
         return {k: full_tensor(v).detach().clone() for k, v in learner.model.state_dict().items()}, metrics
     return {k: v.detach().clone() for k, v in learner.model.state_dict().items()}, metrics

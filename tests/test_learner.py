@@ -8,7 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from r1train.algorithm import aggregate_loss, compute_group_advantages
 from r1train.batching import collate, plan_micro_batches
 from r1train.engines.weights import checkpoint_weights
-from r1train.learner import LossSettings, PolicyLearner, TrainBatch
+from r1train.learner import PolicyLearner, TrainBatch
+from r1train.policy_loss import LossSettings
 from r1train.optimiser import lr_factor
 
 AGGREGATIONS = ("sequence_mean", "token_mean", "sum_over_max_len")
@@ -90,7 +91,7 @@ def test_micro_batched_gradient_equals_plain_policy_gradient(mode, capture_gradi
     expected = plain_policy_gradient(model, batch, mode, max_len=8)
     learner = PolicyLearner(model, lr=1e-3, micro_batch_tokens=16, bf16=False, logprob_chunk_size=3,
                             max_grad_norm=1e9)
-    learner.train_on_batch(batch, LossSettings(aggregation=mode, max_completion_length=8, tis_cap=None))
+    learner.train_on_batch(batch, LossSettings(loss_aggregation=mode, max_completion_length=8, tis_cap=None))
     assert len(capture_gradients) == 1
     for got, want in zip(capture_gradients[0], expected):
         assert torch.allclose(got, want, atol=1e-10)
@@ -101,7 +102,7 @@ def test_micro_batch_budget_does_not_change_gradient_with_all_terms(capture_grad
     batch = toy_batch(n=8, seed=3)
     batch.ref_logprobs = [torch.randn(len(c), dtype=torch.float64) * 0.1 - 5 for c in batch.completion_ids]
     batch.engine_logprobs = [torch.randn(len(c), dtype=torch.float64) * 0.1 - 5.5 for c in batch.completion_ids]
-    settings = LossSettings(beta=0.04, tis_cap=2.0, entropy_coef=0.01, eps_high=0.28, dual_clip=3.0)
+    settings = LossSettings(beta=0.04, tis_cap=2.0, entropy_coef=0.01, epsilon_high=0.28, dual_clip=3.0)
     gradients = []
     for budget in (8, 1000):
         learner = PolicyLearner(tiny_model(torch.float64), lr=1e-2, micro_batch_tokens=budget, bf16=False,
@@ -152,7 +153,7 @@ def test_shared_prompt_packing_changes_no_logprob_or_gradient(options, capture_g
     and score the same logprobs, while the packed one runs fewer tokens through the decoder.
     Agreement is to fp32 rounding: Llama's RMSNorm computes in fp32 even in a float64 model."""
     batch = grouped_batch()
-    settings = LossSettings(beta=0.04, tis_cap=2.0, entropy_coef=0.01, eps_high=0.28)
+    settings = LossSettings(beta=0.04, tis_cap=2.0, entropy_coef=0.01, epsilon_high=0.28)
     runs = {}
     for share_prompts in (True, False):
         model = tiny_model(torch.float64)
@@ -204,7 +205,7 @@ def test_training_changes_parameters_and_reports_metrics():
                             gradient_checkpointing=True, lr_schedule="cosine", warmup_steps=1, total_steps=12)
     batch = toy_batch(n=8)
     for _ in range(3):
-        metrics = learner.train_on_batch(batch, LossSettings(eps_high=0.28))
+        metrics = learner.train_on_batch(batch, LossSettings(epsilon_high=0.28))
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert len(changed) == len(before)
     for key in ("loss", "grad_norm", "lr", "throughput/learn_tokens_per_s", "nan_skipped_steps", "entropy",

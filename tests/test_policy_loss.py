@@ -18,13 +18,13 @@ from tests.test_algorithm import AGGREGATIONS, MAX_LEN, loop_aggregate, random_t
 
 
 # ----------------------------------------------------------------------------- slow references
-def loop_gspo_loss(logp, old, adv, mask, eps_low, eps_high):
+def loop_gspo_loss(logp, old, adv, mask, epsilon_low, epsilon_high):
     """GSPO as the paper writes it: the mean over sequences of the clipped sequence-ratio surrogate."""
     total = 0.0
     for b in range(len(logp)):
         tokens = [t for t in range(len(mask[b])) if mask[b][t]]
         s = math.exp(sum(logp[b][t] - old[b][t] for t in tokens) / len(tokens))
-        clipped = min(max(s, 1 - eps_low), 1 + eps_high)
+        clipped = min(max(s, 1 - epsilon_low), 1 + epsilon_high)
         total += max(-adv[b] * s, -adv[b] * clipped)
     return total / len(logp)
 
@@ -94,7 +94,7 @@ def test_gspo_hand_computed():
     logp = torch.tensor([[0.2, 0.0], [math.log(0.99), 0.0]], dtype=torch.float64)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
     loss, m = compute_policy_loss(logp, torch.zeros_like(logp), torch.tensor([1.0, -2.0], dtype=torch.float64), mask,
-                                  eps_low=0.05, eps_high=0.05, aggregation="sequence_mean", policy_loss="gspo")
+                                  epsilon_low=0.05, epsilon_high=0.05, loss_aggregation="sequence_mean", policy_loss="gspo")
     assert loss.item() == pytest.approx((-1.05 + 1.98) / 2)
     # Every token of row 0 carries its sequence's ratio and is clipped with it.
     assert m["clip/high_frac"] == pytest.approx(2 / 3)
@@ -107,8 +107,8 @@ def test_gspo_matches_the_sequence_level_loop_and_its_gradient(seed):
     b = random_token_batch(seed)
     b["old"] = b["logp"] + (b["old"] - b["logp"]) * 0.2
     logp = requires_grad(b["logp"])
-    loss, metrics = compute_policy_loss(logp, b["old"], b["adv"], b["mask"], eps_low=0.01, eps_high=0.015,
-                                        aggregation="sequence_mean", policy_loss="gspo")
+    loss, metrics = compute_policy_loss(logp, b["old"], b["adv"], b["mask"], epsilon_low=0.01, epsilon_high=0.015,
+                                        loss_aggregation="sequence_mean", policy_loss="gspo")
     assert 0 < metrics["clip/high_frac"] < 1  # some sequences clipped, others not
     lists = {k: v.tolist() for k, v in b.items()}
     assert loss.item() == pytest.approx(loop_gspo_loss(lists["logp"], lists["old"], lists["adv"], lists["mask"],
@@ -129,7 +129,7 @@ def test_gspo_equals_the_token_ratio_for_one_token_sequences(mode):
     results = []
     for policy_loss in ("ppo_clip", "gspo"):
         logp = requires_grad(b["logp"])
-        loss, metrics = compute_policy_loss(logp, b["old"], b["adv"], b["mask"], aggregation=mode,
+        loss, metrics = compute_policy_loss(logp, b["old"], b["adv"], b["mask"], loss_aggregation=mode,
                                             max_completion_length=1, policy_loss=policy_loss)
         results.append((loss, torch.autograd.grad(loss, logp)[0], metrics))
     (ppo_loss, ppo_grad, ppo_metrics), (gspo_loss, gspo_grad, gspo_metrics) = results
@@ -170,8 +170,8 @@ def test_cispo_weights_carry_no_gradient(mode):
     """The gradient is the clipped weight times the plain policy gradient -A * grad(logp)."""
     b = random_token_batch(4)
     logp = requires_grad(b["logp"])
-    loss, _ = compute_policy_loss(logp, b["old"], b["adv"], b["mask"], eps_low=0.2, eps_high=0.28,
-                                  aggregation=mode, max_completion_length=MAX_LEN, policy_loss="cispo")
+    loss, _ = compute_policy_loss(logp, b["old"], b["adv"], b["mask"], epsilon_low=0.2, epsilon_high=0.28,
+                                  loss_aggregation=mode, max_completion_length=MAX_LEN, policy_loss="cispo")
     (grad,) = torch.autograd.grad(loss, logp)
     weight = torch.exp(b["logp"] - b["old"]).clamp(0.8, 1.28)
     plain = requires_grad(b["logp"])

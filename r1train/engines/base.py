@@ -70,6 +70,12 @@ def generate_many(engine, requests: list[tuple[list[list[int]], int, SamplingSet
 
 @runtime_checkable
 class RolloutEngine(Protocol):
+    # Whether a call's `SamplingSettings.seed` gives each prompt its own random draws (HF, remote
+    # workers: the trainer then seeds every call from (seed, step, draw), so a resumed run samples
+    # what an uninterrupted one would). False where one request seed would give every prompt of a
+    # call the same draws (colocated vLLM): the trainer leaves sampling to the engine's own stream.
+    seeds_each_call: bool
+
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingSettings
     ) -> list[Completion]:

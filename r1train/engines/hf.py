@@ -57,6 +57,8 @@ class HFEngine:
             can update its weights while this engine samples.
     """
 
+    seeds_each_call = True  # see RolloutEngine
+
     def __init__(
         self,
         model: torch.nn.Module,

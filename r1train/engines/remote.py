@@ -67,6 +67,8 @@ class RemoteVLLMEngine:
         eos_token_ids: extra token ids that end a completion, besides the model's own EOS.
     """
 
+    seeds_each_call = True  # see RolloutEngine
+
     def __init__(
         self,
         remote_urls: list[str],

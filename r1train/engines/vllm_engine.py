@@ -104,6 +104,8 @@ class VLLMEngine:
         eos_token_ids: extra token ids that end a completion, besides the model's own EOS.
     """
 
+    seeds_each_call = False  # see RolloutEngine
+
     def __init__(
         self,
         model_dir: str | Path,
