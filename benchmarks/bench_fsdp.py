@@ -28,7 +28,7 @@ from bench_common import gib, median, run_measured  # noqa: E402
 from r1train.tracking import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("time/step", "time/generate", "time/learn", "time/sync")
+PHASES = ("time/step", "time/generate", "time/learn", "time/wake", "time/sync")
 
 
 def parse_args() -> argparse.Namespace:

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "r1_zero_toy.yaml"
 RESULTS = REPO / "benchmarks" / "results" / "bench_remote_workers.txt"
-KEYS = ("time/step", "time/generate", "time/learn", "time/sync")
+KEYS = ("time/step", "time/generate", "time/learn", "time/wake", "time/sync")
 
 
 def run_variant(name: str, steps: int, out_dir: Path, urls: list[str] | None) -> dict[str, float]:

@@ -16,8 +16,9 @@ the same rewards and weights (from the recipe), group size, completion length, p
 settings, clipping and loss aggregation. Every step trains on one batch of `prompts x group_size` completions with one
 optimiser step, and the medians are taken over the steps after the warm-up steps.
 
-Phases. r1train writes time/generate, time/score, time/reference, time/learn and time/sync into
-its metrics.jsonl. TRL has no such breakdown, so its methods are timed from outside:
+Phases. r1train writes time/generate, time/score, time/reference, time/learn, time/wake (the
+colocated engine taking back the KV cache memory it released while the learner trained) and
+time/sync (the weight push) into its metrics.jsonl. TRL has no such breakdown, so its methods are timed from outside:
 generate = `_generate` (tokenise, sample, decode) minus any vLLM weight sync; sync = the vLLM
 weight push; score = `_calculate_rewards`; reference = the no-grad log-prob passes TRL makes
 while preparing a batch (the reference model's, and with vLLM the "old" policy's for importance
@@ -51,7 +52,7 @@ from bench_common import gib, median, run_measured  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "data" / "arithmetic" / "train.jsonl"
-PHASES = ("generate", "score", "reference", "learn", "sync")
+PHASES = ("generate", "score", "reference", "learn", "wake", "sync")
 LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "sum_over_max_len": "dr_grpo"}
 
 

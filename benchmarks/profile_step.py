@@ -203,7 +203,8 @@ def report(counts: Counter, metrics: list[dict[str, float]], rate: int) -> str:
     for (phase, part), n in counts.items():
         by_phase[phase][part] += n
     trainer_time = {key: sum(m.get(key, 0.0) for m in metrics) / steps
-                    for key in ("time/step", "time/generate", "time/score", "time/reference", "time/learn", "time/sync")}
+                    for key in ("time/step", "time/generate", "time/score", "time/reference", "time/learn", "time/wake",
+                              "time/sync")}
     lines = [f"{steps} profiled steps, {total} samples at {rate}/s ({total / rate / steps:.2f} s per step sampled; "
              f"the trainer's own time/step: {trainer_time['time/step']:.2f} s)", "",
              "| phase / part | s per step | share of the step | trainer's own timing |", "|---|---:|---:|---:|"]

@@ -29,9 +29,11 @@ _DELETING = ".del-"
 
 
 def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict,
-                    trainer_state: dict[str, Any], keep: int) -> Path:
+                    trainer_state: dict[str, Any], keep: int, rng_state: dict[str, Any] | None = None) -> Path:
     """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints.
 
+    `rng_state` is the RNG states to store (`current_rng_state()`; default: taken now). A caller
+    that writes from another thread takes them first, on its own thread, while they are the step's.
     Returns the checkpoint folder, `directory/step-NNNNNN`.
     """
     directory = Path(directory)
@@ -45,7 +47,7 @@ def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tenso
         # Tied weights share storage; safetensors refuses shared tensors, so save independent copies.
         save_file({k: v.detach().contiguous().clone() for k, v in trainable.items()}, str(tmp / "weights.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
+        torch.save(rng_state if rng_state is not None else current_rng_state(), tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
         for file in tmp.iterdir():
             _fsync_file(file)
@@ -154,7 +156,8 @@ def _remove_retired(directory: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def _rng_state() -> dict[str, Any]:
+def current_rng_state() -> dict[str, Any]:
+    """Every RNG state a resume restores (Python, NumPy, torch CPU and CUDA)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
         import numpy as np

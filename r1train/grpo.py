@@ -151,11 +151,13 @@ class GRPOTrainer:
                                        "fmt": metrics.get("format_rate"), "s/step": metrics.get("time/step")})
                 due = step % cfg.training.checkpoint_every == 0 or step == cfg.training.steps
                 if due and (self.is_main or self.learner.sharded):  # sharded: every process gathers
+                    # Written while the next step samples; its learner update waits for the write.
                     self.state.save(step, self.learner, self._sampler_to_save(), cfg.training.keep_checkpoints,
-                                    write=self.is_main)
+                                    write=self.is_main, background=True)
                 if self.is_main:  # a signal during this step, the last one included, stops here
                     self.state.stop_if_interrupted(step, self.learner, self._sampler_to_save(),
                                                    save=not self.learner.sharded)
+            self.state.wait_for_checkpoint()  # a failed write stops the run here, with its error
         finally:
             if self.prefetcher:
                 self.prefetcher.close()
@@ -182,16 +184,20 @@ class GRPOTrainer:
         self._sync_engine()
         return self.evaluator.run(self.engine)
 
-    def _sync_engine(self) -> float:
-        """Push the learner's weights into the engine unless it already holds them; returns seconds taken."""
+    def _sync_engine(self) -> dict[str, float]:
+        """Push the learner's weights into the engine unless it already holds them; returns the
+        seconds taken by the engine's wake-up (getting back the memory sleep() released while the
+        learner trained) and by the push itself."""
         if self._engine_step == self.step_count:
-            return 0.0
+            return {"time/wake": 0.0, "time/sync": 0.0}
         if self.prefetcher:
             self.prefetcher.wait()  # never swap weights under a batch being sampled
         t0 = time.perf_counter()
+        self.engine.wake_up()
+        t1 = time.perf_counter()
         self.engine.sync_weights(self.learner.model)
         self._engine_step = self.step_count
-        return time.perf_counter() - t0
+        return {"time/wake": t1 - t0, "time/sync": time.perf_counter() - t1}
 
     def _sampler_to_save(self):
         return self.prefetcher.sampler_for_checkpoint() if self.prefetcher else self.sampler
@@ -244,6 +250,9 @@ class GRPOTrainer:
         # 4. Policy update(s). On GPU the engine frees its memory meanwhile (unless it is sampling
         #    the next batch).
         t0 = time.perf_counter()
+        self.state.wait_for_checkpoint()  # it reads the weights and optimiser state in place
+        timings["time/checkpoint_wait"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         if not self.prefetcher:
             self.engine.sleep()
         learn_metrics = self.learner.train_on_batch(batch, self.loss_settings())
@@ -255,7 +264,7 @@ class GRPOTrainer:
         # 5. Push the new weights into the engine; the next batch's first pass verifies it. In async
         #    mode this happens at the start of the next step, once the batch in flight is sampled.
         if not self.prefetcher:
-            timings["time/sync"] = self._sync_engine()
+            timings.update(self._sync_engine())
 
         metrics: dict[str, float] = {}
         metrics.update(rollouts.metrics)
@@ -293,7 +302,7 @@ class GRPOTrainer:
             rollouts, timings["time/rollout_wait"] = self.prefetcher.take(step)
             # Nothing is in flight now, so the engine can take the learner's latest weights: the
             # next batch is sampled with them (and this one too, when nothing was prefetched).
-            timings["time/sync"] = self._sync_engine()
+            timings.update(self._sync_engine())
             if rollouts is None:  # the first step after a start or a resume
                 rollouts = self.collect_rollouts(step)
             if step < self.recipe.training.steps:

@@ -12,11 +12,15 @@ alone, and one stage's handler never outlives it.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import signal
+import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from r1train.checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+from r1train.checkpoint import clean_partial, current_rng_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from r1train.errors import RunError
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -39,6 +43,8 @@ class RunState:
         self._signal: int | None = None
         self._last_saved = -1
         self._previous_handlers: dict[int, object] | None = None
+        self._writer: ThreadPoolExecutor | None = None  # writes checkpoints saved with background=True
+        self._pending: Future | None = None  # the checkpoint it is writing
 
     def _install_handlers(self) -> None:
         if self._previous_handlers is not None or threading.current_thread() is not threading.main_thread():
@@ -46,7 +52,16 @@ class RunState:
         self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in _SIGNALS}
 
     def close(self) -> None:
-        """Put back the signal handlers that were there before training started."""
+        """Finish a checkpoint still being written (a failure is reported, not raised: close runs
+        while another error may be on its way out) and put back the signal handlers that were there
+        before training started."""
+        try:
+            self.wait_for_checkpoint()
+        except Exception as exc:  # noqa: BLE001 - reported; the previous checkpoint stays usable
+            print(f"r1train: {exc}", file=sys.stderr, flush=True)
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
         if self._previous_handlers is None:
             return
         for sig, handler in self._previous_handlers.items():
@@ -88,16 +103,35 @@ class RunState:
         print(f"r1train: resuming {self.run_dir} from step {trainer_state['step']} ({path.name})", flush=True)
         return trainer_state["step"]
 
-    def save(self, step: int, learner, sampler, keep: int, write: bool = True) -> Path | None:
+    def save(self, step: int, learner, sampler, keep: int, write: bool = True, background: bool = False) -> None:
         """Checkpoint `step`. With a sharded learner every process calls this (gathering the state
-        is a collective) and only the one with `write` set writes it."""
+        is a collective) and only the one with `write` set writes it.
+
+        With `background`, a thread writes the files while the caller goes on (the next step's
+        sampling): the weights and optimiser state are written as they are in memory, not copied,
+        so the caller must call `wait_for_checkpoint()` before it changes them. The RNG states and
+        the sampler's position are taken now.
+        """
+        self.wait_for_checkpoint()  # one write at a time, in step order
         weights, optimizer_state = learner.trainable_state(), learner.state_dict()
         if not write:
-            return None
-        path = save_checkpoint(self.checkpoint_dir, step, weights, optimizer_state,
-                               {"sampler": sampler.state_dict()}, keep)
+            return
+        write_files = functools.partial(save_checkpoint, self.checkpoint_dir, step, weights, optimizer_state,
+                                        copy.deepcopy({"sampler": sampler.state_dict()}), keep,
+                                        rng_state=current_rng_state())
         self._last_saved = step
-        return path
+        if not background:
+            write_files()
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1train-checkpoint")
+        self._pending = self._writer.submit(write_files)
+
+    def wait_for_checkpoint(self) -> None:
+        """Return once no checkpoint is being written; raise the error of one that failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def stop_if_interrupted(self, step: int, learner, sampler, keep: int = 2, save: bool = True) -> None:
         """Called between steps: after a signal, checkpoint `step` (unless `save` is off) and raise
@@ -105,6 +139,7 @@ class RunState:
         self._install_handlers()
         if self._signal is None:
             return
+        self.wait_for_checkpoint()
         if save and self._last_saved != step and step > 0:
             self.save(step, learner, sampler, keep)
         name = signal.Signals(self._signal).name

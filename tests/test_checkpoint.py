@@ -143,6 +143,44 @@ def test_run_state_restores_weights_optimiser_and_data_position(tmp_path):
     assert first != expected_next[:3]
 
 
+def test_a_background_checkpoint_keeps_the_rng_and_data_position_of_the_moment_it_was_saved(tmp_path):
+    learner, sampler = FakeLearner(), PromptSampler([{"q": i} for i in range(5)], seed=0)
+    state = RunState(tmp_path)
+    learner.weights, learner.optimizer = {"w": torch.ones(2)}, {"steps": 1}
+    random.seed(3)
+    state.save(1, learner, sampler, keep=2, background=True)
+    # The trainer goes on while the thread writes: it samples, which moves the RNGs and the data.
+    expected_random, expected_torch = random.random(), torch.rand(3)
+    expected_next = sampler.next_batch(4)
+    state.wait_for_checkpoint()  # what the trainer calls before its next optimiser step
+    state.close()
+
+    learner2, sampler2 = FakeLearner(), PromptSampler([{"q": i} for i in range(5)], seed=0)
+    assert RunState(tmp_path).restore(learner2, sampler2) == 1
+    assert random.random() == expected_random and torch.equal(torch.rand(3), expected_torch)
+    assert sampler2.next_batch(4) == expected_next
+    assert torch.equal(learner2.weights["w"], torch.ones(2)) and learner2.optimizer == {"steps": 1}
+
+
+def test_a_failed_background_checkpoint_stops_the_run_at_the_wait_and_close_reports_it(tmp_path, monkeypatch, capsys):
+    learner, sampler = FakeLearner(), PromptSampler([{"q": 1}], seed=0)
+    state = RunState(tmp_path)
+    state.save(1, learner, sampler, keep=2)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    state.save(2, learner, sampler, keep=2, background=True)
+    with pytest.raises(checkpoint.CheckpointWriteError, match="the disk is full.*step-000001"):
+        state.wait_for_checkpoint()
+    state.save(3, learner, sampler, keep=2, background=True)
+    state.close()  # runs while another error may be on its way out: reports, does not raise
+    err = capsys.readouterr().err
+    assert "step-000003" in err and "the disk is full" in err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000001"]
+
+
 def test_a_checkpoint_that_does_not_fit_the_model_is_a_user_error(tmp_path):
     from r1train.errors import RunError
 
@@ -169,6 +207,10 @@ def test_a_signal_stops_between_steps_with_a_checkpoint_and_handlers_are_put_bac
                                                   r"Run the same command again to resume"):
         state.stop_if_interrupted(3, learner, sampler)
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000003"
+    # A checkpoint still being written when the signal is seen is finished, and named, first.
+    state.save(4, learner, sampler, keep=2, background=True)
+    with pytest.raises(TrainingInterrupted, match=r"after step 4; checkpoint .*step-000004 kept"):
+        state.stop_if_interrupted(4, learner, sampler)
     state.close()
     assert signal.getsignal(signal.SIGTERM) is before
 

@@ -70,7 +70,7 @@ def test_grpo_run_changes_parameters_and_logs_every_promised_metric(tmp_path, ti
                 "accuracy", "format_rate",
                 "completion_len/mean", "completion_len/max", "completion_len/truncated_frac",
                 "groups/zero_variance_frac", "clip/low_frac", "clip/high_frac", "entropy", "ratio/mean",
-                "grad_norm", "lr", "time/generate", "time/score", "time/reference", "time/learn", "time/sync",
+                "grad_norm", "lr", "time/generate", "time/score", "time/reference", "time/learn", "time/wake", "time/sync",
                 "time/step", "throughput/gen_tokens_per_s", "throughput/learn_tokens_per_s",
                 "sync/logprob_abs_diff_mean", "rewards/errors", "nan_skipped_steps"):
         assert key in rows[1], key
