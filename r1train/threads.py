@@ -1,15 +1,18 @@
-"""CPU threads: no more of them than the process may use (`set_threads`, called by every stage).
+"""CPU threads: no more of them than the process may use (`set_threads`, called by every stage),
+and OpenMP threads that stop spinning soon (`bound_openmp_spinning`, when r1train is imported).
 
-OpenMP's wait policy is left to the user (README, Performance, "Threads under load"). By default libgomp's idle threads spin (OMP_WAIT_POLICY unset: a few hundred thousand
-spins) at the end of every parallel region, waiting for the others. When the process has every
-core to itself that saves a wake-up; when another process takes part of a core, the spinning
-thread burns the time slice its partner needs to finish, and every small operator waits for a
-descheduled thread. A decoding loop issues thousands of small operators per second, so on a
-loaded machine the whole run slows far more than its share of the cores. Passive waiting costs a
-futex wake-up per parallel region on an idle machine, and that cost is not small either (the
-README's "Sync, threads under load" section has the measurements). So r1train does not set it; on
-a shared machine, `export OMP_WAIT_POLICY=PASSIVE` before running (it must be set before torch
-loads).
+OpenMP's waiting: by default libgomp's idle threads spin 300,000 times at the end of every
+parallel region before they sleep, waiting for the others. When the process has every core to
+itself that saves a wake-up; when another process takes part of a core, the spinning thread burns
+the time slice its partner needs to finish, and every small operator waits for a descheduled
+thread. A decoding loop issues thousands of small operators per second, so with one other busy
+process on a 2-core machine the main recipe's step took 9.2x its time alone. Passive waiting
+(`OMP_WAIT_POLICY=PASSIVE`) removes most of that (1.2x) but costs a futex wake-up per parallel
+region on an idle machine (+24% per step). r1train sets `GOMP_SPINCOUNT=10000` unless the user set
+`GOMP_SPINCOUNT` or `OMP_WAIT_POLICY`: 2.4x under that load, and no slower alone than libgomp's
+default (shorter spins, 5000 or 3000, were 8-10% slower alone). The README's Performance section
+("On an idle machine") has the measurements. It must be in the environment before torch loads
+libgomp, so a program that imports torch before r1train keeps libgomp's default.
 
 Threads: torch starts one intra-op thread per core it sees; a container may also be limited by a
 CPU quota (cgroup `cpu.max`) that torch does not read. More threads than the cores the process
@@ -46,3 +49,17 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads or min(torch.get_num_threads(), usable_cpus()))
+
+
+# Spins a waiting OpenMP thread makes before it sleeps (libgomp's default: 300,000); see the module doc.
+OPENMP_SPIN_COUNT = 10000
+
+
+def bound_openmp_spinning() -> None:
+    """Set GOMP_SPINCOUNT for libgomp, unless the user chose a wait policy or spin count, or torch
+    (which loads libgomp and reads it then) is already imported."""
+    import sys
+
+    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
