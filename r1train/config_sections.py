@@ -243,6 +243,10 @@ class TrainingConfig:
     max_seq_len: int = 1024  # SFT
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
+    # GRPO: a thread writes each checkpoint while the next step samples (the learner's update waits
+    # for it). Saves the write's seconds; a process killed in that window resumes from the checkpoint
+    # before it, so it is off unless a recipe asks (README, "Resuming").
+    background_checkpoints: bool = False
     max_nan_steps: int = 3  # consecutive non-finite steps before the run stops
     max_unscored_steps: int = 3  # consecutive GRPO steps in which no reward judged any sample
     threads: int | None = None  # torch intra-op threads; null: one per core the process may use (r1train/threads.py)

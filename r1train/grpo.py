@@ -151,9 +151,10 @@ class GRPOTrainer:
                                        "fmt": metrics.get("format_rate"), "s/step": metrics.get("time/step")})
                 due = step % cfg.training.checkpoint_every == 0 or step == cfg.training.steps
                 if due and (self.is_main or self.learner.sharded):  # sharded: every process gathers
-                    # Written while the next step samples; its learner update waits for the write.
+                    # With background_checkpoints, written while the next step samples; its learner
+                    # update waits for the write.
                     self.state.save(step, self.learner, self._sampler_to_save(), cfg.training.keep_checkpoints,
-                                    write=self.is_main, background=True)
+                                    write=self.is_main, background=cfg.training.background_checkpoints)
                 if self.is_main:  # a signal during this step, the last one included, stops here
                     self.state.stop_if_interrupted(step, self.learner, self._sampler_to_save(),
                                                    save=not self.learner.sharded)
