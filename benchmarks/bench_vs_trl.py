@@ -87,6 +87,8 @@ def parse_args() -> argparse.Namespace:
                    "smaller values use gradient accumulation")
     p.add_argument("--cpu-low-memory", action="store_true",
                    help="r1train's training.cpu_low_memory: lower peak RSS for a slower learner")
+    p.add_argument("--optimizer-state-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="r1train's training.optimizer_state_dtype: AdamW's moments in bf16 halve their memory")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_vs_trl"))
     p.add_argument("--print-saved", action="store_true",
                    help="run nothing: print the table again from the results a previous run left in --work-dir")
@@ -135,6 +137,7 @@ def build_workload(args: argparse.Namespace) -> dict:
         "trl_micro_batch": args.trl_micro_batch or batch,
         "micro_batch_tokens": args.micro_batch_tokens,
         "cpu_low_memory": args.cpu_low_memory,
+        "optimizer_state_dtype": args.optimizer_state_dtype,
         "work_dir": str(work),
     }
 
@@ -180,6 +183,7 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
         raw["training"]["micro_batch_tokens"] = workload["micro_batch_tokens"]
     if workload.get("cpu_low_memory"):
         raw["training"]["cpu_low_memory"] = True
+    raw["training"]["optimizer_state_dtype"] = workload.get("optimizer_state_dtype", "float32")
     raw["evaluation"] = {"at_start": False, "at_end": False, "every": 0}
     raw["logging"] = {"tensorboard": False, "progress": False}
     recipe = recipe_from_dict(raw)
@@ -201,6 +205,8 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
                      "bf16_autocast": trainer.learner.use_bf16,
                      "micro_batch_tokens": recipe.training.micro_batch_tokens,
                      "cpu_low_memory": recipe.training.cpu_low_memory,
+                     "optimizer_state_dtype": recipe.training.optimizer_state_dtype,
+                     "gradient_checkpointing": recipe.model.gradient_checkpointing,
                      "tis_cap": recipe.algorithm.tis_cap},
         "setup_s": setup_s,
         "steps": steps_out,

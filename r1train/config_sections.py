@@ -70,6 +70,8 @@ class DataConfig:
     system_prompt: str | None = None  # a system message in a conversation wins over it
     max_prompt_tokens: int = 256
     shuffle: bool = True
+    # GRPO: draw train rows so each value of this column is equally frequent (rarer ones repeat), e.g. op.
+    balance_by: str | None = None
     # Second-stage RL: extra prompts scored by the rewards with `applies_to: general` (or all).
     general: str | None = None
     general_ratio: float = 0.0  # share of each batch drawn from `general`

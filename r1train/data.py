@@ -17,7 +17,7 @@ from r1train.data_sources import DataError, open_split, read_jsonl, select_rows
 if TYPE_CHECKING:
     from r1train.config import DataConfig
 
-__all__ = ["DataError", "PromptSampler", "holds_no_rows", "load_data", "load_rows", "read_jsonl", "write_rows"]
+__all__ = ["DataError", "PromptSampler", "balance_rows", "holds_no_rows", "load_data", "load_rows", "read_jsonl", "write_rows"]
 
 
 def load_rows(source: str | Path, required_columns: tuple[str, ...] = (), what: str = "data.train") -> list[dict[str, Any]]:
@@ -51,6 +51,31 @@ def load_data(data: "DataConfig", key: str, required_columns: tuple[str, ...] = 
     if data.question_column in table.column_names:
         check_conversations(rows, data.question_column, what)
     return rows
+
+
+def balance_rows(rows: list[dict[str, Any]], column: str, seed: int) -> list[dict[str, Any]]:
+    """The rows with each value of `column` equally frequent: every group is repeated up to the
+    largest group's size (whole copies, then a seeded choice of its rows for the rest).
+
+    The returned list holds the same row objects (callers key encoded prompts by row identity),
+    the groups interleaved so an unshuffled walk also sees them equally often. Values are compared
+    by their string form, so a missing column and None fall together.
+    """
+    if not any(column in row for row in rows):
+        has = ", ".join(rows[0]) if rows else "no columns"
+        raise DataError(f"data.balance_by: no row has a column {column!r} (has: {has}); "
+                        f"name a column of data.train or remove the key")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get(column)), []).append(row)
+    largest = max(len(group) for group in groups.values())
+    rng = random.Random(f"{seed}-balance-{column}")
+    filled = []
+    for value in sorted(groups):
+        group = groups[value]
+        copies, rest = divmod(largest, len(group))
+        filled.append(group * copies + rng.sample(group, rest))
+    return [row for rows_at in zip(*filled) for row in rows_at]
 
 
 def _check_columns(table, required_columns: tuple[str, ...], what: str, source: str) -> None:

@@ -25,7 +25,7 @@ import torch
 from r1train import algorithm, distributed
 from r1train.async_rollouts import RolloutPrefetcher
 from r1train.config import ConfigError, Recipe
-from r1train.data import PromptSampler, load_data
+from r1train.data import PromptSampler, balance_rows, load_data
 from r1train.diagnostics import StallWatch
 from r1train.heap import map_large_allocations
 from r1train.engines import engine_from_recipe
@@ -90,7 +90,8 @@ class GRPOTrainer:
         encoded = encode_all(self.tokenizer, rows, cfg.data.question_column, cfg.data.prompt_template,
                              cfg.data.system_prompt, cfg.data.max_prompt_tokens, context, cfg.rollout.max_new_tokens)
         self._prompt_ids = {id(row): ids for row, ids in zip(rows, encoded)}
-        self.sampler = PromptSampler(rows, cfg.seed, cfg.data.shuffle)
+        drawn = balance_rows(rows, cfg.data.balance_by, cfg.seed) if cfg.data.balance_by else rows
+        self.sampler = PromptSampler(drawn, cfg.seed, cfg.data.shuffle)
         if cfg.data.general and cfg.data.general_ratio > 0:
             # Second-stage RL: general prompts join every batch, drawn by a sampler of their own.
             general = tag_sources(rows, load_data(cfg.data, "general", (cfg.data.question_column,)))
