@@ -68,6 +68,10 @@ def parse_args() -> argparse.Namespace:
                    "exists, else generated 'What is a + b?' rows)")
     p.add_argument("--max-rows", type=int, default=256, help="prompt rows kept from the data file")
     p.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    p.add_argument("--extra-reward", default="tag_count",
+                   help="a reward added to the recipe's on both sides ('none': none): the main recipe's strict "
+                        "rewards give every group of the untrained model the same 0, and r1train's learner then "
+                        "skips the update that TRL still computes")
     p.add_argument("--group-size", type=int, default=8, help="completions per prompt")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--learning-rate", type=float, default=1e-5)
@@ -101,6 +105,8 @@ def parse_args() -> argparse.Namespace:
 def build_workload(args: argparse.Namespace) -> dict:
     """Everything both sides need, as plain JSON, written once by the parent."""
     recipe = yaml.safe_load(Path(args.recipe).read_text()) or {}
+    if args.extra_reward != "none" and all(r.get("name") != args.extra_reward for r in recipe.get("rewards", [])):
+        recipe["rewards"] = [*recipe.get("rewards", []), {"name": args.extra_reward, "weight": 0.5}]
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else DEFAULT_DATA
@@ -498,12 +504,13 @@ def print_table(results: dict, workload: dict) -> None:
             ("generated tokens/s", "gen_tokens_per_s"), ("completion length (tokens)", "completion_len"),
             ("zero-variance groups", "zero_variance_frac"), ("setup (s)", "setup_s"),
             ("peak RSS, process tree (GiB)", "peak_tree_rss_gib"), ("max RSS, one process (GiB)", "max_rss_gib")]
+    rewards = ", ".join(f"{r['name']} x{r.get('weight', 1.0)}" for r in workload["recipe"].get("rewards", []))
     print()
     print(f"Workload: {workload['prompts']} prompts x {workload['group_size']} samples, "
           f"{workload['max_new_tokens']} new tokens, lr {workload['learning_rate']}, AdamW, fp32 weights "
           f"(bf16 autocast: see each side's settings), {workload['warmup']} warm-up + {workload['steps']} "
           f"measured steps (medians); prompts: "
-          f"{workload['prompt_source']}; stop strings: {workload['stop'] or 'none'}")
+          f"{workload['prompt_source']}; stop strings: {workload['stop'] or 'none'}; rewards: {rewards}")
     for side in sides:
         print(f"{side}: {results[side]['settings']}")
     # Ratios: each r1train side against TRL, async against synchronous r1train, and r1train's
