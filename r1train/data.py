@@ -17,7 +17,7 @@ from r1train.data_sources import DataError, open_split, read_jsonl, select_rows
 if TYPE_CHECKING:
     from r1train.config import DataConfig
 
-__all__ = ["DataError", "PromptSampler", "balance_rows", "holds_no_rows", "load_data", "load_rows", "read_jsonl", "write_rows"]
+__all__ = ["DataError", "PromptSampler", "balance_rows", "check_balance_column", "holds_no_rows", "load_data", "load_rows", "read_jsonl", "write_rows"]
 
 
 def load_rows(source: str | Path, required_columns: tuple[str, ...] = (), what: str = "data.train") -> list[dict[str, Any]]:
@@ -53,6 +53,15 @@ def load_data(data: "DataConfig", key: str, required_columns: tuple[str, ...] = 
     return rows
 
 
+def check_balance_column(rows: list[dict[str, Any]], column: str, where: str = "") -> None:
+    """Raise a one-line DataError when no row has the column `data.balance_by` names."""
+    if not any(column in row for row in rows):
+        has = ", ".join(rows[0]) if rows else "no columns"
+        prefix = f"{where}: " if where else ""
+        raise DataError(f"{prefix}data.balance_by: no row has a column {column!r} (has: {has}); "
+                        f"name a column of data.train or remove the key")
+
+
 def balance_rows(rows: list[dict[str, Any]], column: str, seed: int) -> list[dict[str, Any]]:
     """The rows with each value of `column` equally frequent: every group is repeated up to the
     largest group's size (whole copies, then a seeded choice of its rows for the rest).
@@ -61,10 +70,7 @@ def balance_rows(rows: list[dict[str, Any]], column: str, seed: int) -> list[dic
     the groups interleaved so an unshuffled walk also sees them equally often. Values are compared
     by their string form, so a missing column and None fall together.
     """
-    if not any(column in row for row in rows):
-        has = ", ".join(rows[0]) if rows else "no columns"
-        raise DataError(f"data.balance_by: no row has a column {column!r} (has: {has}); "
-                        f"name a column of data.train or remove the key")
+    check_balance_column(rows, column)
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(str(row.get(column)), []).append(row)

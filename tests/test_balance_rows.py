@@ -51,3 +51,14 @@ def test_a_missing_column_is_one_clear_error():
 def test_the_main_recipe_accepts_the_key():
     config = load_recipe("recipes/r1_zero_toy.yaml", ["data.balance_by=op"])
     assert config.data.balance_by == "op"
+
+
+def test_a_missing_column_fails_the_preflight_before_any_model_loads(monkeypatch):
+    from pathlib import Path
+
+    from r1train.validation import check_recipe
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the recipe's data paths are relative
+    recipe = load_recipe("recipes/r1_zero_toy.yaml", ["data.balance_by=level"])
+    with pytest.raises(DataError, match=r"^recipe: data.balance_by: no row has a column 'level' \(has: question, answer, a, b, op\)"):
+        check_recipe(recipe)
