@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-examples", type=int, help="evaluate only the first N rows")
     evaluate.add_argument("--max-new-tokens", type=int, help="completion length limit")
     evaluate.add_argument("--temperature", type=float, default=1.0)
+    evaluate.add_argument("--by", metavar="COLUMN",
+                          help="also report accuracy per value of this data column (e.g. level, op)")
     evaluate.add_argument("--no-think", action="store_true",
                           help="also sample with the thinking forced empty ('<think>\\n</think>\\n<answer>' "
                                "prefilled) and report the accuracy the thinking adds (thinking_gain)")

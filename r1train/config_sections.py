@@ -297,6 +297,9 @@ class EvaluationConfig:
     # Also evaluate with the thinking forced empty (`<think>\n</think>\n<answer>` prefilled):
     # eval/no_think_accuracy and eval/thinking_gain, what the thinking is worth.
     no_think: bool = False
+    # A column of data.eval (MATH's `level`, the toy's `op`): accuracy is also reported per value,
+    # eval/accuracy/<column>=<value> and eval/greedy_accuracy/<column>=<value>.
+    by: str | None = None
     at_start: bool = True
     at_end: bool = True
 
@@ -305,6 +308,7 @@ class EvaluationConfig:
         check(self.max_examples >= 1, f"{at}.max_examples", "must be at least 1")
         check(self.samples >= 1, f"{at}.samples", "must be at least 1")
         check(self.temperature > 0, f"{at}.temperature", "must be positive")
+        check(self.by is None or bool(self.by), f"{at}.by", "must name a column of data.eval (or be left out)")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from r1train.data_sources import DataError, open_split, read_jsonl, select_rows
 if TYPE_CHECKING:
     from r1train.config import DataConfig
 
-__all__ = ["DataError", "PromptSampler", "balance_rows", "check_balance_column", "holds_no_rows", "load_data", "load_rows", "read_jsonl", "write_rows"]
+__all__ = ["DataError", "PromptSampler", "balance_rows", "check_column", "holds_no_rows", "load_data", "load_rows", "read_jsonl", "write_rows"]
 
 
 def load_rows(source: str | Path, required_columns: tuple[str, ...] = (), what: str = "data.train") -> list[dict[str, Any]]:
@@ -53,13 +53,17 @@ def load_data(data: "DataConfig", key: str, required_columns: tuple[str, ...] = 
     return rows
 
 
-def check_balance_column(rows: list[dict[str, Any]], column: str, where: str = "") -> None:
-    """Raise a one-line DataError when no row has the column `data.balance_by` names."""
+def check_column(rows: list[dict[str, Any]], column: str, setting: str, source: str, where: str = "") -> None:
+    """Raise a one-line DataError when no row has the column a setting names.
+
+    `setting` is the key that names it (data.balance_by, evaluation.by, --by) and `source` the
+    data it is read from (data.train, data.eval), so the message says what to change.
+    """
     if not any(column in row for row in rows):
         has = ", ".join(rows[0]) if rows else "no columns"
         prefix = f"{where}: " if where else ""
-        raise DataError(f"{prefix}data.balance_by: no row has a column {column!r} (has: {has}); "
-                        f"name a column of data.train or remove the key")
+        raise DataError(f"{prefix}{setting}: no row has a column {column!r} (has: {has}); "
+                        f"name a column of {source} or remove the {'option' if setting.startswith('--') else 'key'}")
 
 
 def balance_rows(rows: list[dict[str, Any]], column: str, seed: int) -> list[dict[str, Any]]:
@@ -70,7 +74,7 @@ def balance_rows(rows: list[dict[str, Any]], column: str, seed: int) -> list[dic
     the groups interleaved so an unshuffled walk also sees them equally often. Values are compared
     by their string form, so a missing column and None fall together.
     """
-    check_balance_column(rows, column)
+    check_column(rows, column, "data.balance_by", "data.train")
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(str(row.get(column)), []).append(row)

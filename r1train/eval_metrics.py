@@ -1,4 +1,5 @@
-"""Held-out evaluation scores from judged samples: pass@1, maj@k, pass@k, format rate, length.
+"""Held-out evaluation scores from judged samples: pass@1, maj@k, pass@k, format rate, length,
+accuracy per value of a data column.
 
 Pure functions over plain Python lists, no model and no I/O, so `evaluation.py` can stay about
 generating and judging while the arithmetic lives (and is tested) here.
@@ -141,6 +142,76 @@ def format_eval_table(scores: Mapping[str, Mapping[str, float]]) -> str:
 
     rule = ["-" * width for width in widths]
     return "\n".join(render(line) for line in [header, rule, *body])
+
+
+def accuracy_by(values: Sequence, correct: Sequence[Sequence[float]],
+                greedy: Sequence[float] | None = None) -> dict[str, dict[str, float]]:
+    """Accuracy per value of one data column (MATH's `level`, the toy's `op`): where a model is
+    right and where it is not, which one overall figure hides.
+
+    Args:
+        values: question i's value of the column; compared by string form, so a missing column
+            and None fall together.
+        correct: question i's samples judged 0/1.
+        greedy: question i's greedy answer judged 0/1, when the evaluation drew one.
+
+    Returns:
+        {value: {"questions": n, "accuracy": mean of those questions' samples, and
+        "greedy_accuracy" with `greedy`}}, values in order (numbers by size, then text).
+
+    Example:
+        accuracy_by(["+", "-", "+"], [[1, 1], [0, 1], [0, 0]], greedy=[1, 0, 0])
+        == {"+": {"questions": 2, "accuracy": 0.5, "greedy_accuracy": 0.5},
+            "-": {"questions": 1, "accuracy": 0.5, "greedy_accuracy": 0.0}}
+    """
+    if len(values) != len(correct) or (greedy is not None and len(greedy) != len(values)):
+        raise ValueError(f"accuracy_by: {len(values)} values for {len(correct)} questions"
+                         + ("" if greedy is None else f" and {len(greedy)} greedy judgements"))
+    groups: dict[str, list[int]] = {}
+    for i, value in enumerate(values):
+        groups.setdefault(str(value), []).append(i)
+    out = {}
+    for value in sorted(groups, key=_value_order):
+        members = groups[value]
+        samples = [ok for i in members for ok in correct[i]]
+        entry = {"questions": len(members), "accuracy": sum(samples) / len(samples)}
+        if greedy is not None:
+            entry["greedy_accuracy"] = sum(greedy[i] for i in members) / len(members)
+        out[value] = entry
+    return out
+
+
+def _value_order(value: str) -> tuple:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def breakdown_metrics(column: str, breakdown: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """`accuracy_by`'s result as flat evaluator metrics: `eval/accuracy/<column>=<value>` and
+    `eval/greedy_accuracy/<column>=<value>`, so trackers draw one curve per value."""
+    return {f"eval/{name}/{column}={value}": figure
+            for value, entry in breakdown.items() for name, figure in entry.items() if name != "questions"}
+
+
+def format_breakdown_table(column: str, breakdown: Mapping[str, Mapping[str, float]]) -> str:
+    """`accuracy_by`'s result as an aligned plain-text table, one row per value.
+
+    Example:
+        format_breakdown_table("op", {"+": {"questions": 2, "accuracy": 0.5}})
+        ==  "op  questions  accuracy\n"
+            "--  ---------  --------\n"
+            "+           2     0.500"
+    """
+    names = [name for name in ("accuracy", "greedy_accuracy") if any(name in e for e in breakdown.values())]
+    header = [column, "questions", *names]
+    body = [[value, str(entry["questions"]), *(_cell(entry.get(name)) for name in names)]
+            for value, entry in breakdown.items()]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = [header, ["-" * width for width in widths], *body]
+    return "\n".join("  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
+                     for cells in lines)
 
 
 def _lookup(metrics: Mapping[str, float], name: str) -> float | None:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from r1train import eval_metrics
 from r1train.config import Recipe
-from r1train.data import load_data
+from r1train.data import check_column, load_data
 from r1train.engines.base import SamplingSettings, generate_many
 from r1train.prompts import encode_prompt, prefill
 from r1train.scoring import reward_columns
@@ -86,21 +86,28 @@ class Evaluator:
     greedy: bool
     # Also sample with `<think>\n</think>\n<answer>` prefilled: accuracy without thinking, and the gain.
     no_think: bool = False
+    by: str | None = None  # a data column: accuracy per value too (`breakdown`, eval/accuracy/<column>=<value>)
     progress: bool = True  # a progress bar (rate, time left) on stderr while the completions are sampled
     # Inside a run the bar goes away when done, leaving the run's own bar; `r1train eval` keeps it.
     leave_progress: bool = False
+    # The last run's accuracy per value of `by` (eval_metrics.accuracy_by), for `r1train eval`'s table.
+    breakdown: dict | None = None
 
     @classmethod
-    def from_recipe(cls, cfg: Recipe, tokenizer, path: str | None = None) -> "Evaluator":
+    def from_recipe(cls, cfg: Recipe, tokenizer, path: str | None = None,
+                    by_setting: str = "evaluation.by") -> "Evaluator":
         e = cfg.evaluation
         data = dataclasses.replace(cfg.data, eval=path) if path else cfg.data
         rows = load_data(data, "eval", (cfg.data.question_column,))[: e.max_examples]
+        if e.by:
+            check_column(rows, e.by, by_setting, "data.eval")
         sampling = SamplingSettings(
             max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, temperature=e.temperature,
             top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop),
         )
         return cls(rows, tokenizer, cfg.data.prompt_template, cfg.data.system_prompt, cfg.data.question_column,
-                   cfg.data.answer_column, e.samples, sampling, e.greedy, e.no_think, progress=cfg.logging.progress)
+                   cfg.data.answer_column, e.samples, sampling, e.greedy, e.no_think, by=e.by,
+                   progress=cfg.logging.progress)
 
     def run(self, engine, details: list | None = None) -> dict[str, float]:
         """Evaluate `engine`'s current weights; returns metrics prefixed `eval/`."""
@@ -130,9 +137,14 @@ class Evaluator:
                                                                 for c in sampled])
         if format_aside is not None:
             out["eval/last_number_accuracy"] = sum(format_aside) / len(format_aside)
+        greedy_correct = None
         if greedy:
             _, greedy_correct, _, _ = self._judge(greedy[0], prefill(self.template))
             out["eval/greedy_accuracy"] = sum(greedy_correct) / len(greedy_correct)
+        if self.by:
+            self.breakdown = eval_metrics.accuracy_by([row.get(self.by) for row in self.rows],
+                                                      [p["correct"] for p in problems], greedy_correct)
+            out.update(eval_metrics.breakdown_metrics(self.by, self.breakdown))
         if self.no_think:
             out.update(self._without_thinking(engine, out))
         out["time/eval"] = time.perf_counter() - t0
@@ -238,7 +250,7 @@ def run_eval_stage(cfg: Recipe, stage_dir: Path, model_name: str) -> Path:
 
 
 def evaluate_cli(args) -> int:
-    """`r1train eval --model M --data FILE [--samples k] [--out FILE]`."""
+    """`r1train eval --model M --data FILE [--samples k] [--by COLUMN] [--out FILE]`."""
     from r1train.config import Recipe, load_recipe
     from r1train.errors import RunError
     from r1train.models import load_model, load_tokenizer, resolve_model_dir
@@ -263,7 +275,9 @@ def evaluate_cli(args) -> int:
     if args.max_new_tokens:
         cfg.evaluation.max_new_tokens = args.max_new_tokens
     cfg.evaluation.no_think = cfg.evaluation.no_think or args.no_think
-    evaluator = Evaluator.from_recipe(cfg, None, path=args.data)
+    if args.by:
+        cfg.evaluation.by = args.by
+    evaluator = Evaluator.from_recipe(cfg, None, path=args.data, by_setting="--by" if args.by else "evaluation.by")
     evaluator.progress, evaluator.leave_progress = True, True
     model_dir = resolve_model_dir(args.model)
     tokenizer = load_tokenizer(model_dir)
@@ -273,8 +287,11 @@ def evaluate_cli(args) -> int:
     scores = evaluator.run(engine, details)
     engine.close()
     print(eval_metrics.format_eval_table({args.model: scores}))
+    result = {"model": args.model, "data": args.data, "metrics": scores}
+    if evaluator.breakdown is not None:
+        print("\n" + eval_metrics.format_breakdown_table(evaluator.by, evaluator.breakdown))
+        result["by"] = {"column": evaluator.by, "values": evaluator.breakdown}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"model": args.model, "data": args.data, "metrics": scores,
-                                              "examples": details}, indent=2))
+        Path(args.out).write_text(json.dumps({**result, "examples": details}, indent=2))
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from r1train.config import STAGE_KINDS, Recipe, referenced_stage, stage_recipe
-from r1train.data import check_balance_column, holds_no_rows, load_data
+from r1train.data import check_column, holds_no_rows, load_data
 from r1train.errors import MissingExtraError, RunError
 from r1train.models import _GGUF_ALIASES, ModelNotFoundError, cache_dir, load_tokenizer
 from r1train.prompts import check_template, encode_all, prefill, require_chat_template
@@ -81,7 +81,9 @@ def _check_stage_recipe(recipe: Recipe, kind: str, where: str, model_ref: str, t
         if key == "train":
             train_rows = rows
             if kind == "grpo" and data.balance_by:  # only the GRPO trainer draws balanced rows
-                check_balance_column(rows, data.balance_by, where)
+                check_column(rows, data.balance_by, "data.balance_by", "data.train", where)
+        if key == "eval" and recipe.evaluation.by:
+            check_column(rows, recipe.evaluation.by, "evaluation.by", "data.eval", where)
     model_name = recipe.model.name if model_ref == "base" else model_ref
     if referenced_stage(model_name) is None:
         _check_prompts(recipe, kind, where, model_name, train_rows, tokenizers)
