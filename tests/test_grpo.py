@@ -184,7 +184,7 @@ def test_cpu_low_memory_alone_switches_the_allocator_setting(tmp_path, tiny_mode
     assert calls == ([True] if low_memory and not torch.cuda.is_available() else [])
 
 
-def test_a_run_without_signal_warns_once_and_logs_thinking_and_the_no_think_evaluation(
+def test_a_run_without_signal_warns_once_and_logs_thinking_and_the_no_think_and_per_value_evaluation(
         tmp_path, tiny_model_dir, addition_files, monkeypatch, caplog):
     import functools
     import logging
@@ -198,6 +198,7 @@ def test_a_run_without_signal_warns_once_and_logs_thinking_and_the_no_think_eval
     train, test = addition_files
     recipe = tiny_recipe(tmp_path, tiny_model_dir, train, test, rewards=[{"name": "accuracy"}])
     recipe.evaluation.no_think = True
+    recipe.evaluation.by = "answer"  # the three test questions' answers are 2, 3 and 4
     with caplog.at_level(logging.WARNING, logger="r1train"):
         run_grpo(recipe, recipe.run_dir)
     stalls = [r.getMessage() for r in caplog.records if "all-equal rewards" in r.getMessage()]
@@ -206,7 +207,7 @@ def test_a_run_without_signal_warns_once_and_logs_thinking_and_the_no_think_eval
     assert rows[1]["groups/zero_variance_frac"] == 1.0
     assert 0.0 <= rows[1]["think_nonempty_frac"] <= 1.0 and rows[1]["think_len"] >= 0.0
     for key in ("eval/no_think_accuracy", "eval/no_think_greedy_accuracy", "eval/thinking_gain",
-                "eval/think_nonempty_frac", "eval/think_len"):
+                "eval/think_nonempty_frac", "eval/think_len", "eval/accuracy/answer=2", "eval/greedy_accuracy/answer=4"):
         assert key in rows[0] and key in rows[-1], key
 
 
