@@ -55,6 +55,8 @@ TRAIN_TABLE = (("reward", "reward/mean"), ("accuracy", "accuracy"), ("format rat
                ("thinking length (characters)", "think_len"), ("groups without signal", "groups/zero_variance_frac"),
                ("entropy", "entropy"))
 MAX_EXAMPLE_CHARS = 1500  # a longer completion keeps its head and tail (where the answer is)
+# Prefixes of the accuracy per value of a data column (`evaluation.by`).
+PER_VALUE_PREFIXES = ("eval/accuracy/", "eval/greedy_accuracy/")
 ROW_KEYS_NOT_TRAINING = ("step", "time", "time/eval")
 
 
@@ -332,16 +334,25 @@ def _eval_table(evals: list[dict]) -> list[str]:
     if not evals:
         return ["No evaluation rows in metrics.jsonl (set `data.eval` and `evaluation.every` to get them)."]
     first, last = evals[0], evals[-1]
+    rows = list(EVAL_TABLE) + _per_value_rows(first, last)
     if first is last:
         table = [f"| metric | step {first['step']} |", "|---|---:|"]
-        table += [f"| {label} | {fmt(key, first.get(key))} |" for label, key in EVAL_TABLE if numeric(first.get(key))]
+        table += [f"| {label} | {fmt(key, first.get(key))} |" for label, key in rows if numeric(first.get(key))]
         return table
     table = [f"| metric | step {first['step']} | step {last['step']} | change |", "|---|---:|---:|---:|"]
-    for label, key in EVAL_TABLE:
+    for label, key in rows:
         if numeric(first.get(key)) or numeric(last.get(key)):
             table.append(f"| {label} | {fmt(key, first.get(key))} | {fmt(key, last.get(key))} | "
                          f"{change(key, first.get(key), last.get(key))} |")
     return table
+
+
+def _per_value_rows(*evals: dict) -> list[tuple[str, str]]:
+    """(label, key) of `evaluation.by`'s accuracy per value (eval/accuracy/<column>=<value>, greedy
+    too), in the order the evaluator logged them."""
+    keys = dict.fromkeys(k for row in evals for k in row if k.startswith(PER_VALUE_PREFIXES))
+    return [(f"{'greedy accuracy' if k.startswith('eval/greedy') else 'accuracy'}, {k.split('/', 2)[2]}", k)
+            for k in keys]
 
 
 def _training_table(train: list[dict]) -> list[str]:

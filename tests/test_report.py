@@ -161,6 +161,17 @@ def test_eval_only_run(tmp_path):
     assert not (run / "report" / "rewards.png").exists()
 
 
+def test_eval_table_has_a_row_per_value_of_evaluation_by(tmp_path):
+    first = {"step": 20, "eval/accuracy": 0.5, "eval/accuracy/op=+": 0.75, "eval/greedy_accuracy/op=+": 0.8,
+             "eval/accuracy/op=-": 0.25, "eval/greedy_accuracy/op=-": 0.2}
+    last = {"step": 40, "eval/accuracy": 0.6, "eval/accuracy/op=+": 0.875, "eval/greedy_accuracy/op=+": 0.9,
+            "eval/accuracy/op=-": 0.375, "eval/greedy_accuracy/op=-": 0.3}
+    text = write_report(make_run(tmp_path / "by", [first, last])).read_text()
+    lines = [line for line in text.splitlines() if ", op=" in line]
+    assert lines == ["| accuracy, op=+ | 0.750 | 0.875 | +0.125 |", "| greedy accuracy, op=+ | 0.800 | 0.900 | +0.100 |",
+                     "| accuracy, op=- | 0.250 | 0.375 | +0.125 |", "| greedy accuracy, op=- | 0.200 | 0.300 | +0.100 |"]
+
+
 def test_empty_metrics_file_writes_a_summary_without_plots(tmp_path):
     run = make_run(tmp_path / "empty", [])
     text = write_report(run).read_text()
