@@ -131,12 +131,16 @@ def format_eval_table(scores: Mapping[str, Mapping[str, float]]) -> str:
     """
     values = {model: {name: _lookup(metrics, name) for name in TABLE_METRICS} for model, metrics in scores.items()}
     columns = [name for name in TABLE_METRICS if any(row[name] is not None for row in values.values())]
-    header = ["model", *columns]
     body = [[str(model), *(_cell(row[name]) for name in columns)] for model, row in values.items()]
+    return _aligned(["model", *columns], body)
+
+
+def _aligned(header: list[str], body: list[list[str]]) -> str:
+    """Header, a rule of dashes and the body rows as aligned text: the first column (a name) reads
+    left-aligned, the others (numbers) right-aligned so their decimal points line up."""
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def render(cells: list[str]) -> str:
-        # Model names read left-aligned, numbers right-aligned so their decimal points line up.
         parts = [cells[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:])]
         return "  ".join(parts).rstrip()
 
@@ -205,13 +209,9 @@ def format_breakdown_table(column: str, breakdown: Mapping[str, Mapping[str, flo
             "+           2     0.500"
     """
     names = [name for name in ("accuracy", "greedy_accuracy") if any(name in e for e in breakdown.values())]
-    header = [column, "questions", *names]
     body = [[value, str(entry["questions"]), *(_cell(entry.get(name)) for name in names)]
             for value, entry in breakdown.items()]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    lines = [header, ["-" * width for width in widths], *body]
-    return "\n".join("  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
-                     for cells in lines)
+    return _aligned([column, "questions", *names], body)
 
 
 def _lookup(metrics: Mapping[str, float], name: str) -> float | None:
