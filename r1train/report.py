@@ -24,24 +24,20 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from r1train.errors import RunError
+from r1train.run_rows import (REFLECTIVE_WORDS, dropped_share, edge_window, eval_rows, is_reflective, numeric, read_config,
+                              reflective_share_by_step, rolling_mean, sample_correct, series_of, smoothing_window,
+                              training_rows)
 from r1train.tracking import read_metrics
-from rewards import CORRECTNESS_REWARDS
 
-REFLECTIVE_WORDS = ("wait", "check", "verify", "let me", "recheck", "re-evaluate")
-_REFLECTIVE = re.compile(
-    r"\b(?:" + "|".join(re.escape(word).replace(r"\ ", r"\s+") for word in REFLECTIVE_WORDS) + r")\b", re.IGNORECASE
-)
 EVAL_TABLE = (("accuracy", "eval/accuracy"), ("greedy accuracy", "eval/greedy_accuracy"),
               ("last-number accuracy (format aside)", "eval/last_number_accuracy"),
               ("format rate", "eval/format_rate"), ("pass@1", "eval/pass@1"), ("maj@k", "eval/maj@k"),
@@ -57,7 +53,6 @@ TRAIN_TABLE = (("reward", "reward/mean"), ("accuracy", "accuracy"), ("format rat
 MAX_EXAMPLE_CHARS = 1500  # a longer completion keeps its head and tail (where the answer is)
 # Prefixes of the accuracy per value of a data column (`evaluation.by`).
 PER_VALUE_PREFIXES = ("eval/accuracy/", "eval/greedy_accuracy/")
-ROW_KEYS_NOT_TRAINING = ("step", "time", "time/eval")
 
 
 @dataclass
@@ -106,74 +101,6 @@ def write_report(run_dir: Path) -> Path:
     summary = out / "summary.md"
     _write_text(summary, render_summary(run_dir, rows, samples, panels))
     return summary
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def numeric(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def series_of(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of `key` over the rows that logged a number for it."""
-    points = [(row.get("step", 0), float(row[key])) for row in rows if numeric(row.get(key))]
-    return [p[0] for p in points], [p[1] for p in points]
-
-
-def eval_rows(rows: list[dict]) -> list[dict]:
-    return [row for row in rows if any(k.startswith("eval/") and numeric(v) for k, v in row.items())]
-
-
-def training_rows(rows: list[dict]) -> list[dict]:
-    return [row for row in rows
-            if any(not k.startswith("eval/") and k not in ROW_KEYS_NOT_TRAINING and numeric(v) for k, v in row.items())]
-
-
-def dropped_share(rows: list[dict]) -> tuple[list[float], list[float]]:
-    """(steps, share of drawn groups that dynamic sampling dropped), over steps that dropped any
-    (runs without dynamic sampling drop none and get no line)."""
-    points = [(row["step"], row["sampling/groups_dropped"] / row["sampling/prompts_drawn"]) for row in rows
-              if numeric(row.get("sampling/groups_dropped")) and numeric(row.get("sampling/prompts_drawn"))
-              and row["sampling/prompts_drawn"] > 0]
-    if not any(share for _, share in points):
-        return [], []
-    return [p[0] for p in points], [p[1] for p in points]
-
-
-def rolling_mean(values: list[float], window: int) -> list[float]:
-    """Trailing mean over up to `window` values: [1, 3, 5] with window 2 -> [1, 2, 4]."""
-    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
-
-
-def smoothing_window(count: int) -> int:
-    """A light smoothing: about an eighth of the points, at most 10; 1 (none) below 16 points."""
-    return max(1, min(10, count // 8))
-
-
-def edge_window(count: int) -> int:
-    """How many steps "the first few" and "the last few" average: disjoint whenever count >= 2."""
-    return max(1, min(5, count // 4))
-
-
-def is_reflective(text: str) -> bool:
-    return _REFLECTIVE.search(text or "") is not None
-
-
-def reflective_share_by_step(samples: list[dict]) -> tuple[list[float], list[float]]:
-    """Per logged step, the share of its sample completions holding a reflective word."""
-    by_step: dict[Any, list[bool]] = defaultdict(list)
-    for sample in samples:
-        by_step[sample.get("step", 0)].append(is_reflective(sample.get("completion", "")))
-    steps = sorted(by_step)
-    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
-
-
-def sample_correct(sample: dict) -> bool | None:
-    """Whether a logged sample was judged correct; None when no correctness reward scored it."""
-    rewards = sample.get("rewards") or {}
-    scores = [rewards[name] for name in CORRECTNESS_REWARDS if numeric(rewards.get(name))]
-    return None if not scores else max(scores) >= 1.0
 
 
 # ----------------------------------------------------------------------------- plots
@@ -307,7 +234,7 @@ def render_summary(run_dir: Path, rows: list[dict], samples: list[dict], panels:
 
 def _about(run_dir: Path, train: list[dict], evals: list[dict]) -> list[str]:
     lines = []
-    config = _read_config(run_dir / "config.yaml")
+    config = read_config(run_dir / "config.yaml")
     model = config.get("model", {}).get("name") if isinstance(config.get("model"), dict) else None
     if model:
         lines.append(f"Model: `{model}`.")
@@ -318,16 +245,6 @@ def _about(run_dir: Path, train: list[dict], evals: list[dict]) -> list[str]:
     at = ", ".join(str(row["step"]) for row in evals)
     lines.append(f"Evaluations: {len(evals)}" + (f" (at step{'s' if len(evals) > 1 else ''} {at})." if evals else "."))
     return [" ".join(lines)]
-
-
-def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return {}  # the summary only shows the model name from it; a broken file must not stop the report
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _eval_table(evals: list[dict]) -> list[str]:

@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from r1train.errors import RunError
-from r1train.report import _read_config, _save_figure, _write_text, eval_rows, numeric, rolling_mean, \
-    series_of, smoothing_window
+from r1train.report import _save_figure, _write_text
+from r1train.run_rows import eval_rows, numeric, read_config, rolling_mean, series_of, smoothing_window
 from r1train.tracking import read_metrics
 
 # (file stem, title, metric key, held-out?, rate in [0, 1]?)
@@ -75,7 +75,7 @@ def load_runs(run_dirs: list[Path]) -> list[SeedRun]:
     for run_dir in map(Path, run_dirs):
         if not (run_dir / "metrics.jsonl").is_file():
             raise RunError(f"{run_dir} has no metrics.jsonl: give run folders, e.g. runs/r1_zero_toy_seed0")
-        seed = _read_config(run_dir / "config.yaml").get("seed")
+        seed = read_config(run_dir / "config.yaml").get("seed")
         rows = sorted(read_metrics(run_dir / "metrics.jsonl"), key=lambda row: row.get("step", 0))
         runs.append(SeedRun(run_dir.resolve().name, seed if isinstance(seed, int) else None, rows))
     return runs

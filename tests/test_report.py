@@ -7,7 +7,8 @@ import matplotlib.image
 import pytest
 
 from r1train.errors import RunError
-from r1train.report import is_reflective, rolling_mean, sample_correct, write_report
+from r1train.report import write_report
+from r1train.run_rows import is_reflective, rolling_mean, sample_correct
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_PANELS = ["rewards", "accuracy", "completion_length", "kl", "entropy", "signal", "thinking", "think_length",
