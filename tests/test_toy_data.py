@@ -31,6 +31,7 @@ FILES = (
     "cold_start/train.jsonl", "general/train.jsonl",
     "code/train.jsonl", "code/test.jsonl",
     "multistep/train.jsonl", "multistep/test.jsonl",
+    "multistep_small/train.jsonl", "multistep_small/test.jsonl",
 )
 
 
@@ -236,3 +237,13 @@ def test_multistep_answers_follow_left_to_right_and_never_go_below_zero():
     assert {op for row in train for op in row["ops"]} == {"+", "-"}
     with pytest.raises(ValueError):
         make_multistep(0, terms=1)
+
+
+def test_multistep_small_keeps_every_step_within_the_main_tasks_range(rows):
+    chains = rows["multistep_small/train.jsonl"] + rows["multistep_small/test.jsonl"]
+    assert {n for row in chains for n in row["operands"]} == set(range(1, 11))
+    intermediates = [row["operands"][0] + row["operands"][1] if row["ops"][0] == "+"
+                     else row["operands"][0] - row["operands"][1] for row in chains]
+    assert max(intermediates) <= 20 and max(int(row["answer"]) for row in chains) <= 30
+    assert not ({r["question"] for r in rows["multistep_small/test.jsonl"]}
+                & {r["question"] for r in rows["multistep_small/train.jsonl"]})

@@ -12,6 +12,8 @@
 - `code/{train,test}`: function-writing tasks with assert tests, for the `code` reward.
 - `multistep/{train,test}`: "What is 14 + 9 - 6?", three operands 1..20, + and -, left to right:
   a task where steps are needed (writing the intermediate result down pays).
+- `multistep_small/{train,test}`: the same with operands 1..10, so each step is as hard as one
+  question of `arithmetic` and only the chaining is new.
 
 Everything is a function of the seed. Each dataset draws from its own `random.Random`, seeded with
 the seed and the dataset's name, so enlarging one never shifts another; files are written with a

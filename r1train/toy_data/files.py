@@ -24,6 +24,9 @@ def generate_all(out: Path, seed: int = 0) -> list[Path]:
         seed, operand_min=10, operand_max=99, ops=("+",), train_size=2000, name="arithmetic_2digit")
     countdown_train, countdown_test = make_countdown(seed)
     multistep_train, multistep_test = make_multistep(seed)
+    # The same generator with operands 1..10: every step stays within the main task's range (sums
+    # up to 30), so the chain is hard only because it has two steps.
+    small_train, small_test = make_multistep(seed, operand_max=10)
     test_questions = frozenset(row["question"] for rows in (arithmetic_test, two_digit_test, countdown_test) for row in rows)
     cold_start = make_cold_start(
         seed, [(arithmetic_train, 180), (two_digit_train, 60), (countdown_train, 60)], test_questions)
@@ -41,6 +44,8 @@ def generate_all(out: Path, seed: int = 0) -> list[Path]:
         "code/test.jsonl": code_test,
         "multistep/train.jsonl": multistep_train,
         "multistep/test.jsonl": multistep_test,
+        "multistep_small/train.jsonl": small_train,
+        "multistep_small/test.jsonl": small_test,
     }
     written = []
     for relative, rows in datasets.items():
