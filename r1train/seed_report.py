@@ -6,7 +6,10 @@ Writes into `--out` (default `<parent of the first run>/seeds_report/`):
   the lowest and the highest run at every step (held-out metrics: at every evaluation step);
   `overview.png` holds them all;
 - `summary.md`: one row per run (seed, final held-out accuracy, format, accuracy without thinking,
-  value of thinking, thinking share, time) and the median, worst and mean over the runs.
+  value of thinking, thinking share, time) and the median, worst and mean over the runs; then the
+  thinking's course per run: its length at the first step, at its lowest and at the end, with the
+  training accuracy at those points (a base model's noise first shrinks; R1-Zero's claim is that
+  the thinking then grows as accuracy rises).
 
 Deliberate simplifications:
 - Curves are aligned by step; a step that some runs did not log averages over the runs that did
@@ -51,6 +54,35 @@ FINAL_COLUMNS = (
     ("non-empty thinking", "eval/think_nonempty_frac"),
     ("thinking chars", "eval/think_len"),
 )
+
+
+@dataclass(frozen=True)
+class ThinkingCourse:
+    """A run's training thinking length (characters) and accuracy, smoothed as the plots are, at the
+    first step, at the step where the thinking is shortest, and at the last step."""
+    first: float
+    lowest: float
+    lowest_step: float
+    last: float
+    accuracy_at_lowest: float | None
+    last_accuracy: float | None
+
+
+def thinking_course(rows: list[dict]) -> ThinkingCourse | None:
+    """The course of a run's thinking length; None when it logged none.
+
+    Example: think_len 100, 10, 20 over steps 1-3 (no smoothing under 16 points) gives
+    ThinkingCourse(first=100, lowest=10, lowest_step=2, last=20, ...).
+    """
+    steps, lengths = series_of(rows, "think_len")
+    if not lengths:
+        return None
+    lengths = rolling_mean(lengths, smoothing_window(len(lengths)))
+    accuracy_steps, accuracy = series_of(rows, "accuracy")
+    smoothed = dict(zip(accuracy_steps, rolling_mean(accuracy, smoothing_window(len(accuracy)))))
+    low = min(range(len(lengths)), key=lengths.__getitem__)
+    return ThinkingCourse(lengths[0], lengths[low], steps[low], lengths[-1], smoothed.get(steps[low]),
+                          smoothed.get(steps[-1]))
 
 
 @dataclass
@@ -162,10 +194,29 @@ def render_seed_summary(runs: list[SeedRun], plots: list[str]) -> str:
             cells.append(_fmt(key, pick(values)) if values and (name != "worst" or key == "eval/accuracy"
                                                                       or key == "eval/format_rate") else "–")
         lines.append("| " + " | ".join(cells) + " | |")
-    lines += ["", "\"worst\" is given for accuracy and format only (lower is worse there).", "", "## Plots", ""]
+    lines += ["", "\"worst\" is given for accuracy and format only (lower is worse there).", ""]
+    lines += _thinking_course_table(runs)
+    lines += ["## Plots", ""]
     lines += ["![overview](overview.png)", "", "Separate plots: " + ", ".join(f"[{p}]({p}.png)" for p in plots) + "."] \
         if plots else ["No metrics to plot."]
     return "\n".join(lines) + "\n"
+
+
+def _thinking_course_table(runs: list[SeedRun]) -> list[str]:
+    courses = [(run.name, thinking_course(run.rows)) for run in runs]
+    if not any(course for _, course in courses):
+        return []
+    lines = ["Thinking over training (training samples, smoothed as in the plots):", "",
+             "| run | thinking chars, first step | lowest (step) | last | training accuracy at the lowest | last |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, course in courses:
+        if course is None:
+            lines.append(f"| {name} | – | – | – | – | – |")
+            continue
+        accuracies = [_fmt("accuracy", value) for value in (course.accuracy_at_lowest, course.last_accuracy)]
+        lines.append(f"| {name} | {course.first:.1f} | {course.lowest:.1f} ({course.lowest_step:g}) | "
+                     f"{course.last:.1f} | {accuracies[0]} | {accuracies[1]} |")
+    return lines + [""]
 
 
 def _fmt(key: str, value) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from r1train.cli import main
-from r1train.seed_report import mean_and_band, write_seed_report
+from r1train.seed_report import ThinkingCourse, mean_and_band, thinking_course, write_seed_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -50,3 +50,26 @@ def test_report_command_takes_several_runs_and_refuses_a_missing_one(tmp_path, c
     assert "missing has no metrics.jsonl" in capsys.readouterr().err
     with pytest.raises(Exception):
         write_seed_report([runs[0]])
+
+
+def test_thinking_course_finds_the_shrink_and_the_growth_after_it():
+    # Noise that shrinks to one written step, then grows to the whole chain as accuracy rises
+    # (under 16 points, so nothing is smoothed).
+    rows = [{"step": step, "think_len": length, "accuracy": accuracy}
+            for step, length, accuracy in ((1, 150.0, 0.0), (2, 30.0, 0.0), (3, 11.0, 0.05), (4, 18.0, 0.2), (5, 24.0, 0.5))]
+    rows.insert(2, {"step": 2, "eval/accuracy": 0.1})  # an evaluation row has neither key
+    assert thinking_course(rows) == ThinkingCourse(first=150.0, lowest=11.0, lowest_step=3, last=24.0,
+                                                   accuracy_at_lowest=0.05, last_accuracy=0.5)
+    assert thinking_course([{"step": 1, "accuracy": 0.5}]) is None
+    # With 16 or more points each curve is smoothed by a trailing mean (window 2 at 16 points).
+    long = [{"step": step, "think_len": 10.0 if step % 2 else 20.0, "accuracy": 0.0} for step in range(1, 17)]
+    assert thinking_course(long).lowest == 10.0 and thinking_course(long).last == 15.0
+
+
+def test_seed_summary_shows_each_runs_thinking_course(tmp_path):
+    runs = [make_seed_run(tmp_path / f"toy_seed{seed}", seed, 0.8) for seed in (0, 1)]
+    summary = write_seed_report(runs).read_text()
+    assert "Thinking over training" in summary
+    # Seed 1 thinks 11 characters at every step: first = lowest = last; accuracy rises 0.08 -> 0.8
+    # (smoothing needs 16 points; these runs have 10).
+    assert "| toy_seed1 | 11.0 | 11.0 (1) | 11.0 | 0.080 | 0.800 |" in summary
