@@ -63,6 +63,11 @@ def smoothing_window(count: int) -> int:
     return max(1, min(10, count // 8))
 
 
+def smoothed(values: list[float]) -> list[float]:
+    """A training curve as the seeds report draws it: the trailing mean over `smoothing_window` points."""
+    return rolling_mean(values, smoothing_window(len(values)))
+
+
 def edge_window(count: int) -> int:
     """How many steps "the first few" and "the last few" average: disjoint whenever count >= 2."""
     return max(1, min(5, count // 4))

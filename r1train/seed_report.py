@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from r1train.errors import RunError
 from r1train.report import _save_figure, _write_text
-from r1train.run_rows import eval_rows, numeric, read_config, rolling_mean, series_of, smoothing_window
+from r1train.run_rows import eval_rows, numeric, read_config, series_of, smoothed
 from r1train.tracking import read_metrics
 
 # (file stem, title, metric key, held-out?, rate in [0, 1]?)
@@ -77,12 +77,12 @@ def thinking_course(rows: list[dict]) -> ThinkingCourse | None:
     steps, lengths = series_of(rows, "think_len")
     if not lengths:
         return None
-    lengths = rolling_mean(lengths, smoothing_window(len(lengths)))
+    lengths = smoothed(lengths)
     accuracy_steps, accuracy = series_of(rows, "accuracy")
-    smoothed = dict(zip(accuracy_steps, rolling_mean(accuracy, smoothing_window(len(accuracy)))))
+    accuracy_at = dict(zip(accuracy_steps, smoothed(accuracy)))
     low = min(range(len(lengths)), key=lengths.__getitem__)
-    return ThinkingCourse(lengths[0], lengths[low], steps[low], lengths[-1], smoothed.get(steps[low]),
-                          smoothed.get(steps[-1]))
+    return ThinkingCourse(lengths[0], lengths[low], steps[low], lengths[-1], accuracy_at.get(steps[low]),
+                          accuracy_at.get(steps[-1]))
 
 
 @dataclass
@@ -161,7 +161,7 @@ def write_seed_report(run_dirs: list[Path], out: Path | None = None) -> Path:
 
 def _draw(ax, title: str, curves, names: list[str], held_out: bool, rate: bool) -> None:
     if not held_out:  # training curves are noisy per step: smooth each run first
-        curves = [(steps, rolling_mean(values, smoothing_window(len(values)))) for steps, values in curves]
+        curves = [(steps, smoothed(values)) for steps, values in curves]
     for (steps, values), name in zip(curves, names):
         if values:
             ax.plot(steps, values, linewidth=0.8, alpha=0.45, marker="o" if held_out else None, markersize=3,
