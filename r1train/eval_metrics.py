@@ -148,6 +148,12 @@ def _aligned(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(render(line) for line in [header, rule, *body])
 
 
+def _label(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
 def accuracy_by(values: Sequence, correct: Sequence[Sequence[float]],
                 greedy: Sequence[float] | None = None) -> dict[str, dict[str, float]]:
     """Accuracy per value of one data column (MATH's `level`, the toy's `op`): where a model is
@@ -155,7 +161,8 @@ def accuracy_by(values: Sequence, correct: Sequence[Sequence[float]],
 
     Args:
         values: question i's value of the column; compared by string form, so a missing column
-            and None fall together.
+            and None fall together. A list value (the multistep toy's `ops`, ["+", "-"]) is
+            labelled by its items joined with "," ("+,-"), not by Python's list repr.
         correct: question i's samples judged 0/1.
         greedy: question i's greedy answer judged 0/1, when the evaluation drew one.
 
@@ -173,7 +180,7 @@ def accuracy_by(values: Sequence, correct: Sequence[Sequence[float]],
                          + ("" if greedy is None else f" and {len(greedy)} greedy judgements"))
     groups: dict[str, list[int]] = {}
     for i, value in enumerate(values):
-        groups.setdefault(str(value), []).append(i)
+        groups.setdefault(_label(value), []).append(i)
     out = {}
     for value in sorted(groups, key=_value_order):
         members = groups[value]

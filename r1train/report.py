@@ -22,17 +22,16 @@ Deliberate simplifications:
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from r1train.errors import RunError
+from r1train.report_files import save_figure, write_text
 from r1train.run_rows import (REFLECTIVE_WORDS, dropped_share, edge_window, eval_rows, is_reflective, numeric, read_config,
                               reflective_share_by_step, rolling_mean, sample_correct, series_of, smoothing_window,
                               training_rows)
@@ -95,11 +94,11 @@ def write_report(run_dir: Path) -> Path:
     for panel in panels:
         fig = Figure(figsize=(7.0, 4.2), layout="constrained")
         _draw(fig.add_subplot(), panel)
-        _save_figure(fig, out / f"{panel.name}.png")
+        save_figure(fig, out / f"{panel.name}.png")
     if panels:
-        _save_figure(_overview(panels, run_dir.resolve().name), out / "overview.png")
+        save_figure(_overview(panels, run_dir.resolve().name), out / "overview.png")
     summary = out / "summary.md"
-    _write_text(summary, render_summary(run_dir, rows, samples, panels))
+    write_text(summary, render_summary(run_dir, rows, samples, panels))
     return summary
 
 
@@ -197,19 +196,6 @@ def _overview(panels: list[Panel], run_name: str) -> Figure:
         ax.set_visible(False)
     fig.suptitle(f"Run {run_name}", fontsize=14)
     return fig
-
-
-def _save_figure(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- summary

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from r1train.errors import RunError
-from r1train.report import _save_figure, _write_text
+from r1train.report_files import save_figure, write_text
 from r1train.run_rows import eval_rows, numeric, read_config, series_of, smoothed
 from r1train.tracking import read_metrics
 
@@ -142,7 +142,7 @@ def write_seed_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         drawn.append((stem, title, key, held_out, rate, curves))
         fig = Figure(figsize=(7.0, 4.2), layout="constrained")
         _draw(fig.add_subplot(), title, curves, [run.name for run in runs], held_out, rate)
-        _save_figure(fig, out / f"{stem}.png")
+        save_figure(fig, out / f"{stem}.png")
     if drawn:
         columns = 2
         rows = math.ceil(len(drawn) / columns)
@@ -153,9 +153,9 @@ def write_seed_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         for ax in axes[len(drawn):]:
             ax.set_visible(False)
         fig.suptitle(f"{len(runs)} runs: mean (bold), lowest to highest (band)", fontsize=14)
-        _save_figure(fig, out / "overview.png")
+        save_figure(fig, out / "overview.png")
     summary = out / "summary.md"
-    _write_text(summary, render_seed_summary(runs, [stem for stem, *_ in drawn]))
+    write_text(summary, render_seed_summary(runs, [stem for stem, *_ in drawn]))
     return summary
 
 

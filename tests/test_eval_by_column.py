@@ -20,6 +20,11 @@ def test_values_order_numbers_by_size_then_text_and_missing_values_fall_together
     assert breakdown["None"] == {"questions": 2, "accuracy": 0.5}
 
 
+def test_list_values_are_labelled_by_their_items():
+    breakdown = accuracy_by([["+", "-"], ("+", "-"), ["+", "+"]], [[1], [0], [1]])
+    assert breakdown == {"+,+": {"questions": 1, "accuracy": 1.0}, "+,-": {"questions": 2, "accuracy": 0.5}}
+
+
 def test_accuracy_by_refuses_misaligned_input():
     with pytest.raises(ValueError, match="2 values for 1 questions"):
         accuracy_by(["+", "-"], [[1]])
