@@ -123,6 +123,7 @@ class RolloutConfig:
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     vllm_kv_cache_gib: float = 2.0
     vllm_sleep: bool = True  # free vLLM's KV cache while the learner trains (GPU: weights offloaded too)
+    vllm_compile: bool | None = None  # torch.compile (GPU: and CUDA graphs); null: on GPU only (CPU: see VLLMEngine)
     verify_sync: bool = True  # compare engine and learner logprobs after each sync
     # One-step off-policy: sample the next batch while the learner trains on this one (r1train/async_rollouts.py).
     async_generation: bool = False

@@ -17,7 +17,9 @@ Things that are easy to get wrong, handled here:
 - Tied embeddings and LoRA: see `weights.checkpoint_weights` (the tied tensor goes under both names,
   LoRA deltas are added to copies of the base weights; vLLM only sees plain checkpoint names).
 - Prefix cache: KV blocks computed with the old weights would be reused for shared prompt prefixes
-  (a system prompt), so the prefix cache is reset after every sync.
+  (a system prompt), so the prefix cache is reset after every sync. Within one call it is what lets the n
+  samples of a prompt, and prompts with one system prompt, compute the shared blocks once (on CPU
+  only with blocks smaller than vLLM's default; see CPU_KV_BLOCK_TOKENS).
 - Seeds: the engine-level seed seeds the engine's sampling stream once, at start-up (vLLM also
   seeds torch's global generator with it then). `SamplingSettings.seed` is passed on as vLLM's
   per-request seed; ENVIRONMENT.md reported that failing on the CPU build ("CPU Generator does not
@@ -48,6 +50,7 @@ from r1train.heap import return_free_memory
 from r1train.hardware import bf16_autocast_supported
 
 _GIB = 1024**3
+CPU_KV_BLOCK_TOKENS = 32
 _KEPT_UNTIL_EXIT: list = []  # engines of a multi-process run, never shut down early (see close())
 
 
@@ -102,6 +105,11 @@ class VLLMEngine:
             AMX or AVX512-BF16) and float32 elsewhere: on a CPU without them vLLM's bf16 kernels
             are emulated and several times slower than float32 (README, Rollouts).
         eos_token_ids: extra token ids that end a completion, besides the model's own EOS.
+        compile: let vLLM compile the model (torch.compile; on GPU also CUDA graphs) instead of
+            running it eagerly. None: on GPU only. On the 2-core CPU machine compiling fused the
+            small operators of a decoding step enough to make a call 1.04-1.2x faster, but added
+            about 60 s to every start-up (benchmarks/results/engine_settings_2026-12-03.md): a
+            gain only for runs of much more than the toy recipes' length.
     """
 
     seeds_each_call = False  # see RolloutEngine
@@ -118,6 +126,7 @@ class VLLMEngine:
         sleep_mode: bool = True,
         dtype: str | None = None,
         eos_token_ids: list[int] | None = None,
+        compile: bool | None = None,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # colocated: the engine lives in this process
         # vLLM logs a line per weight and per sync at INFO/WARNING; keep the trainer's output readable
@@ -137,8 +146,15 @@ class VLLMEngine:
             max_model_len=max_model_len,
             seed=seed,
             logprobs_mode="raw_logprobs",
-            enforce_eager=self.on_cpu,  # CUDA graphs only help on GPU; compiling them on CPU costs start-up
+            enforce_eager=self.on_cpu if compile is None else not compile,
         )
+        if self.on_cpu:
+            # Prompt sharing: vLLM's CPU default of 128-token KV blocks is longer than most prompts, so
+            # no prompt block is ever full, nothing is shared, and each of a prompt's n samples (and
+            # each prompt's copy of the system prompt) is computed again. Full blocks are shared as
+            # soon as they are scheduled, in the same step. 32 is the smallest size the CPU
+            # attention kernels are tuned for (GPUs default to 16).
+            options["block_size"] = CPU_KV_BLOCK_TOKENS
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
         self.sleep_mode = sleep_mode
@@ -171,7 +187,7 @@ class VLLMEngine:
     def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "VLLMEngine":
         r = recipe.rollout
         return cls(model_dir, tokenizer, seed=recipe.seed, kv_cache_gib=r.vllm_kv_cache_gib, sleep_mode=r.vllm_sleep,
-                   max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens)
+                   max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens, compile=r.vllm_compile)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""

@@ -19,8 +19,8 @@ def chat_prompts(tokenizer):
 
 @pytest.fixture(scope="session")
 def long_chat_prompts(tokenizer):
-    """Prompts sharing a long system prompt: more than one 128-token KV block, so vLLM's prefix cache
-    holds blocks that a weight sync must invalidate."""
+    """Prompts sharing a long system prompt, longer than 128 tokens (several of vLLM's KV blocks,
+    even at its CPU default size), so the prefix cache holds blocks that a weight sync must invalidate."""
     system = "Think step by step, then answer inside <answer> tags. " * 12
 
     def encode(question: str) -> list[int]:

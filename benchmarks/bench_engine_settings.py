@@ -1,0 +1,108 @@
+"""vLLM engine settings at a recipe's rollout shape: KV block size and eager against compiled.
+
+Each setting runs in its own process (one vLLM engine each): the recipe's prompts, drawn by the
+trainer's sampler with the recipe's seed, `prompts_per_step` prompts x `group_size` samples per
+call, the recipe's sampling settings, and the prefix cache reset before every call (as after a
+weight sync). The first call is a warm-up; the median of the others is reported, with the
+start-up time. The base model samples longer completions than a trained one, so generation here
+weighs decoding more than a training run's later steps do.
+
+    .venv/bin/python benchmarks/bench_engine_settings.py recipes/r1_zero_toy.yaml
+    .venv/bin/python benchmarks/bench_engine_settings.py RECIPE --settings 128:eager,32:eager,32:compiled --calls 5
+
+A setting is BLOCK:MODE, BLOCK the KV block size in tokens (`default` = vLLM's own: 128 on CPU,
+16 on GPU) and MODE `eager` or `compiled`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def run_setting(recipe_path: str, block: str, mode: str, calls: int) -> None:
+    """One engine with one setting; prints a JSON line per call."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    import vllm
+    from transformers import AutoTokenizer
+
+    from r1train.config import load_recipe
+    from r1train.data import PromptSampler, load_rows
+    from r1train.engines.vllm_engine import native_engine_dtype
+    from r1train.models import resolve_model_dir
+    from r1train.prompts import encode_prompt
+
+    recipe = load_recipe(recipe_path)
+    data, rollout = recipe.data, recipe.rollout
+    model_dir = resolve_model_dir(recipe.model.name)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sampler = PromptSampler(load_rows(data.train), recipe.seed, data.shuffle)
+    options = dict(model=model_dir, dtype=native_engine_dtype(on_cpu=True), seed=recipe.seed,
+                   max_model_len=data.max_prompt_tokens + rollout.max_new_tokens, enforce_eager=mode == "eager",
+                   kv_cache_memory_bytes=int(rollout.vllm_kv_cache_gib * 1024**3), logprobs_mode="raw_logprobs")
+    if block != "default":
+        options["block_size"] = int(block)
+    start = time.perf_counter()
+    llm = vllm.LLM(**options)
+    print(json.dumps({"start_up_s": time.perf_counter() - start}), flush=True)
+    params = vllm.SamplingParams(n=rollout.group_size, max_tokens=rollout.max_new_tokens,
+                                 temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
+                                 stop=list(rollout.stop) or None, include_stop_str_in_output=True, logprobs=0)
+    for call in range(calls):
+        prompts = [encode_prompt(tokenizer, row[data.question_column], data.prompt_template, data.system_prompt)
+                   for row in sampler.next_batch(rollout.prompts_per_step)]
+        llm.reset_prefix_cache()  # as after every weight sync
+        start = time.perf_counter()
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        lengths = [len(sample.token_ids) for request in outputs for sample in request.outputs]
+        print(json.dumps({"call": call, "seconds": seconds, "tokens": sum(lengths),
+                          "prompt_tokens": sum(map(len, prompts)) / len(prompts),
+                          "cached_prompt_tokens": sum(r.num_cached_tokens or 0 for r in outputs)}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe")
+    parser.add_argument("--settings", default="default:eager,32:eager,32:compiled",
+                        help="comma-separated BLOCK:MODE (default: %(default)s)")
+    parser.add_argument("--calls", type=int, default=5, help="generate calls per setting, the first a warm-up")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this one setting in this process
+    args = parser.parse_args()
+    if args.one:
+        run_setting(args.recipe, *args.one.split(":"), args.calls)
+        return
+
+    print(f"recipe: {args.recipe}; {args.calls - 1} timed calls per setting after a warm-up")
+    rows = []
+    for setting in args.settings.split(","):
+        block, mode = setting.split(":")
+        if mode not in ("eager", "compiled"):
+            parser.error(f"setting {setting!r}: mode must be eager or compiled")
+        done = subprocess.run([sys.executable, __file__, args.recipe, "--one", setting, "--calls", str(args.calls)],
+                              capture_output=True, text=True)
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        calls = [line for line in lines if "call" in line][1:]
+        if done.returncode or not calls:
+            print(f"{setting}: failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+            continue
+        seconds = statistics.median(c["seconds"] for c in calls)
+        rows.append((setting, lines[0]["start_up_s"], seconds, sum(c["tokens"] for c in calls) / sum(c["seconds"] for c in calls),
+                     statistics.mean(c["cached_prompt_tokens"] for c in calls)))
+        print(f"  {setting}: " + ", ".join(f"{c['seconds']:.2f} s" for c in calls), flush=True)
+    print(f"\n{'setting':18s} {'start-up s':>10s} {'median call s':>14s} {'tokens/s':>9s} {'cached prompt tokens/call':>26s}")
+    for setting, start_up, seconds, rate, cached in rows:
+        print(f"{setting:18s} {start_up:10.1f} {seconds:14.2f} {rate:9.0f} {cached:26.0f}")
+    if rows:
+        first = rows[0]
+        for setting, _, seconds, _, _ in rows[1:]:
+            print(f"{setting} against {first[0]}: {first[2] / seconds:.2f}x faster per call")
+
+
+if __name__ == "__main__":
+    main()
