@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 # Column order of the evaluation table; the names are the evaluator's metrics without "eval/".
 TABLE_METRICS = ("accuracy", "pass@1", "maj@k", "pass@k", "greedy_accuracy", "last_number_accuracy", "format_rate",
-                 "completion_len", "think_nonempty_frac", "think_len", "no_think_accuracy", "thinking_gain")
+                 "completion_len", "think_nonempty_frac", "think_len", "think_len_closed", "no_think_accuracy", "thinking_gain")
 
 
 def estimate_pass_at_k(n: int, c: int, k: int) -> float:
@@ -283,13 +283,24 @@ def think_stats(texts: list[str]) -> dict[str, float]:
         texts: N >= 1 assistant responses (prefill included).
     Returns:
         {"think_nonempty_frac": share whose thinking holds any non-space character,
-         "think_len": mean length of the thinking in characters (empty ones count as 0)}.
+         "think_len": mean length of the thinking in characters (empty ones count as 0),
+         "think_len_closed": the same mean over the completions that closed their thinking with
+         `</think>`; left out when none did}.
+        The closed mean is the one that follows the thinking a policy chooses to write: a base
+        model's thinking that rambles until the token limit counts in `think_len` at its cut length,
+        so there a falling `think_len` can hide finished thoughts that grow longer.
 
     Example: think_stats(["<think>\n3+4=7\n</think><answer>7</answer>", "<think>\n</think><answer>7</answer>"])
-        == {"think_nonempty_frac": 0.5, "think_len": 2.5}
+        == {"think_nonempty_frac": 0.5, "think_len": 2.5, "think_len_closed": 2.5}
     """
+    from rewards.extraction import think_text
+
     if not texts:
         raise ValueError("think_stats needs at least one completion")
     thoughts = [thinking_of(text) for text in texts]
-    return {"think_nonempty_frac": sum(1 for t in thoughts if t) / len(thoughts),
-            "think_len": sum(len(t) for t in thoughts) / len(thoughts)}
+    stats = {"think_nonempty_frac": sum(1 for t in thoughts if t) / len(thoughts),
+             "think_len": sum(len(t) for t in thoughts) / len(thoughts)}
+    closed = [thought for text, thought in zip(texts, thoughts) if think_text(text) is not None]
+    if closed:
+        stats["think_len_closed"] = sum(len(t) for t in closed) / len(closed)
+    return stats

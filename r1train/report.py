@@ -44,10 +44,12 @@ EVAL_TABLE = (("accuracy", "eval/accuracy"), ("greedy accuracy", "eval/greedy_ac
               ("accuracy, thinking forced empty", "eval/no_think_accuracy"),
               ("value of thinking (accuracy gain)", "eval/thinking_gain"),
               ("share with non-empty thinking", "eval/think_nonempty_frac"),
-              ("thinking length (characters)", "eval/think_len"))
+              ("thinking length (characters)", "eval/think_len"),
+              ("thinking length, closed thinking only", "eval/think_len_closed"))
 TRAIN_TABLE = (("reward", "reward/mean"), ("accuracy", "accuracy"), ("format rate", "format_rate"),
                ("completion length", "completion_len/mean"), ("share with non-empty thinking", "think_nonempty_frac"),
-               ("thinking length (characters)", "think_len"), ("groups without signal", "groups/zero_variance_frac"),
+               ("thinking length (characters)", "think_len"),
+               ("thinking length, closed thinking only", "think_len_closed"), ("groups without signal", "groups/zero_variance_frac"),
                ("entropy", "entropy"))
 MAX_EXAMPLE_CHARS = 1500  # a longer completion keeps its head and tail (where the answer is)
 # Prefixes of the accuracy per value of a data column (`evaluation.by`).
@@ -143,6 +145,7 @@ def build_panels(rows: list[dict], samples: list[dict]) -> list[Panel]:
     ], unit_interval=True))
     panels.append(Panel("think_length", "Thinking length", "characters", [
         Series("training mean", *series_of(rows, "think_len"), "C4"),
+        Series("training mean, closed thinking only", *series_of(rows, "think_len_closed"), "C4", linestyle="--"),
         Series("held-out mean", *series_of(rows, "eval/think_len"), "C3", evaluation=True),
     ]))
     words = ", ".join(f'"{w}"' for w in REFLECTIVE_WORDS)

@@ -42,6 +42,7 @@ CURVES = (
     ("entropy", "Policy entropy (nats per token)", "entropy", False, False),
     ("groups_without_signal", "Groups without learning signal", "groups/zero_variance_frac", False, True),
     ("think_length", "Thinking length (characters)", "think_len", False, False),
+    ("think_length_closed", "Thinking length, closed thinking only (characters)", "think_len_closed", False, False),
     ("think_nonempty", "Share with non-empty thinking", "think_nonempty_frac", False, True),
 )
 # (column header, metric key in the last evaluation row)
@@ -68,13 +69,14 @@ class ThinkingCourse:
     last_accuracy: float | None
 
 
-def thinking_course(rows: list[dict]) -> ThinkingCourse | None:
-    """The course of a run's thinking length; None when it logged none.
+def thinking_course(rows: list[dict], key: str = "think_len") -> ThinkingCourse | None:
+    """The course of a run's thinking length (`key`: "think_len" over all training completions,
+    "think_len_closed" over those that closed their thinking); None when it logged none.
 
     Example: think_len 100, 10, 20 over steps 1-3 (no smoothing under 16 points) gives
     ThinkingCourse(first=100, lowest=10, lowest_step=2, last=20, ...).
     """
-    steps, lengths = series_of(rows, "think_len")
+    steps, lengths = series_of(rows, key)
     if not lengths:
         return None
     lengths = smoothed(lengths)
@@ -195,18 +197,21 @@ def render_seed_summary(runs: list[SeedRun], plots: list[str]) -> str:
                                                                       or key == "eval/format_rate") else "–")
         lines.append("| " + " | ".join(cells) + " | |")
     lines += ["", "\"worst\" is given for accuracy and format only (lower is worse there).", ""]
-    lines += _thinking_course_table(runs)
+    lines += _thinking_course_table(runs, "think_len", "Thinking over training (training samples, smoothed as in the plots):")
+    lines += _thinking_course_table(runs, "think_len_closed", (
+        "Closed thinking over training (only the completions that closed `</think>`; a base model's "
+        "thinking that runs to the token limit counts above at its cut length):"))
     lines += ["## Plots", ""]
     lines += ["![overview](overview.png)", "", "Separate plots: " + ", ".join(f"[{p}]({p}.png)" for p in plots) + "."] \
         if plots else ["No metrics to plot."]
     return "\n".join(lines) + "\n"
 
 
-def _thinking_course_table(runs: list[SeedRun]) -> list[str]:
-    courses = [(run.name, thinking_course(run.rows)) for run in runs]
+def _thinking_course_table(runs: list[SeedRun], key: str, title: str) -> list[str]:
+    courses = [(run.name, thinking_course(run.rows, key)) for run in runs]
     if not any(course for _, course in courses):
         return []
-    lines = ["Thinking over training (training samples, smoothed as in the plots):", "",
+    lines = [title, "",
              "| run | thinking chars, first step | lowest (step) | last | training accuracy at the lowest | last |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, course in courses:

@@ -166,5 +166,17 @@ def test_think_stats_share_and_mean_length():
     stats = think_stats(texts)
     assert stats["think_nonempty_frac"] == pytest.approx(2 / 5)
     assert stats["think_len"] == pytest.approx((len("13 + 9 = 22") + len("first 13 + 7")) / 5)
+    # closed: the first three cases; the unclosed ramble and the missing block do not count
+    assert stats["think_len_closed"] == pytest.approx(len("13 + 9 = 22") / 3)
+
+
+def test_think_len_closed_follows_finished_thoughts_while_the_mean_falls():
+    # A base model's rambles cut at the token limit dominate think_len; the thoughts it finishes are short.
+    early = ["<think>\n" + "words " * 40] * 3 + ["<think>\n9</think><answer>9</answer>"]
+    # Later every thought is finished, and each holds both steps of the chain.
+    late = ["<think>\n9 - 7 = 2, 2 + 9 = 11</think><answer>11</answer>"] * 4
+    assert think_stats(late)["think_len"] < think_stats(early)["think_len"]
+    assert think_stats(late)["think_len_closed"] > think_stats(early)["think_len_closed"] == 1.0
+    assert "think_len_closed" not in think_stats(["<think>\nstill going"])
     with pytest.raises(ValueError):
         think_stats([])

@@ -15,7 +15,8 @@ def make_seed_run(folder: Path, seed: int, final_accuracy: float) -> Path:
     rows = [{"step": 0, "time": 0.0, "eval/accuracy": 0.0, "eval/format_rate": 0.0}]
     for step in range(1, 11):
         rows.append({"step": step, "time": 60.0 * step, "accuracy": step / 10 * final_accuracy, "entropy": 1.0 - step / 20,
-                     "groups/zero_variance_frac": 0.5, "think_len": 10.0 + seed, "think_nonempty_frac": 0.9})
+                     "groups/zero_variance_frac": 0.5, "think_len": 10.0 + seed, "think_nonempty_frac": 0.9,
+                     "think_len_closed": 5.0 + step})
     rows[-1].update({"eval/accuracy": final_accuracy, "eval/format_rate": 1.0, "eval/no_think_accuracy": 0.2,
                      "eval/thinking_gain": final_accuracy - 0.2, "eval/think_nonempty_frac": 0.95, "eval/think_len": 12.0})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -73,3 +74,7 @@ def test_seed_summary_shows_each_runs_thinking_course(tmp_path):
     # Seed 1 thinks 11 characters at every step: first = lowest = last; accuracy rises 0.08 -> 0.8
     # (smoothing needs 16 points; these runs have 10).
     assert "| toy_seed1 | 11.0 | 11.0 (1) | 11.0 | 0.080 | 0.800 |" in summary
+    # The closed thinking grows 6 -> 15 characters over the 10 steps, in its own table.
+    closed = summary[summary.index("Closed thinking over training"):]
+    assert "| toy_seed1 | 6.0 | 6.0 (1) | 15.0 | 0.080 | 0.800 |" in closed
+    assert (tmp_path / "seeds_report" / "think_length_closed.png").read_bytes()[:8] == PNG_MAGIC
