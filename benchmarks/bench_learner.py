@@ -25,6 +25,13 @@ FLOPs are its matmuls' forward and backward (6 per weight per token) over the to
 (a group's shared prompt once for `learner`), plus the output layer at the positions it scores
 (every position for the baseline, completion positions for the learner); attention scores,
 gradient-checkpointing recomputation and the optimiser are not counted, so the share is a floor.
+
+A square 2048^3 matmul is the machine's best case; a 135M model's linear layers are thin (hidden
+size 576), and oneDNN reaches less on them. So the run also times the model's own linear shapes
+(every distinct [tokens, in] x [in, out] of the model at one micro-batch's token count, forward and
+both backward products, weighted by how often the model has each) and prints the learner's share
+of that ceiling as well: the part of the gap no scheduling of the same matmuls can close.
+`--op-table` runs one more learner step under torch.profiler and prints its operators by self time.
 """
 from __future__ import annotations
 
@@ -97,6 +104,44 @@ def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) 
     return 2 * size**3 / best
 
 
+def measure_linear_shapes(model, tokens: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """FLOP/s of the model's own linear layers at `tokens` rows: for every distinct (in, out) shape,
+    the forward [tokens, in] x [in, out] and the backward's two products (input gradient
+    [tokens, out] x [out, in], weight gradient [out, tokens] x [tokens, in]), each the best of
+    `repeats`, summed in proportion to how many layers have the shape."""
+    counts: dict[tuple[int, int], int] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            shape = (module.in_features, module.out_features)
+            counts[shape] = counts.get(shape, 0) + 1
+    flops = seconds = 0.0
+    for (fan_in, fan_out), count in counts.items():
+        x = torch.randn(tokens, fan_in, dtype=dtype)
+        w = torch.randn(fan_in, fan_out, dtype=dtype)
+        grad = torch.randn(tokens, fan_out, dtype=dtype)
+        for run in (lambda: x @ w, lambda: grad @ w.t(), lambda: grad.t() @ x):
+            run()  # warm-up: oneDNN picks its kernel for the shape
+            best = min(_timed(run) for _ in range(repeats))
+            flops += count * 2 * tokens * fan_in * fan_out
+            seconds += count * best
+    return flops / seconds
+
+
+def _timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def print_op_table(run, rows: int = 25) -> None:
+    """One more call of `run` under torch.profiler: its operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def step_flops(model, batch: TrainBatch, side: str) -> float:
     """Matmul FLOPs of one training step of `side` on `batch` (see the module docstring)."""
     config = model.config
@@ -140,6 +185,8 @@ def main() -> None:
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="learner autocast: auto = only with native bf16 (forcing 'on' shows the emulated cost)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--op-table", action="store_true",
+                        help="one more step of each side under torch.profiler: its operators by self time")
     parser.add_argument("--sides", default="baseline,learner",
                         help="comma-separated, run alternately: baseline, learner, learner_unpacked")
     args = parser.parse_args()
@@ -194,9 +241,17 @@ def main() -> None:
     compute_dtype = torch.bfloat16 if args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_supported(torch.device("cpu"))) else torch.float32
     peak = measure_matmul_peak(compute_dtype)
     print(f"matmul peak ({str(compute_dtype).removeprefix('torch.')}, 2048^3, best of 8): {peak / 1e12:.2f} TFLOP/s")
+    shapes = measure_linear_shapes(model, min(args.micro_batch_tokens, tokens), compute_dtype)
+    print(f"the model's linear shapes at {min(args.micro_batch_tokens, tokens)} rows (forward and backward products): "
+          f"{shapes / 1e12:.2f} TFLOP/s = {shapes / peak:.0%} of the peak")
     for side in sides:
         achieved = step_flops(model, batch, side) / statistics.median(timings[side])
-        print(f"  {side}: {achieved / 1e12:.2f} TFLOP/s of counted matmuls = {achieved / peak:.0%} of the peak")
+        print(f"  {side}: {achieved / 1e12:.2f} TFLOP/s of counted matmuls = {achieved / peak:.0%} of the peak, "
+              f"{achieved / shapes:.0%} of what the model's shapes reach")
+    if args.op_table:
+        for side in sides:
+            print(f"\n{side}, one more step under torch.profiler:")
+            print_op_table(runs[side])
 
     labels = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
               "learner_unpacked": "r1train, one row per sample"}
