@@ -93,14 +93,16 @@ def main() -> None:
             continue
         seconds = statistics.median(c["seconds"] for c in calls)
         rows.append((setting, lines[0]["start_up_s"], seconds, sum(c["tokens"] for c in calls) / sum(c["seconds"] for c in calls),
+                     statistics.mean(c["prompt_tokens"] for c in calls),
                      statistics.mean(c["cached_prompt_tokens"] for c in calls)))
         print(f"  {setting}: " + ", ".join(f"{c['seconds']:.2f} s" for c in calls), flush=True)
-    print(f"\n{'setting':18s} {'start-up s':>10s} {'median call s':>14s} {'tokens/s':>9s} {'cached prompt tokens/call':>26s}")
-    for setting, start_up, seconds, rate, cached in rows:
-        print(f"{setting:18s} {start_up:10.1f} {seconds:14.2f} {rate:9.0f} {cached:26.0f}")
+    print(f"\n{'setting':18s} {'start-up s':>10s} {'median call s':>14s} {'tokens/s':>9s} "
+          f"{'mean prompt tokens':>19s} {'cached prompt tokens/call':>26s}")
+    for setting, start_up, seconds, rate, prompt_tokens, cached in rows:
+        print(f"{setting:18s} {start_up:10.1f} {seconds:14.2f} {rate:9.0f} {prompt_tokens:19.1f} {cached:26.0f}")
     if rows:
         first = rows[0]
-        for setting, _, seconds, _, _ in rows[1:]:
+        for setting, _, seconds, *_ in rows[1:]:
             print(f"{setting} against {first[0]}: {first[2] / seconds:.2f}x faster per call")
 
 
