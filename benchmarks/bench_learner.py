@@ -96,11 +96,7 @@ def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) 
     """The best FLOP/s of a [size, size] @ [size, size] matmul in `dtype` over `repeats` tries."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up: oneDNN picks and caches its kernel
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * size**3 / best
 
 
@@ -241,8 +237,9 @@ def main() -> None:
     compute_dtype = torch.bfloat16 if args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_supported(torch.device("cpu"))) else torch.float32
     peak = measure_matmul_peak(compute_dtype)
     print(f"matmul peak ({str(compute_dtype).removeprefix('torch.')}, 2048^3, best of 8): {peak / 1e12:.2f} TFLOP/s")
-    shapes = measure_linear_shapes(model, min(args.micro_batch_tokens, tokens), compute_dtype)
-    print(f"the model's linear shapes at {min(args.micro_batch_tokens, tokens)} rows (forward and backward products): "
+    shape_rows = min(args.micro_batch_tokens, tokens)  # one micro-batch's token count
+    shapes = measure_linear_shapes(model, shape_rows, compute_dtype)
+    print(f"the model's linear shapes at {shape_rows} rows (forward and backward products): "
           f"{shapes / 1e12:.2f} TFLOP/s = {shapes / peak:.0%} of the peak")
     for side in sides:
         achieved = step_flops(model, batch, side) / statistics.median(timings[side])

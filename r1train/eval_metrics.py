@@ -267,13 +267,18 @@ def thinking_of(text: str) -> str:
     Example: thinking_of("<think>\n13 + 9 = 22\n</think>\n<answer>22</answer>") == "13 + 9 = 22",
     thinking_of("<think>\n</think>\n<answer>22</answer>") == "".
     """
+    return _thinking_and_closed(text)[0]
+
+
+def _thinking_and_closed(text: str) -> tuple[str, bool]:
+    """`thinking_of(text)`, and whether that thinking was closed with `</think>`."""
     from rewards.extraction import THINK_OPEN, think_text
 
     inside = think_text(text)
-    if inside is None:
-        start = text.find(THINK_OPEN)
-        inside = "" if start < 0 else text[start + len(THINK_OPEN):]
-    return inside.strip()
+    if inside is not None:
+        return inside.strip(), True
+    start = text.find(THINK_OPEN)
+    return ("" if start < 0 else text[start + len(THINK_OPEN):].strip()), False
 
 
 def think_stats(texts: list[str]) -> dict[str, float]:
@@ -293,14 +298,13 @@ def think_stats(texts: list[str]) -> dict[str, float]:
     Example: think_stats(["<think>\n3+4=7\n</think><answer>7</answer>", "<think>\n</think><answer>7</answer>"])
         == {"think_nonempty_frac": 0.5, "think_len": 2.5, "think_len_closed": 2.5}
     """
-    from rewards.extraction import think_text
-
     if not texts:
         raise ValueError("think_stats needs at least one completion")
-    thoughts = [thinking_of(text) for text in texts]
+    thoughts_and_closed = [_thinking_and_closed(text) for text in texts]
+    thoughts = [thought for thought, _ in thoughts_and_closed]
     stats = {"think_nonempty_frac": sum(1 for t in thoughts if t) / len(thoughts),
              "think_len": sum(len(t) for t in thoughts) / len(thoughts)}
-    closed = [thought for text, thought in zip(texts, thoughts) if think_text(text) is not None]
+    closed = [thought for thought, was_closed in thoughts_and_closed if was_closed]
     if closed:
         stats["think_len_closed"] = sum(len(t) for t in closed) / len(closed)
     return stats
