@@ -1,4 +1,4 @@
-"""vLLM engine settings at a recipe's rollout shape: KV block size and eager against compiled.
+"""vLLM engine settings at a recipe's rollout shape: KV block size, eager against compiled, RMS-norm kernels.
 
 Each setting runs in its own process (one vLLM engine each): the recipe's prompts, drawn by the
 trainer's sampler with the recipe's seed, `prompts_per_step` prompts x `group_size` samples per
@@ -9,9 +9,12 @@ weighs decoding more than a training run's later steps do.
 
     .venv/bin/python benchmarks/bench_engine_settings.py recipes/r1_zero_toy.yaml
     .venv/bin/python benchmarks/bench_engine_settings.py RECIPE --settings 128:eager,32:eager,32:compiled --calls 5
+    .venv/bin/python benchmarks/bench_engine_settings.py RECIPE --settings 32:eager:native,32:eager:kernels
 
-A setting is BLOCK:MODE, BLOCK the KV block size in tokens (`default` = vLLM's own: 128 on CPU,
-16 on GPU) and MODE `eager` or `compiled`.
+A setting is BLOCK:MODE[:NORMS], BLOCK the KV block size in tokens (`default` = vLLM's own: 128 on
+CPU, 16 on GPU), MODE `eager` or `compiled`, NORMS `native` (vLLM's own choice on CPU, the default
+here) or `kernels` (vLLM's C++ RMS-norm kernels, as the trainer's colocated engine runs on CPU:
+r1train/engines/cpu_kernels.py). The trainer's CPU engine is 32:eager:kernels.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import sys
 import time
 
 
-def run_setting(recipe_path: str, block: str, mode: str, calls: int) -> None:
+def run_setting(recipe_path: str, block: str, mode: str, norms: str, calls: int) -> None:
     """One engine with one setting; prints a JSON line per call."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -47,6 +50,10 @@ def run_setting(recipe_path: str, block: str, mode: str, calls: int) -> None:
                    kv_cache_memory_bytes=int(rollout.vllm_kv_cache_gib * 1024**3), logprobs_mode="raw_logprobs")
     if block != "default":
         options["block_size"] = int(block)
+    if norms == "kernels":
+        from r1train.engines import cpu_kernels
+
+        options["kernel_config"] = {"ir_op_priority": cpu_kernels.ir_op_priority()}
     start = time.perf_counter()
     llm = vllm.LLM(**options)
     print(json.dumps({"start_up_s": time.perf_counter() - start}), flush=True)
@@ -70,20 +77,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--settings", default="default:eager,32:eager,32:compiled",
-                        help="comma-separated BLOCK:MODE (default: %(default)s)")
+                        help="comma-separated BLOCK:MODE[:NORMS] (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=5, help="generate calls per setting, the first a warm-up")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this one setting in this process
     args = parser.parse_args()
     if args.one:
-        run_setting(args.recipe, *args.one.split(":"), args.calls)
+        block, mode, norms = (args.one.split(":") + ["native"])[:3]
+        run_setting(args.recipe, block, mode, norms, args.calls)
         return
 
     print(f"recipe: {args.recipe}; {args.calls - 1} timed calls per setting after a warm-up")
     rows = []
     for setting in args.settings.split(","):
-        block, mode = setting.split(":")
-        if mode not in ("eager", "compiled"):
-            parser.error(f"setting {setting!r}: mode must be eager or compiled")
+        parts = setting.split(":")
+        if len(parts) not in (2, 3) or parts[1] not in ("eager", "compiled") or parts[2:] not in ([], ["native"], ["kernels"]):
+            parser.error(f"setting {setting!r}: write BLOCK:MODE[:NORMS], MODE eager or compiled, NORMS native or kernels")
         done = subprocess.run([sys.executable, __file__, args.recipe, "--one", setting, "--calls", str(args.calls)],
                               capture_output=True, text=True)
         lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from r1train.engines import cpu_kernels
 from r1train.engines.base import Completion, SamplingSettings
 from r1train.engines.direct_sync import DirectWeightSync, learner_tensors
 from r1train.engines.weights import checkpoint_weights
@@ -110,6 +111,9 @@ class VLLMEngine:
             small operators of a decoding step enough to make a call 1.04-1.2x faster, but added
             about 60 s to every start-up (benchmarks/results/engine_settings_2026-12-03.md): a
             gain only for runs of much more than the toy recipes' length.
+        cpu_norm_kernels: on CPU, run the RMS norms through vLLM's fused C++ kernels
+            (`cpu_kernels.py`) instead of the PyTorch-native path vLLM picks there; False keeps
+            vLLM's choice (for side-by-side measurements).
     """
 
     seeds_each_call = False  # see RolloutEngine
@@ -127,6 +131,7 @@ class VLLMEngine:
         dtype: str | None = None,
         eos_token_ids: list[int] | None = None,
         compile: bool | None = None,
+        cpu_norm_kernels: bool = True,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # colocated: the engine lives in this process
         # vLLM logs a line per weight and per sync at INFO/WARNING; keep the trainer's output readable
@@ -155,6 +160,8 @@ class VLLMEngine:
             # soon as they are scheduled, in the same step. 32 is the smallest size the CPU
             # attention kernels are tuned for (GPUs default to 16).
             options["block_size"] = CPU_KV_BLOCK_TOKENS
+            if cpu_norm_kernels:
+                options["kernel_config"] = {"ir_op_priority": cpu_kernels.ir_op_priority()}
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
         self.sleep_mode = sleep_mode
