@@ -73,6 +73,17 @@ def run_setting(recipe_path: str, block: str, mode: str, norms: str, calls: int)
                           "cached_prompt_tokens": sum(r.num_cached_tokens or 0 for r in outputs)}), flush=True)
 
 
+def parse_setting(setting: str) -> tuple[str, str, str]:
+    """BLOCK:MODE[:NORMS] as (block, mode, norms), NORMS "native" when left out."""
+    parts = setting.split(":")
+    if len(parts) == 2:
+        parts.append("native")
+    if len(parts) != 3 or parts[1] not in ("eager", "compiled") or parts[2] not in ("native", "kernels"):
+        raise ValueError(f"setting {setting!r}: write BLOCK:MODE[:NORMS], MODE eager or compiled, NORMS native or kernels")
+    block, mode, norms = parts
+    return block, mode, norms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
@@ -82,16 +93,16 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this one setting in this process
     args = parser.parse_args()
     if args.one:
-        block, mode, norms = (args.one.split(":") + ["native"])[:3]
-        run_setting(args.recipe, block, mode, norms, args.calls)
+        run_setting(args.recipe, *parse_setting(args.one), args.calls)
         return
 
     print(f"recipe: {args.recipe}; {args.calls - 1} timed calls per setting after a warm-up")
     rows = []
     for setting in args.settings.split(","):
-        parts = setting.split(":")
-        if len(parts) not in (2, 3) or parts[1] not in ("eager", "compiled") or parts[2:] not in ([], ["native"], ["kernels"]):
-            parser.error(f"setting {setting!r}: write BLOCK:MODE[:NORMS], MODE eager or compiled, NORMS native or kernels")
+        try:
+            parse_setting(setting)
+        except ValueError as error:
+            parser.error(str(error))
         done = subprocess.run([sys.executable, __file__, args.recipe, "--one", setting, "--calls", str(args.calls)],
                               capture_output=True, text=True)
         lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
