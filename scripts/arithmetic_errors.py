@@ -42,6 +42,12 @@ def accuracy_by_kind(examples: list[dict]) -> dict[str, tuple[int, float]]:
             for kind in KINDS}
 
 
+def column_names(paths: list[Path]) -> list[str]:
+    """Each file's stem, or folder/stem where two files share a stem (seed files of two runs)."""
+    stems = [path.stem for path in paths]
+    return [f"{path.parent.name}/{path.stem}" if stems.count(path.stem) > 1 else path.stem for path in paths]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("evals", nargs="+", type=Path, help="files written by `r1train eval --out`")
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path}: cannot read its examples ({error}); pass files written by `r1train eval --out`",
                   file=sys.stderr)
             return 2
-    print("| kind | questions | " + " | ".join(path.stem for path in args.evals) + " |")
+    print("| kind | questions | " + " | ".join(column_names(args.evals)) + " |")
     print("|---|---:|" + "---:|" * len(args.evals))
     for kind in KINDS:
         count = columns[0][kind][0]

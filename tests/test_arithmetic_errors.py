@@ -57,3 +57,8 @@ def test_a_file_without_examples_is_named_in_a_one_line_error(tmp_path, capsys):
     assert arithmetic_errors.main([str(bad)]) == 2
     error = capsys.readouterr().err.strip()
     assert "metrics_only.json" in error and "r1train eval --out" in error and "\n" not in error
+
+
+def test_files_of_one_name_from_two_folders_get_their_folder_in_the_heading():
+    assert arithmetic_errors.column_names([Path("a/seed0.json"), Path("b/seed0.json"), Path("b/seed1.json")]) == [
+        "a/seed0", "b/seed0", "seed1"]

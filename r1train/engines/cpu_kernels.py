@@ -14,6 +14,12 @@ the native one's time; the norms were 14% of generation in the profile
 every call the kernels cannot take: a strided input (the kernel reads it as contiguous and returns
 wrong values), a weight of another dtype, a variance over part of the hidden size.
 
+`vllm serve` rollout workers run the model in processes r1train does not start itself (the
+server's engine core), so there the registration comes from vLLM's general-plugin entry point
+(`vllm_plugin`, named in pyproject.toml), which vLLM calls in each of its processes; the worker's
+command line then asks for the kernels with `--kernel-config` (`served_kernel_config`). A plugin
+only registers: a vLLM process that does not ask for "r1train_cpu" keeps vLLM's own choice.
+
 vLLM's SiLU-and-multiply kernel for CPU is left out: at the same shape it was 2.7x slower than the
 native two operators, which is what vLLM uses on x86.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import torch
 
 PROVIDER = "r1train_cpu"
+PLUGIN_GROUP = "vllm.general_plugins"
 
 
 def _takes(x: torch.Tensor, weight: torch.Tensor | None, variance_size: int | None,
@@ -68,7 +75,34 @@ def register() -> None:
         )(_fused_add_rms_norm)
 
 
+def vllm_plugin() -> None:
+    """vLLM general-plugin entry point: register the kernels in every vLLM process on a CPU."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        register()
+
+
+def plugin_installed() -> bool:
+    """Whether this environment's r1train declares `vllm_plugin` to vLLM (an install from
+    pyproject.toml does), so that processes r1train does not start register the kernels too."""
+    from importlib.metadata import entry_points
+
+    target = f"{__name__}:{vllm_plugin.__name__}"
+    return any(entry.value == target for entry in entry_points(group=PLUGIN_GROUP))
+
+
+def served_kernel_config() -> dict | None:
+    """The `--kernel-config` of a `vllm serve` CPU worker that puts the kernels first, or None
+    where the plugin is not installed (the worker would then not know the provider)."""
+    return {"ir_op_priority": _kernels_first()} if plugin_installed() else None
+
+
 def ir_op_priority() -> dict[str, list[str]]:
     """The `kernel_config["ir_op_priority"]` that puts the kernels first (registering them first)."""
     register()
+    return _kernels_first()
+
+
+def _kernels_first() -> dict[str, list[str]]:
     return {"rms_norm": [PROVIDER], "fused_add_rms_norm": [PROVIDER]}

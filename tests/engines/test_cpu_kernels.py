@@ -3,6 +3,8 @@ path, and the native path still serving the calls the kernels cannot take."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -70,3 +72,14 @@ def test_registering_twice_keeps_one_implementation(ops):
     assert cpu_kernels.ir_op_priority() == {"rms_norm": [cpu_kernels.PROVIDER],
                                             "fused_add_rms_norm": [cpu_kernels.PROVIDER]}
     assert ops.rms_norm.impls[cpu_kernels.PROVIDER] is first
+
+
+def test_vllm_processes_r1train_does_not_start_register_the_kernels_through_the_plugin():
+    # A fresh interpreter, as a `vllm serve` worker's engine core is: only vLLM's plugin loading
+    # can have registered the kernels there.
+    probe = ("from vllm.plugins import load_general_plugins; load_general_plugins(); "
+             "from vllm import ir; print(sorted(ir.ops.rms_norm.impls), sorted(ir.ops.fused_add_rms_norm.impls))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].count(f"'{cpu_kernels.PROVIDER}'") == 2
+    assert cpu_kernels.plugin_installed()
