@@ -8,9 +8,7 @@ logits and a log-softmax over every position. The learner uses its defaults: len
 token-budget micro-batches, each group's prompt run once for all its completions where that saves
 work (`r1train/packing.py`), logits only at completion positions in checkpointed chunks, and bf16
 autocast where the CPU or GPU has native bf16 (see `bf16_autocast_supported`). The side
-`learner_unpacked` is the learner with `share_prompts=False`, one row per sample;
-`learner_dense_mask` shares prompts but gives the packed rows to transformers' "sdpa" under a 4-D
-block mask, as before `r1train/packed_attention.py`.
+`learner_unpacked` is the learner with `share_prompts=False`, one row per sample.
 
     .venv/bin/python benchmarks/bench_learner.py            # real default model when installed
     .venv/bin/python benchmarks/bench_learner.py --model config --repeats 1
@@ -50,9 +48,6 @@ from r1train.batching import collate
 from r1train.hardware import bf16_autocast_supported
 from r1train.learner import PolicyLearner, TrainBatch
 from r1train.policy_loss import LossSettings
-
-
-SIDES = ("baseline", "learner", "learner_unpacked", "learner_dense_mask")
 
 
 def load_model(name: str):
@@ -148,7 +143,7 @@ def step_flops(model, batch: TrainBatch, side: str) -> float:
     config = model.config
     head = config.hidden_size * config.vocab_size
     body = sum(p.numel() for p in model.parameters()) - head  # embedding lookup is no matmul
-    if side in ("learner", "learner_dense_mask"):  # the latter may leave some rows unpacked: a ceiling
+    if side == "learner":
         prompts = {id(p): len(p) for p in batch.prompt_ids}  # a group's completions share one prompt list
         body_tokens = sum(prompts.values()) + sum(len(c) for c in batch.completion_ids)
         head_tokens = sum(len(c) for c in batch.completion_ids)
@@ -189,12 +184,12 @@ def main() -> None:
     parser.add_argument("--op-table", action="store_true",
                         help="one more step of each side under torch.profiler: its operators by self time")
     parser.add_argument("--sides", default="baseline,learner",
-                        help=f"comma-separated, run alternately: {', '.join(SIDES)}")
+                        help="comma-separated, run alternately: baseline, learner, learner_unpacked")
     args = parser.parse_args()
     sides = args.sides.split(",")
-    unknown = set(sides) - set(SIDES)
+    unknown = set(sides) - {"baseline", "learner", "learner_unpacked"}
     if unknown:
-        parser.error(f"unknown side(s) {sorted(unknown)}; choose from {', '.join(SIDES)}")
+        parser.error(f"unknown side(s) {sorted(unknown)}; choose from baseline, learner, learner_unpacked")
 
     model, description = load_model(args.model)
     model.train()
@@ -203,11 +198,9 @@ def main() -> None:
     tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
     completion_tokens = sum(len(c) for c in batch.completion_ids)
 
-    def learner_for(side: str) -> PolicyLearner:
+    def learner_for(share_prompts: bool) -> PolicyLearner:
         learner = PolicyLearner(copy.deepcopy(model), lr=1e-6, micro_batch_tokens=args.micro_batch_tokens,
-                                bf16=args.bf16 != "off", share_prompts=side != "learner_unpacked")
-        if side == "learner_dense_mask":  # back from the packed attention to "sdpa" with the block mask
-            learner.model.set_attn_implementation("sdpa")
+                                bf16=args.bf16 != "off", share_prompts=share_prompts)
         if args.bf16 == "on":
             learner.use_bf16 = True
         return learner
@@ -221,7 +214,7 @@ def main() -> None:
             runs[side] = functools.partial(baseline_step, baseline_model, baseline_optimizer, batch,
                                            args.baseline_micro_batch)
         else:
-            runs[side] = functools.partial(learner_for(side).train_on_batch, batch, settings)
+            runs[side] = functools.partial(learner_for(side == "learner").train_on_batch, batch, settings)
 
     print(f"model: {description}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -258,8 +251,7 @@ def main() -> None:
             print_op_table(runs[side])
 
     labels = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
-              "learner_unpacked": "r1train, one row per sample",
-              "learner_dense_mask": "r1train, packed rows, dense mask"}
+              "learner_unpacked": "r1train, one row per sample"}
     rates = {side: tokens / statistics.median(timings[side]) for side in sides}
     for side in sides:
         print(f"{labels[side] + ':':36s}{rates[side]:8.0f} tokens/s")
@@ -268,8 +260,6 @@ def main() -> None:
             print(f"speed-up of {side} over baseline: {rates[side] / rates['baseline']:.2f}x (target >= 1.5x)")
     if "learner" in rates and "learner_unpacked" in rates:
         print(f"shared-prompt packing: {rates['learner'] / rates['learner_unpacked']:.2f}x")
-    if "learner" in rates and "learner_dense_mask" in rates:
-        print(f"packed attention over the dense block mask: {rates['learner'] / rates['learner_dense_mask']:.2f}x")
 
 
 def _range(text: str) -> tuple[int, int]:

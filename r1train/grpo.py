@@ -36,7 +36,6 @@ from r1train.engines.sync_check import step_sync_metrics
 from r1train.evaluation import Evaluator, task_metrics
 from r1train.learner import PolicyLearner, TrainBatch
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
-from r1train.packed_attention import use_packed_attention
 from r1train.policy_loss import LossSettings
 from r1train.prompts import encode_all, prefill
 from r1train.run_state import RunState
@@ -81,8 +80,6 @@ class GRPOTrainer:
         self.reference = None
         if cfg.algorithm.beta > 0 and not cfg.model.lora.enabled:
             self.reference = load_model(self.model_dir).eval().requires_grad_(False).to(self.learner.device)
-            if cfg.training.share_prompts:  # packed rows for the reference's pass too
-                use_packed_attention(self.reference)
         # Engines report raw (temperature-1) logprobs; the learner scores the tempered distribution
         # it sampled from. They are comparable, for the sync check and TIS, only at temperature 1.
         self.use_engine_logprobs = cfg.rollout.temperature == 1.0

@@ -46,7 +46,6 @@ from r1train.hardware import bf16_autocast_supported
 from r1train.learner_metrics import MetricTotals
 from r1train.logprobs import compute_token_logprobs
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
-from r1train.packed_attention import PACKED_ATTENTION, use_packed_attention
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
 from r1train.policy_loss import LossSettings, compute_policy_loss
 
@@ -125,12 +124,8 @@ class PolicyLearner:
         processes instead of replicated (ignored without an accelerator: one process has nothing
         to shard across). `share_prompts` packs completions of one prompt into a row with the
         prompt computed once, where the model's attention takes the custom mask this needs and
-        where it saves work (`r1train/packing.py`); a model on "sdpa" then gets the attention
-        that computes only the pairs such a row needs (`r1train/packed_attention.py`).
-        `optimizer_state_dtype`: see `Optimiser`.
+        where it saves work (`r1train/packing.py`). `optimizer_state_dtype`: see `Optimiser`.
         """
-        if share_prompts:
-            use_packed_attention(model)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if use_lora:
@@ -212,8 +207,7 @@ class PolicyLearner:
         # Packing decides by the model's width (see `plan_packs`); None turns it off.
         hidden_size = scorer.config.hidden_size if self.share_prompts and packing_supported(scorer) else None
         packs = plan_packs([prompt_ids[i] for i in indices], [completion_ids[i] for i in indices],
-                           self.micro_batch_tokens, hidden_size,
-                           dense_attention=scorer.config._attn_implementation != PACKED_ATTENTION)
+                           self.micro_batch_tokens, hidden_size)
         packs = [[indices[j] for j in members] for members in packs]
         lengths = [pack_length(members, prompt_ids, completion_ids) for members in packs]
         return [[packs[j] for j in group] for group in plan_micro_batches(lengths, self.micro_batch_tokens)]

@@ -20,7 +20,6 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from r1train.fused_head import head_logprobs
-from r1train.packed_attention import LAYOUT_KWARG
 from r1train.packing import ScoringBatch
 
 
@@ -52,10 +51,8 @@ def compute_token_logprobs(
             row n holds sample n's completion tokens' logprobs left-aligned, zeros after them.
         entropy: [N, T] like logprobs, or None without `with_entropy`.
     """
-    # Packed rows for the "r1train_packed" attention carry their layout to every attention call.
-    layout = {} if batch.layout is None else {LAYOUT_KWARG: batch.layout}
     hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, use_cache=False, **layout).last_hidden_state
+                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state
     hidden_at = hidden.flatten(0, 1)[batch.source]  # [K, H]
     targets = batch.target  # [K]
     head = model.get_output_embeddings()

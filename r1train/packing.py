@@ -13,26 +13,20 @@ and the first token of every completion is predicted from the prompt's last posi
 completion token then sees exactly the context it had in its own row, so logprobs and gradients
 are those of the unpacked pass, up to floating-point summation order.
 
-How the attention is computed depends on the model's attention implementation:
-- "r1train_packed" (`r1train/packed_attention.py`, what the learner gives a model on "sdpa"): the
-  packer also describes where each prompt and completion sits (`PackedLayout`), and the attention
-  takes the rows apart, computing only the pairs the mask allows. Completions join a pack while
-  the row stays within the token budget.
-- "sdpa" (a boolean mask) or "eager" (an additive float mask) get the block mask as a 4-D
-  [R, 1, L, L] mask. The price is attention computed in vain: a custom mask rules out the causal
-  kernels' skipping, so a row of length L costs attention over all L x L pairs, and completions
-  join a pack only while the prompt tokens saved outweigh that (see `_work`), which on
-  short-completion workloads packs whole groups and on long completions leaves rows unpacked.
-`packing_supported` says whether a model has one of these; FlashAttention-2 and the others fall
-back to one row per sample.
+The price is attention computed in vain: a custom mask rules out the causal kernels' skipping, so
+a row of length L costs attention over all L x L pairs. Completions join a pack only while the
+prompt tokens saved outweigh that extra attention (see `_work`), which on short-completion
+workloads packs whole groups and on long completions leaves rows unpacked.
+
+Packing needs an attention implementation that takes a custom 4-D mask: transformers' "sdpa"
+(a boolean mask) or "eager" (an additive float mask); `packing_supported` says whether a model
+has one. FlashAttention-2 and the others fall back to one row per sample.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-
-from r1train.packed_attention import PACKED_ATTENTION, PackedLayout, make_layout
 
 MASKED_ATTENTION = ("sdpa", "eager")  # transformers attention implementations given a 4-D mask
 
@@ -55,7 +49,6 @@ class ScoringBatch:
     column: torch.Tensor  # [K] long
     samples: int  # N
     width: int  # longest completion: outputs are [N, width]
-    layout: PackedLayout | None = None  # packed rows for the "r1train_packed" attention
 
     @classmethod
     def from_padded(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -75,17 +68,16 @@ class ScoringBatch:
 def packing_supported(model: torch.nn.Module) -> bool:
     """Whether `model`'s attention implementation takes the custom masks of packed rows."""
     config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) in MASKED_ATTENTION + (PACKED_ATTENTION,)
+    return getattr(config, "_attn_implementation", None) in MASKED_ATTENTION
 
 
 def plan_packs(prompt_ids: list[list[int]], completion_ids: list[list[int]], token_budget: int,
-               hidden_size: int | None, dense_attention: bool = True) -> list[list[int]]:
+               hidden_size: int | None) -> list[list[int]]:
     """Split samples into packs: samples with the same prompt, to be scored in one row.
 
     Within a prompt's samples (longest completion first), a completion joins the open pack while
-    the row stays within `token_budget` and, where the attention is dense over the row
-    (`dense_attention`: a 4-D mask), packing costs less work than a row of its own; otherwise it
-    opens the next pack. `hidden_size=None` turns packing off: one sample per pack.
+    the row stays within `token_budget` and packing costs less work than a row of its own;
+    otherwise it opens the next pack. `hidden_size=None` turns packing off: one sample per pack.
 
     Returns:
         lists of indices into the samples, every index exactly once.
@@ -103,7 +95,7 @@ def plan_packs(prompt_ids: list[list[int]], completion_ids: list[list[int]], tok
             length = len(completion_ids[index])
             joined = row_length + length
             if row_length and joined <= token_budget and (
-                    not dense_attention or _work(joined, hidden_size) <= _work(row_length, hidden_size)
+                    _work(joined, hidden_size) <= _work(row_length, hidden_size)
                     + _work(prompt_length + length, hidden_size)):
                 packs[-1].append(index)
                 row_length = joined
@@ -132,11 +124,10 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: li
     """One right-padded row per pack; sample n of the result is the n-th index of `packs`, flattened.
 
     With a single sample per pack, the rows are plain (2-D padding mask, default positions). With
-    any shared row, "r1train_packed" gets the rows' layout (and a 2-D padding mask, which it does
-    not read); the other implementations get a [R, 1, L, L] mask saying which key each query may
-    attend: boolean for "sdpa", additive (0 or the dtype's minimum) for "eager". Padding positions
-    attend to themselves only, so no row of the mask is empty (an empty one makes the softmax NaN,
-    and the NaN would reach the gradients).
+    any shared row, every row gets a [R, 1, L, L] mask saying which key each query may attend:
+    boolean for "sdpa", additive (0 or the dtype's minimum) for "eager". Padding positions attend
+    to themselves only, so no row of the mask is empty (an empty one makes the softmax NaN, and the
+    NaN would reach the gradients).
     """
     width = max(pack_length(members, prompt_ids, completion_ids) for members in packs)
     rows = len(packs)
@@ -144,12 +135,10 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: li
     segment = torch.full((rows, width), -1, dtype=torch.long)  # -1 pad, 0 prompt, j completion j
     position_ids = torch.zeros((rows, width), dtype=torch.long)
     source, target, sample, column = [], [], [], []
-    prompts, completions = [], []  # (row, length), (row, start, length): the packed layout
     sample_number = 0
     for row, members in enumerate(packs):
         prompt = prompt_ids[members[0]]
         prompt_length = len(prompt)
-        prompts.append((row, prompt_length))
         input_ids[row, :prompt_length] = torch.tensor(prompt, dtype=torch.long)
         segment[row, :prompt_length] = 0
         position_ids[row, :prompt_length] = torch.arange(prompt_length)
@@ -163,7 +152,6 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: li
             input_ids[row, start:end] = torch.tensor(completion, dtype=torch.long)
             segment[row, start:end] = number
             position_ids[row, start:end] = torch.arange(prompt_length, prompt_length + length)
-            completions.append((row, start, length))
             # Token 0 is predicted by the prompt's last position, token i by the one before it.
             predictors = [prompt_length - 1] + list(range(start, end - 1)) if length else []
             source.extend(row * width + p for p in predictors)
@@ -177,20 +165,15 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: li
         return torch.tensor(values, dtype=torch.long, device=device)
 
     shared = any(len(members) > 1 for members in packs)
-    layout = None
-    if not shared:
-        attention_mask = (segment >= 0).long().to(device)
-        positions = None
-    elif attention == PACKED_ATTENTION:
-        attention_mask = (segment >= 0).long().to(device)
-        positions = position_ids.to(device)
-        layout = make_layout(rows, width, prompts, completions).to(device)
-    else:
+    if shared:
         attention_mask = _packed_mask(segment, attention).to(device)
         positions = position_ids.to(device)
+    else:
+        attention_mask = (segment >= 0).long().to(device)
+        positions = None
     longest = max((len(completion_ids[i]) for members in packs for i in members), default=0)
     return ScoringBatch(input_ids.to(device), attention_mask, positions, long(source), long(target),
-                        long(sample), long(column), sample_number, longest, layout)
+                        long(sample), long(column), sample_number, longest)
 
 
 def _packed_mask(segment: torch.Tensor, attention: str) -> torch.Tensor:

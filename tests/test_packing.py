@@ -5,7 +5,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from r1train.batching import collate
 from r1train.logprobs import compute_token_logprobs
-from r1train.packed_attention import PACKED_ATTENTION, use_packed_attention
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
 
 
@@ -55,7 +54,7 @@ def test_plan_groups_samples_by_prompt_within_the_budget():
         assert pack_length(members, prompt_ids, completion_ids) <= 16 or len(members) == 1
 
 
-def test_plan_leaves_rows_unpacked_when_dense_attention_would_cost_more_than_the_prompt_saves():
+def test_plan_leaves_rows_unpacked_when_attention_would_cost_more_than_the_prompt_saves():
     prompt_ids = [[1] * 400] * 4
     completion_ids = [[5] * 500] * 4
     # A wide model: a row's attention is cheap next to its projections, so the shared prompt wins.
@@ -63,9 +62,6 @@ def test_plan_leaves_rows_unpacked_when_dense_attention_would_cost_more_than_the
     # A narrow one: the masked attention between completions costs more than the prompt saves.
     assert plan_packs(prompt_ids, completion_ids, token_budget=10_000, hidden_size=64) == [[0], [1], [2], [3]]
     assert plan_packs(prompt_ids, completion_ids, 10_000, hidden_size=None) == [[0], [1], [2], [3]]  # off
-    # The packed attention computes no pairs between completions: sharing the prompt always pays.
-    assert plan_packs(prompt_ids, completion_ids, token_budget=10_000, hidden_size=64,
-                      dense_attention=False) == [[0, 1, 2, 3]]
 
 
 # ----------------------------------------------------------------------------- the rows
@@ -97,16 +93,15 @@ def test_pack_refuses_samples_with_another_prompt():
         pack([[1, 2], [1, 3]], [[7], [8]], [[0, 1]], pad_token_id=0, device=torch.device("cpu"))
 
 
-def test_only_attention_that_takes_a_custom_mask_or_the_layout_packs():
+def test_only_attention_that_takes_a_custom_mask_packs():
     assert packing_supported(tiny_model("sdpa")) and packing_supported(tiny_model("eager"))
-    assert packing_supported(tiny_model(PACKED_ATTENTION))
     model = tiny_model("sdpa")
     model.config._attn_implementation = "flash_attention_2"
     assert not packing_supported(model)
 
 
 # ----------------------------------------------------------------------------- equal to plain rows
-@pytest.mark.parametrize("attention", ["sdpa", "eager", PACKED_ATTENTION])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_logprobs_and_gradients_equal_plain_rows(attention):
     """Whole groups and a split group (uneven row lengths, so padded rows in a packed batch).
 
@@ -127,36 +122,3 @@ def test_packed_logprobs_and_gradients_equal_plain_rows(attention):
     for got, want in zip(got_grads, want_grads):
         assert torch.isfinite(got).all()
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-def test_the_learner_gives_sdpa_models_the_packed_attention_and_leaves_the_others():
-    sdpa, eager = tiny_model("sdpa"), tiny_model("eager")
-    assert use_packed_attention(sdpa) and sdpa.config._attn_implementation == PACKED_ATTENTION
-    assert not use_packed_attention(eager) and eager.config._attn_implementation == "eager"
-
-
-def test_without_a_layout_the_packed_attention_is_sdpa():
-    """Plain rows (and generation) through the packed attention give what "sdpa" gives."""
-    prompt_ids, completion_ids = grouped_samples(prompts=2, group_size=3)
-    plain = ScoringBatch.from_padded(*collate(prompt_ids, completion_ids, 0, torch.device("cpu")))
-    weights = torch.ones(6, plain.width, dtype=torch.float64)
-    want_lp, want_ent, want_grads = scored(tiny_model("sdpa"), plain, weights)
-    got_lp, got_ent, got_grads = scored(tiny_model(PACKED_ATTENTION), plain, weights)
-    assert torch.equal(got_lp, want_lp) and torch.equal(got_ent, want_ent)
-    assert all(torch.equal(got, want) for got, want in zip(got_grads, want_grads))
-
-
-def test_the_layout_keeps_each_completion_to_its_prompt_and_itself():
-    prompt_ids = [[5, 6, 7]] * 2 + [[8]]
-    completion_ids = [[1, 2], [3], [4, 4, 4]]
-    batch = pack(prompt_ids, completion_ids, [[0, 1], [2]], 0, torch.device("cpu"), PACKED_ATTENTION)
-    layout = batch.layout
-    assert batch.attention_mask.shape == batch.input_ids.shape == (2, 6)
-    assert layout.prompt_index.tolist() == [[0, 1, 2], [6, 6, 6]]  # row 1: prompt of 1, padding -> 6
-    assert layout.completion_index.tolist() == [[3, 4, 0], [5, 0, 0], [7, 8, 9]]
-    assert layout.completion_row.tolist() == [0, 0, 1]
-    mask = layout.completion_mask[:, 0].int().tolist()  # keys: 3 prompt slots, then 3 own
-    assert mask[0] == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0]]
-    assert mask[2] == [[1, 0, 0, 1, 0, 0], [1, 0, 0, 1, 1, 0], [1, 0, 0, 1, 1, 1]]
-    # Outputs: prompt slots 0-5, completion slots 6-14, the zero at 15 (row 1's padding, 10-11).
-    assert layout.output_index.tolist() == [0, 1, 2, 6, 7, 9, 3, 12, 13, 14, 15, 15]
