@@ -10,7 +10,8 @@ so this measures the cost of the placement, not a speed-up: workers pay off wher
 hardware of their own. Results go to benchmarks/results/bench_remote_workers.txt.
 
 `--variants` picks among: colocated, 1, 1-native (one worker with vLLM's own RMS norms instead of
-the C++ kernels r1train asks for, r1train/engines/cpu_kernels.py), 2.
+the C++ kernels r1train asks for, r1train/engines/cpu_kernels.py), 2; a variant named twice runs
+twice. Only the default comparison is written to the results file.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "r1_zero_toy.yaml"
 RESULTS = REPO / "benchmarks" / "results" / "bench_remote_workers.txt"
 VARIANTS = ("colocated", "1", "1-native", "2")
+DEFAULT_VARIANTS = "colocated,1,2"
 KEYS = ("time/step", "time/generate", "time/learn", "time/wake", "time/sync")
 
 
@@ -47,7 +49,7 @@ def run_variant(name: str, steps: int, out_dir: Path, urls: list[str] | None) ->
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--variants", default="colocated,1,2", help=f"comma-separated among {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated among {', '.join(VARIANTS)}")
     args = parser.parse_args()
     variants = args.variants.split(",")
     if set(variants) - set(VARIANTS):
@@ -61,15 +63,17 @@ def main() -> None:
     max_model_len = recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in variants:
+        for index, variant in enumerate(variants):
             if variant == "colocated":
-                results["colocated vLLM"] = run_variant("colocated", args.steps, Path(tmp), None)
+                name = "colocated vLLM" + f" (run {variants[:index + 1].count(variant)})" * (variants.count(variant) > 1)
+                results[name] = run_variant("colocated", args.steps, Path(tmp), None)
                 continue
             workers, native = int(variant.split("-")[0]), variant.endswith("-native")
             pool = WorkerPool(model_dir, workers, port=18700, max_model_len=max_model_len,
                               kv_cache_gib=recipe.rollout.vllm_kv_cache_gib, log_dir=Path(tmp) / f"logs{variant}",
                               norm_kernels=not native)
             name = f"{workers} remote worker{'s' * (workers > 1)}{', native norms' * native}"
+            name += f" (run {variants[:index + 1].count(variant)})" * (variants.count(variant) > 1)
             try:
                 pool.wait_until_healthy(600)
                 results[name] = run_variant(f"remote{variant}", args.steps, Path(tmp), pool.urls)
@@ -78,12 +82,13 @@ def main() -> None:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model_name = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
     lines = [f"r1_zero_toy, steps 2..{args.steps} (mean seconds), {model_name}, {len(__import__('os').sched_getaffinity(0))} cores",
-             f"{'variant':<30}" + "".join(f"{k:>15}" for k in KEYS) + f"{'steps/s':>10}"]
+             f"{'variant':<40}" + "".join(f"{k:>15}" for k in KEYS) + f"{'steps/s':>10}"]
     for name, values in results.items():
-        lines.append(f"{name:<30}" + "".join(f"{values[k]:>15.2f}" for k in KEYS) + f"{1 / values['time/step']:>10.3f}")
+        lines.append(f"{name:<40}" + "".join(f"{values[k]:>15.2f}" for k in KEYS) + f"{1 / values['time/step']:>10.3f}")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.write_text(text)
+    if args.variants == DEFAULT_VARIANTS:  # the file holds the default comparison
+        RESULTS.write_text(text)
 
 
 if __name__ == "__main__":
