@@ -46,9 +46,8 @@ def worker_command(model_dir: str, port: int, *, host: str, max_model_len: int, 
     if on_gpu:
         command += ["--weight-transfer-config", json.dumps({"backend": "nccl"})]
     else:  # CUDA graphs do not exist on CPU; eager mode also skips compiling at start-up
-        from r1train.engines.vllm_engine import CPU_KV_BLOCK_TOKENS  # here: the engine module imports torch
-
         from r1train.engines.cpu_kernels import served_kernel_config
+        from r1train.engines.vllm_engine import CPU_KV_BLOCK_TOKENS  # here: the engine module imports torch
 
         command += ["--enforce-eager", "--kv-cache-memory-bytes", str(int(kv_cache_gib * 1024**3)),
                     "--block-size", str(CPU_KV_BLOCK_TOKENS)]  # prompt sharing, as in the colocated engine

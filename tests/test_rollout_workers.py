@@ -29,16 +29,17 @@ def test_the_worker_command_asks_for_raw_logprobs_and_the_device_specific_option
     assert "--kv-cache-memory-bytes" not in gpu
 
 
-@pytest.mark.vllm
 def test_cpu_workers_ask_for_the_norm_kernels_their_plugin_registers():
     from r1train.engines.cpu_kernels import PROVIDER
 
-    cpu = worker_command("/m", 8001, host="127.0.0.1", max_model_len=1024, dtype="bfloat16", kv_cache_gib=0.5, on_gpu=False)
-    gpu = worker_command("/m", 8002, host="0.0.0.0", max_model_len=1024, dtype="bfloat16", kv_cache_gib=0.5, on_gpu=True)
+    options = dict(max_model_len=1024, dtype="bfloat16", kv_cache_gib=0.5)
+    cpu = worker_command("/m", 8001, host="127.0.0.1", on_gpu=False, **options)
+    native = worker_command("/m", 8001, host="127.0.0.1", on_gpu=False, norm_kernels=False, **options)
+    gpu = worker_command("/m", 8002, host="0.0.0.0", on_gpu=True, **options)
 
     priority = json.loads(cpu[cpu.index("--kernel-config") + 1])["ir_op_priority"]
     assert priority == {"rms_norm": [PROVIDER], "fused_add_rms_norm": [PROVIDER]}
-    assert "--kernel-config" not in gpu
+    assert "--kernel-config" not in native and "--kernel-config" not in gpu
 
 
 def test_zero_workers_is_refused_in_one_line(capsys):
