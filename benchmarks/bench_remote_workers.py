@@ -64,16 +64,15 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for index, variant in enumerate(variants):
+            run_label = f" (run {variants[:index + 1].count(variant)})" * (variants.count(variant) > 1)
             if variant == "colocated":
-                name = "colocated vLLM" + f" (run {variants[:index + 1].count(variant)})" * (variants.count(variant) > 1)
-                results[name] = run_variant("colocated", args.steps, Path(tmp), None)
+                results["colocated vLLM" + run_label] = run_variant("colocated", args.steps, Path(tmp), None)
                 continue
             workers, native = int(variant.split("-")[0]), variant.endswith("-native")
             pool = WorkerPool(model_dir, workers, port=18700, max_model_len=max_model_len,
                               kv_cache_gib=recipe.rollout.vllm_kv_cache_gib, log_dir=Path(tmp) / f"logs{variant}",
                               norm_kernels=not native)
-            name = f"{workers} remote worker{'s' * (workers > 1)}{', native norms' * native}"
-            name += f" (run {variants[:index + 1].count(variant)})" * (variants.count(variant) > 1)
+            name = f"{workers} remote worker{'s' * (workers > 1)}{', native norms' * native}{run_label}"
             try:
                 pool.wait_until_healthy(600)
                 results[name] = run_variant(f"remote{variant}", args.steps, Path(tmp), pool.urls)
