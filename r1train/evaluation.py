@@ -225,11 +225,11 @@ def _greedy(sampling: SamplingSettings) -> SamplingSettings:
 def evaluate_model_dir(cfg: Recipe, model_name: str, details: list | None = None) -> dict[str, float]:
     """Evaluate a saved model (folder or alias) on data.eval with the recipe's rollout backend."""
     from r1train.models import load_model, load_tokenizer, resolve_model_dir
-    from r1train.engines import engine_from_recipe
+    from r1train.engines import engine_from_recipe, generation_model
 
     model_dir = resolve_model_dir(model_name)
     tokenizer = load_tokenizer(model_dir)
-    engine = engine_from_recipe(cfg, load_model(model_dir).eval(), model_dir, tokenizer)
+    engine = engine_from_recipe(cfg, generation_model(cfg, load_model(model_dir).eval()), model_dir, tokenizer)
     try:
         return Evaluator.from_recipe(cfg, tokenizer).run(engine, details)
     finally:
@@ -255,7 +255,7 @@ def evaluate_cli(args) -> int:
     from r1train.errors import RunError
     from r1train.models import load_model, load_tokenizer, resolve_model_dir
     from r1train.prompts import check_template
-    from r1train.engines import engine_from_recipe
+    from r1train.engines import engine_from_recipe, generation_model
 
     cfg = load_recipe(args.recipe) if args.recipe else Recipe()
     if args.template:
@@ -282,7 +282,7 @@ def evaluate_cli(args) -> int:
     model_dir = resolve_model_dir(args.model)
     tokenizer = load_tokenizer(model_dir)
     evaluator.tokenizer = tokenizer
-    engine = engine_from_recipe(cfg, load_model(model_dir), model_dir, tokenizer)
+    engine = engine_from_recipe(cfg, generation_model(cfg, load_model(model_dir)), model_dir, tokenizer)
     details: list = []
     scores = evaluator.run(engine, details)
     engine.close()

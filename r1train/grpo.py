@@ -27,6 +27,7 @@ from r1train.async_rollouts import RolloutPrefetcher
 from r1train.config import ConfigError, Recipe
 from r1train.data import PromptSampler, balance_rows, load_data
 from r1train.diagnostics import StallWatch
+from r1train.hardware import compute_device
 from r1train.heap import map_large_allocations
 from r1train.engines import engine_from_recipe
 from r1train.seeding import seed_everything
@@ -74,6 +75,8 @@ class GRPOTrainer:
         self.model_dir = resolve_model_dir(model_name or cfg.model.name)
         self.tokenizer = load_tokenizer(self.model_dir)
         model = load_model(self.model_dir, cfg.model.gradient_checkpointing)
+        if self.accelerator is None:  # one process: its GPU where there is one (a launch's processes are placed by accelerate)
+            model.to(compute_device())
         self.learner = PolicyLearner.from_recipe(model, cfg, self.tokenizer.pad_token_id, self.accelerator)
         # beta = 0 loads no reference model at all (its memory and forward passes are saved); with
         # LoRA the reference is the base model under the adapters, so no copy is loaded either.

@@ -1,4 +1,4 @@
-"""What the hardware computes fast: one probe, used by the learner, the SFT trainer and the vLLM engine."""
+"""Where a process computes and what its hardware computes fast: used by the trainers, the learner and the engines."""
 from __future__ import annotations
 
 import torch
@@ -13,3 +13,11 @@ def bf16_autocast_supported(device: torch.device) -> bool:
         native = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, but the only probes
         return any(getattr(torch.cpu, probe, lambda: False)() for probe in native)
     return False
+
+
+def compute_device() -> torch.device:
+    """The device this process computes on: its current CUDA device where there is one (under a
+    multi-process launch, the one accelerate gave it), otherwise the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

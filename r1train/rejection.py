@@ -39,7 +39,7 @@ from r1train.data import PromptSampler, load_data, write_rows
 from r1train.engines.base import SamplingSettings
 from r1train.errors import RunError
 from r1train.prompts import encode_all, prefill, render_prompt
-from r1train.engines import engine_from_recipe
+from r1train.engines import engine_from_recipe, generation_model
 from r1train.seeding import seed_everything
 from r1train.threads import set_threads
 from r1train.scoring import reward_columns
@@ -119,7 +119,7 @@ def run_rejection_sampling(recipe: Recipe, stage_dir: Path, model_name: str, sta
 
         model_dir = resolve_model_dir(model_name)
         tokenizer = load_tokenizer(model_dir)
-        model = load_model(model_dir).eval()
+        model = generation_model(cfg, load_model(model_dir).eval())
         prompt_ids = encode_all(tokenizer, rows, data.question_column, data.prompt_template, data.system_prompt,
                                 data.max_prompt_tokens, getattr(model.config, "max_position_embeddings", None),
                                 cfg.rollout.max_new_tokens)

@@ -46,7 +46,7 @@ from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
 from r1train.data import DataError, PromptSampler, holds_no_rows, load_data
 from r1train.evaluation import evaluate_model_dir
-from r1train.hardware import bf16_autocast_supported
+from r1train.hardware import bf16_autocast_supported, compute_device
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.prompts import BUILT_IN, encode_prompt
@@ -145,7 +145,7 @@ class SFTTrainer:
         set_threads(cfg.training.threads)
         self.model_dir = resolve_model_dir(model_name)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = compute_device()
         model = load_model(self.model_dir, cfg.model.gradient_checkpointing)
         lora = cfg.model.lora
         if lora.enabled:

@@ -54,6 +54,17 @@ def engine_from_recipe(recipe, model: torch.nn.Module, model_dir: str | Path, to
     return _engine_class(ENGINE_BY_RECIPE[r.backend, r.placement]).from_recipe(recipe, model, model_dir, tokenizer)
 
 
+def generation_model(recipe, model: torch.nn.Module) -> torch.nn.Module:
+    """`model`, for an engine that only generates with it (evaluation, rejection sampling), placed
+    where that engine computes: the HF backend generates with the model itself, on the GPU where
+    there is one; vLLM loads its own weights from the folder, so the model stays on the CPU."""
+    if recipe.rollout.backend == "hf":
+        from r1train.hardware import compute_device
+
+        model.to(compute_device())
+    return model
+
+
 def _engine_class(backend: str):
     if backend == "hf":
         from r1train.engines.hf import HFEngine
@@ -68,4 +79,4 @@ def _engine_class(backend: str):
     return RemoteVLLMEngine
 
 
-__all__ = ["BACKENDS", "ENGINE_BY_RECIPE", "Completion", "RolloutEngine", "SamplingSettings", "engine_from_recipe", "make_engine"]
+__all__ = ["BACKENDS", "ENGINE_BY_RECIPE", "Completion", "RolloutEngine", "SamplingSettings", "engine_from_recipe", "generation_model", "make_engine"]
