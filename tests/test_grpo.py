@@ -99,7 +99,7 @@ def test_kl_and_lora_run_with_the_adapter_free_reference(tmp_path, tiny_model_di
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
     prompts, completions = [[1, 2, 3, 4]], [[5, 6, 7, 8, 9]]
-    base = load_model(str(tiny_model_dir))
+    base = load_model(str(tiny_model_dir)).to(trainer.learner.device)  # where the learner computes (a GPU where there is one)
     reference = trainer.learner.compute_logprobs(prompts, completions, disable_adapters=True)[0]
     policy = trainer.learner.compute_logprobs(prompts, completions)[0]
     torch.testing.assert_close(reference, trainer.learner.compute_logprobs(prompts, completions, model=base)[0])

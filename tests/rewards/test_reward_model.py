@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rewards import RewardSpecError, resolve_reward
+from rewards.reward_model import placement
 
 PROMPTS = ["Write one sentence about the sea.", "Write a haiku about snow.", "Name a colour."]
 COMPLETIONS = ["The sea is wide.", "Snow falls\nsoftly on\nthe roofs.", "Blue, but a much longer answer here."]
@@ -31,12 +32,20 @@ def reward_model_dir(tmp_path, tokenizer):
 
 
 def one_by_one(folder, texts_ids: list[list[int]]) -> list[float]:
-    """Each sequence alone (no padding at all): the scores batching must reproduce."""
+    """Each sequence alone (no padding at all), where and in the dtype the reward scores: the scores
+    batching must reproduce."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    device, dtype = placement()
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in texts_ids]
+        return [model(input_ids=torch.tensor([ids], device=device)).logits[0, 0].float().item() for ids in texts_ids]
+
+
+def same_scores(scores: list[float], expected: list[float]) -> bool:
+    """Equal up to the dtype's rounding: padded batches and single rows take different kernels."""
+    tolerance = 1e-4 if placement()[1] == torch.float32 else 3e-2
+    return scores == pytest.approx(expected, rel=tolerance, abs=tolerance)
 
 
 def test_scores_are_the_logit_of_the_chat_rendered_pair(reward_model_dir, tokenizer):
@@ -48,7 +57,7 @@ def test_scores_are_the_logit_of_the_chat_rendered_pair(reward_model_dir, tokeni
     assert "Write a haiku about snow." in rendered[1] and "Snow falls" in rendered[1]
     expected = one_by_one(reward_model_dir, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in rendered])
     # Batches of 2 pad the shorter pair: padding must not move any score.
-    assert scores == pytest.approx(expected, abs=1e-4)
+    assert same_scores(scores, expected)
     assert len(set(round(s, 4) for s in scores)) == 3  # a random model still tells them apart
 
 
@@ -64,7 +73,7 @@ def test_a_tokenizer_without_chat_template_scores_a_text_pair(tmp_path, tokenize
     _, reward = resolve_reward({"name": "reward_model", "kwargs": {"path": str(folder)}})
     scores = reward(COMPLETIONS[:2], prompts=PROMPTS[:2])
     expected = one_by_one(folder, [tokenizer(p, c)["input_ids"] for p, c in zip(PROMPTS[:2], COMPLETIONS[:2])])
-    assert scores == pytest.approx(expected, abs=1e-4)
+    assert same_scores(scores, expected)
 
 
 @pytest.mark.parametrize("case, message", [
