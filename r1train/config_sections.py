@@ -264,6 +264,10 @@ class TrainingConfig:
     # AdamW's two moments in "float32" or "bfloat16" (half their memory, rounded after every update;
     # r1train/adamw_state.py). Not with fsdp.
     optimizer_state_dtype: str = "float32"
+    # GRPO learner: compile the decoder layers with torch.compile (r1train/compiled_layers.py): fused
+    # kernels for the casts, norms and activations between the matmuls; the first step pays the
+    # compile. Needs rollout.backend: vllm (the hf backend generates with the learner's own model).
+    compile: bool = False
 
     def validate(self, at: str) -> None:
         one_of(self.lr_schedule, LR_SCHEDULES, f"{at}.lr_schedule")
@@ -285,6 +289,8 @@ class TrainingConfig:
         check(not (self.fsdp and self.optimizer_state_dtype != "float32"), f"{at}.optimizer_state_dtype",
               "bfloat16 state does not combine with training.fsdp (sharding already divides the optimiser "
               "state across processes); leave it float32")
+        check(not (self.fsdp and self.compile), f"{at}.compile",
+              "does not combine with training.fsdp (the sharded layers stay eager); set training.compile: false")
 
 
 @dataclass

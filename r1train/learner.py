@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from r1train.batching import pad_token_values, plan_micro_batches, split_evenly
+from r1train.compiled_layers import compile_decoder_layers
 from r1train import fsdp as fsdp_sharding
 from r1train.distributed import all_reduce_max, all_reduce_sum
 from r1train.hardware import bf16_autocast_supported
@@ -112,6 +113,7 @@ class PolicyLearner:
         fsdp: bool = False,
         share_prompts: bool = True,
         optimizer_state_dtype: str = "float32",
+        compile_layers: bool = False,
     ):
         """Wrap `model` (an HF causal LM, fp32) for training.
 
@@ -125,6 +127,8 @@ class PolicyLearner:
         to shard across). `share_prompts` packs completions of one prompt into a row with the
         prompt computed once, where the model's attention takes the custom mask this needs and
         where it saves work (`r1train/packing.py`). `optimizer_state_dtype`: see `Optimiser`.
+        `compile_layers` compiles the decoder layers with torch.compile (`r1train/compiled_layers.py`;
+        not with FSDP, whose sharded layers it leaves eager).
         """
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -159,6 +163,7 @@ class PolicyLearner:
             state_dtype=optimizer_state_dtype)
         self.device = next(model.parameters()).device
         self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
+        self.compiled = compile_layers and not self.sharded and compile_decoder_layers(model, self.device)
         # Per sample of the last batch: its logprobs under the weights the batch was sampled with
         # (None where no forward pass ran). The trainer compares them with the engine's logprobs
         # to verify the last weight sync without an extra forward pass.
@@ -177,7 +182,7 @@ class PolicyLearner:
             use_lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             lora_target_modules=list(lora.target_modules), temperature=recipe.rollout.temperature,
             pad_token_id=pad_token_id, accelerator=accelerator, fsdp=t.fsdp, share_prompts=t.share_prompts,
-            optimizer_state_dtype=t.optimizer_state_dtype,
+            optimizer_state_dtype=t.optimizer_state_dtype, compile_layers=t.compile,
         )
 
     @property
