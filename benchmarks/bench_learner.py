@@ -8,7 +8,9 @@ logits and a log-softmax over every position. The learner uses its defaults: len
 token-budget micro-batches, each group's prompt run once for all its completions where that saves
 work (`r1train/packing.py`), logits only at completion positions in checkpointed chunks, and bf16
 autocast where the CPU or GPU has native bf16 (see `bf16_autocast_supported`). The side
-`learner_unpacked` is the learner with `share_prompts=False`, one row per sample.
+`learner_unpacked` is the learner with `share_prompts=False`, one row per sample;
+`learner_compiled` is the learner with its decoder layers compiled (`training.compile`,
+`r1train/compiled_layers.py`; its warm-up pass includes the compile).
 
     .venv/bin/python benchmarks/bench_learner.py            # real default model when installed
     .venv/bin/python benchmarks/bench_learner.py --model config --repeats 1
@@ -143,7 +145,7 @@ def step_flops(model, batch: TrainBatch, side: str) -> float:
     config = model.config
     head = config.hidden_size * config.vocab_size
     body = sum(p.numel() for p in model.parameters()) - head  # embedding lookup is no matmul
-    if side == "learner":
+    if side in ("learner", "learner_compiled"):
         prompts = {id(p): len(p) for p in batch.prompt_ids}  # a group's completions share one prompt list
         body_tokens = sum(prompts.values()) + sum(len(c) for c in batch.completion_ids)
         head_tokens = sum(len(c) for c in batch.completion_ids)
@@ -184,12 +186,14 @@ def main() -> None:
     parser.add_argument("--op-table", action="store_true",
                         help="one more step of each side under torch.profiler: its operators by self time")
     parser.add_argument("--sides", default="baseline,learner",
-                        help="comma-separated, run alternately: baseline, learner, learner_unpacked")
+                        help="comma-separated, run alternately: baseline, learner, learner_unpacked, "
+                        "learner_compiled")
     args = parser.parse_args()
     sides = args.sides.split(",")
-    unknown = set(sides) - {"baseline", "learner", "learner_unpacked"}
+    unknown = set(sides) - {"baseline", "learner", "learner_unpacked", "learner_compiled"}
     if unknown:
-        parser.error(f"unknown side(s) {sorted(unknown)}; choose from baseline, learner, learner_unpacked")
+        parser.error(f"unknown side(s) {sorted(unknown)}; choose from baseline, learner, learner_unpacked, "
+                     "learner_compiled")
 
     model, description = load_model(args.model)
     model.train()
@@ -198,9 +202,9 @@ def main() -> None:
     tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
     completion_tokens = sum(len(c) for c in batch.completion_ids)
 
-    def learner_for(share_prompts: bool) -> PolicyLearner:
+    def learner_for(share_prompts: bool, compile_layers: bool = False) -> PolicyLearner:
         learner = PolicyLearner(copy.deepcopy(model), lr=1e-6, micro_batch_tokens=args.micro_batch_tokens,
-                                bf16=args.bf16 != "off", share_prompts=share_prompts)
+                                bf16=args.bf16 != "off", share_prompts=share_prompts, compile_layers=compile_layers)
         if args.bf16 == "on":
             learner.use_bf16 = True
         return learner
@@ -214,7 +218,8 @@ def main() -> None:
             runs[side] = functools.partial(baseline_step, baseline_model, baseline_optimizer, batch,
                                            args.baseline_micro_batch)
         else:
-            runs[side] = functools.partial(learner_for(side == "learner").train_on_batch, batch, settings)
+            learner = learner_for(side != "learner_unpacked", compile_layers=side == "learner_compiled")
+            runs[side] = functools.partial(learner.train_on_batch, batch, settings)
 
     print(f"model: {description}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -251,13 +256,15 @@ def main() -> None:
             print_op_table(runs[side])
 
     labels = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
-              "learner_unpacked": "r1train, one row per sample"}
+              "learner_unpacked": "r1train, one row per sample", "learner_compiled": "r1train, compiled layers"}
     rates = {side: tokens / statistics.median(timings[side]) for side in sides}
     for side in sides:
         print(f"{labels[side] + ':':36s}{rates[side]:8.0f} tokens/s")
     for side in sides:
         if side != "baseline" and "baseline" in rates:
             print(f"speed-up of {side} over baseline: {rates[side] / rates['baseline']:.2f}x (target >= 1.5x)")
+    if "learner" in rates and "learner_compiled" in rates:
+        print(f"compiled layers: {rates['learner_compiled'] / rates['learner']:.2f}x")
     if "learner" in rates and "learner_unpacked" in rates:
         print(f"shared-prompt packing: {rates['learner'] / rates['learner_unpacked']:.2f}x")
 

@@ -93,6 +93,8 @@ def parse_args() -> argparse.Namespace:
                    help="r1train's training.cpu_low_memory: lower peak RSS for a slower learner")
     p.add_argument("--optimizer-state-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="r1train's training.optimizer_state_dtype: AdamW's moments in bf16 halve their memory")
+    p.add_argument("--compile", choices=("recipe", "on", "off"), default="recipe",
+                   help="r1train's training.compile (the learner's decoder layers compiled; default: the recipe's)")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_vs_trl"))
     p.add_argument("--print-saved", action="store_true",
                    help="run nothing: print the table again from the results a previous run left in --work-dir")
@@ -144,6 +146,7 @@ def build_workload(args: argparse.Namespace) -> dict:
         "micro_batch_tokens": args.micro_batch_tokens,
         "cpu_low_memory": args.cpu_low_memory,
         "optimizer_state_dtype": args.optimizer_state_dtype,
+        "compile": args.compile,
         "work_dir": str(work),
     }
 
@@ -190,6 +193,8 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
     if workload.get("cpu_low_memory"):
         raw["training"]["cpu_low_memory"] = True
     raw["training"]["optimizer_state_dtype"] = workload.get("optimizer_state_dtype", "float32")
+    if workload.get("compile", "recipe") != "recipe":
+        raw["training"]["compile"] = workload["compile"] == "on"
     raw["evaluation"] = {"at_start": False, "at_end": False, "every": 0}
     raw["logging"] = {"tensorboard": False, "progress": False}
     recipe = recipe_from_dict(raw)
@@ -212,6 +217,7 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
                      "micro_batch_tokens": recipe.training.micro_batch_tokens,
                      "cpu_low_memory": recipe.training.cpu_low_memory,
                      "optimizer_state_dtype": recipe.training.optimizer_state_dtype,
+                     "compile": recipe.training.compile,
                      "gradient_checkpointing": recipe.model.gradient_checkpointing,
                      "tis_cap": recipe.algorithm.tis_cap},
         "setup_s": setup_s,
