@@ -52,6 +52,11 @@ from r1train.learner import PolicyLearner, TrainBatch
 from r1train.policy_loss import LossSettings
 
 
+# Each side the bench can run, with the label its result line gets.
+SIDE_LABELS = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
+               "learner_unpacked": "r1train, one row per sample", "learner_compiled": "r1train, compiled layers"}
+
+
 def load_model(name: str):
     """The real default model when available, else a config-built model of the same shape."""
     if name != "config":
@@ -186,14 +191,12 @@ def main() -> None:
     parser.add_argument("--op-table", action="store_true",
                         help="one more step of each side under torch.profiler: its operators by self time")
     parser.add_argument("--sides", default="baseline,learner",
-                        help="comma-separated, run alternately: baseline, learner, learner_unpacked, "
-                        "learner_compiled")
+                        help=f"comma-separated, run alternately: {', '.join(SIDE_LABELS)}")
     args = parser.parse_args()
     sides = args.sides.split(",")
-    unknown = set(sides) - {"baseline", "learner", "learner_unpacked", "learner_compiled"}
+    unknown = set(sides) - set(SIDE_LABELS)
     if unknown:
-        parser.error(f"unknown side(s) {sorted(unknown)}; choose from baseline, learner, learner_unpacked, "
-                     "learner_compiled")
+        parser.error(f"unknown side(s) {sorted(unknown)}; choose from {', '.join(SIDE_LABELS)}")
 
     model, description = load_model(args.model)
     model.train()
@@ -255,11 +258,9 @@ def main() -> None:
             print(f"\n{side}, one more step under torch.profiler:")
             print_op_table(runs[side])
 
-    labels = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
-              "learner_unpacked": "r1train, one row per sample", "learner_compiled": "r1train, compiled layers"}
     rates = {side: tokens / statistics.median(timings[side]) for side in sides}
     for side in sides:
-        print(f"{labels[side] + ':':36s}{rates[side]:8.0f} tokens/s")
+        print(f"{SIDE_LABELS[side] + ':':36s}{rates[side]:8.0f} tokens/s")
     for side in sides:
         if side != "baseline" and "baseline" in rates:
             print(f"speed-up of {side} over baseline: {rates[side] / rates['baseline']:.2f}x (target >= 1.5x)")

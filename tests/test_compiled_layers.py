@@ -3,6 +3,8 @@ learner's step, keep the module tree every other part relies on, and are refused
 cannot work."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -67,15 +69,14 @@ def test_without_a_cpp_compiler_the_learner_runs_eagerly_and_says_why(monkeypatc
     assert not learner.compiled
     assert "no C++ compiler found" in capsys.readouterr().out
     metrics = learner.train_on_batch(toy_batch(n=4), LossSettings(max_completion_length=8))
-    assert metrics["loss"] == metrics["loss"]  # a finite step, eagerly
+    assert math.isfinite(metrics["loss"])  # a step taken, eagerly
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"rollout": {"backend": "hf"}}, "needs rollout.backend: vllm"),
-    ({"rollout": {"backend": "vllm"}, "training": {"compile": True, "fsdp": True}}, "does not combine with training.fsdp"),
+@pytest.mark.parametrize("backend, fsdp, message", [
+    ("hf", False, "needs rollout.backend: vllm"),
+    ("vllm", True, "does not combine with training.fsdp"),
 ])
-def test_compile_is_refused_where_it_cannot_work(sections, message):
-    raw = {"model": {"name": "tiny"}, "training": {"compile": True}, **sections}
-    raw["training"] = {"compile": True, **sections.get("training", {})}
+def test_compile_is_refused_where_it_cannot_work(backend, fsdp, message):
+    raw = {"model": {"name": "tiny"}, "rollout": {"backend": backend}, "training": {"compile": True, "fsdp": fsdp}}
     with pytest.raises(ConfigError, match=message):
         recipe_from_dict(raw)
