@@ -34,6 +34,13 @@ size 576), and oneDNN reaches less on them. So the run also times the model's ow
 both backward products, weighted by how often the model has each) and prints the learner's share
 of that ceiling as well: the part of the gap no scheduling of the same matmuls can close.
 `--op-table` runs one more learner step under torch.profiler and prints its operators by self time.
+
+On a CUDA GPU (`--device cuda`, the default where one is visible) the same comparison runs there;
+give it a GPU-sized batch, for example
+    python benchmarks/bench_learner.py --model config --prompts 32 --group-size 16 \
+        --prompt-tokens 90,150 --completion-tokens 100,1024 --micro-batch-tokens 32768 \
+        --sides baseline,learner,learner_compiled --baseline-micro-batch 32
+and the peak is then measured on 8192^3 matmuls, the size at which a GPU's bf16 rate levels off.
 """
 from __future__ import annotations
 
@@ -99,15 +106,15 @@ def make_batch(prompts: int, group_size: int, prompt_tokens: tuple[int, int], co
     return TrainBatch(prompt_ids, completion_ids, advantages)
 
 
-def measure_matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
+def measure_matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: int = 8) -> float:
     """The best FLOP/s of a [size, size] @ [size, size] matmul in `dtype` over `repeats` tries."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # warm-up: oneDNN picks and caches its kernel
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    torch.mm(a, b)  # warm-up: oneDNN or cuBLAS picks and caches its kernel
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * size**3 / best
 
 
-def measure_linear_shapes(model, tokens: int, dtype: torch.dtype, repeats: int = 5) -> float:
+def measure_linear_shapes(model, tokens: int, dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
     """FLOP/s of the model's own linear layers at `tokens` rows: for every distinct (in, out) shape,
     the forward [tokens, in] x [in, out] and the backward's two products (input gradient
     [tokens, out] x [out, in], weight gradient [out, tokens] x [tokens, in]), each the best of
@@ -119,9 +126,9 @@ def measure_linear_shapes(model, tokens: int, dtype: torch.dtype, repeats: int =
             counts[shape] = counts.get(shape, 0) + 1
     flops = seconds = 0.0
     for (fan_in, fan_out), count in counts.items():
-        x = torch.randn(tokens, fan_in, dtype=dtype)
-        w = torch.randn(fan_in, fan_out, dtype=dtype)
-        grad = torch.randn(tokens, fan_out, dtype=dtype)
+        x = torch.randn(tokens, fan_in, dtype=dtype, device=device)
+        w = torch.randn(fan_in, fan_out, dtype=dtype, device=device)
+        grad = torch.randn(tokens, fan_out, dtype=dtype, device=device)
         for run in (lambda: x @ w, lambda: grad @ w.t(), lambda: grad.t() @ x):
             run()  # warm-up: oneDNN picks its kernel for the shape
             best = min(_timed(run) for _ in range(repeats))
@@ -131,18 +138,30 @@ def measure_linear_shapes(model, tokens: int, dtype: torch.dtype, repeats: int =
 
 
 def _timed(run) -> float:
+    """Seconds `run` takes, GPU work included (CUDA calls return before their kernels finish)."""
+    _synchronize()
     start = time.perf_counter()
     run()
+    _synchronize()
     return time.perf_counter() - start
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def print_op_table(run, rows: int = 25) -> None:
     """One more call of `run` under torch.profiler: its operators by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
         run()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        _synchronize()
+    sort_by = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows))
 
 
 def step_flops(model, batch: TrainBatch, side: str) -> float:
@@ -163,13 +182,15 @@ def step_flops(model, batch: TrainBatch, side: str) -> float:
 def baseline_step(model, optimizer, batch: TrainBatch, sequences_per_micro_batch: int) -> None:
     """Plain fp32 HF: fixed-count micro-batches, full logits, log-softmax everywhere."""
     total_tokens = sum(len(c) for c in batch.completion_ids)
+    device = next(model.parameters()).device
+    advantages = batch.advantages.to(device)
     for start in range(0, len(batch), sequences_per_micro_batch):
         rows = slice(start, start + sequences_per_micro_batch)
         input_ids, attention_mask, completion_mask = collate(
-            batch.prompt_ids[rows], batch.completion_ids[rows], 0, torch.device("cpu"))
+            batch.prompt_ids[rows], batch.completion_ids[rows], 0, device)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [b, L, V] fp32
         logprobs = logits[:, :-1].log_softmax(-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        weights = batch.advantages[rows].unsqueeze(1) * completion_mask[:, 1:]
+        weights = advantages[rows].unsqueeze(1) * completion_mask[:, 1:]
         (-(weights * logprobs).sum() / total_tokens).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
@@ -190,6 +211,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--op-table", action="store_true",
                         help="one more step of each side under torch.profiler: its operators by self time")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where both sides train: auto = the CUDA GPU if one is visible, else the CPU")
     parser.add_argument("--sides", default="baseline,learner",
                         help=f"comma-separated, run alternately: {', '.join(SIDE_LABELS)}")
     args = parser.parse_args()
@@ -198,8 +221,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown side(s) {sorted(unknown)}; choose from {', '.join(SIDE_LABELS)}")
 
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible to torch (check nvidia-smi and the torch build)")
+    bf16_on = args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_supported(device))
     model, description = load_model(args.model)
-    model.train()
+    model.to(device).train()
     batch = make_batch(args.prompts, args.group_size, args.prompt_tokens, args.completion_tokens,
                        model.config.vocab_size)
     tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
@@ -225,28 +253,33 @@ def main() -> None:
             runs[side] = functools.partial(learner.train_on_batch, batch, settings)
 
     print(f"model: {description}")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, native bf16: {bf16_autocast_supported(torch.device('cpu'))}, "
-          f"learner bf16 autocast: {args.bf16 == 'on' or (args.bf16 == 'auto' and bf16_autocast_supported(torch.device('cpu')))}")
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
+    print(f"machine: {where}, torch {torch.__version__}, native bf16: {bf16_autocast_supported(device)}, "
+          f"learner bf16 autocast: {bf16_on}")
     print(f"batch: {len(batch)} sequences ({args.prompts} prompts x {args.group_size}), {tokens} tokens "
           f"({completion_tokens} completion), longest {max(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))}")
 
     timings = {side: [] for side in sides}
+    peak_memory = dict.fromkeys(sides, 0)  # bytes the GPU allocator held at most during a side's step
     for repeat in range(args.repeats + 1):  # the first round warms up
         for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - start
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            elapsed = _timed(run)
+            if device.type == "cuda":
+                peak_memory[name] = max(peak_memory[name], torch.cuda.max_memory_allocated(device))
             if repeat:
                 timings[name].append(elapsed)
             print(f"  {'warm-up' if not repeat else f'run {repeat}'} {name}: {elapsed:.1f} s "
                   f"({tokens / elapsed:.0f} tokens/s)", flush=True)
 
-    compute_dtype = torch.bfloat16 if args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_supported(torch.device("cpu"))) else torch.float32
-    peak = measure_matmul_peak(compute_dtype)
-    print(f"matmul peak ({str(compute_dtype).removeprefix('torch.')}, 2048^3, best of 8): {peak / 1e12:.2f} TFLOP/s")
+    compute_dtype = torch.bfloat16 if bf16_on else torch.float32
+    size = 8192 if device.type == "cuda" else 2048
+    peak = measure_matmul_peak(compute_dtype, device, size)
+    print(f"matmul peak ({str(compute_dtype).removeprefix('torch.')}, {size}^3, best of 8): {peak / 1e12:.2f} TFLOP/s")
     shape_rows = min(args.micro_batch_tokens, tokens)  # one micro-batch's token count
-    shapes = measure_linear_shapes(model, shape_rows, compute_dtype)
+    shapes = measure_linear_shapes(model, shape_rows, compute_dtype, device)
     print(f"the model's linear shapes at {shape_rows} rows (forward and backward products): "
           f"{shapes / 1e12:.2f} TFLOP/s = {shapes / peak:.0%} of the peak")
     for side in sides:
@@ -260,7 +293,8 @@ def main() -> None:
 
     rates = {side: tokens / statistics.median(timings[side]) for side in sides}
     for side in sides:
-        print(f"{SIDE_LABELS[side] + ':':36s}{rates[side]:8.0f} tokens/s")
+        memory = f", peak GPU memory {peak_memory[side] / 2**30:.2f} GiB" if device.type == "cuda" else ""
+        print(f"{SIDE_LABELS[side] + ':':36s}{rates[side]:8.0f} tokens/s{memory}")
     for side in sides:
         if side != "baseline" and "baseline" in rates:
             print(f"speed-up of {side} over baseline: {rates[side] / rates['baseline']:.2f}x (target >= 1.5x)")

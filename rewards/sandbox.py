@@ -103,7 +103,7 @@ def check_isolation(isolation: str) -> None:
         raise SandboxUnavailable(f"sandbox must be one of {list(ISOLATIONS)}, got {isolation!r}")
     if isolation == "none":
         return
-    if shutil.which("bwrap") is None:
+    if bwrap_executable() is None:
         raise SandboxUnavailable(f"the code reward needs bubblewrap (bwrap), which is not installed: {INSTALL_HINT}")
     interpreter = sandbox_interpreter()
     probe = subprocess.run(_bwrap_prefix(1 << 20, interpreter) + [interpreter, "-I", "-c", "pass"],
@@ -111,6 +111,13 @@ def check_isolation(isolation: str) -> None:
     if probe.returncode != 0:
         message = probe.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise SandboxUnavailable(f"bwrap is installed but cannot create its sandbox ({message[0]}): {INSTALL_HINT}")
+
+
+def bwrap_executable() -> str | None:
+    """bwrap's absolute path as the trainer's PATH finds it, or None. The sandboxed command is
+    started with the programs' minimal PATH (/usr/bin:/bin), which would miss a bwrap installed
+    in /usr/local/bin or ~/.local/bin, so the command names it by its full path."""
+    return shutil.which("bwrap")
 
 
 def sandbox_interpreter() -> str:
@@ -270,7 +277,7 @@ def _passed(report: bytes, nonce: str) -> set[int]:
 
 def _bwrap_prefix(scratch_bytes: int, interpreter: str) -> list[str]:
     """bwrap's arguments up to the command: namespaces and the file system."""
-    command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    command = [bwrap_executable() or "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     command += ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.islink(top):

@@ -30,16 +30,19 @@ def test_the_worker_command_asks_for_raw_logprobs_and_the_device_specific_option
 
 
 def test_cpu_workers_ask_for_the_norm_kernels_their_plugin_registers():
-    from r1train.engines.cpu_kernels import PROVIDER
+    from r1train.engines.cpu_kernels import PROVIDER, plugin_installed
 
     options = dict(max_model_len=1024, dtype="bfloat16", kv_cache_gib=0.5)
     cpu = worker_command("/m", 8001, host="127.0.0.1", on_gpu=False, **options)
     native = worker_command("/m", 8001, host="127.0.0.1", on_gpu=False, norm_kernels=False, **options)
     gpu = worker_command("/m", 8002, host="0.0.0.0", on_gpu=True, **options)
 
+    assert "--kernel-config" not in native and "--kernel-config" not in gpu
+    if not plugin_installed():  # r1train used from a source folder: vLLM's processes would not know the kernels
+        assert "--kernel-config" not in cpu
+        pytest.skip("r1train is not pip-installed, so its vLLM plugin is not declared (pip install -e .)")
     priority = json.loads(cpu[cpu.index("--kernel-config") + 1])["ir_op_priority"]
     assert priority == {"rms_norm": [PROVIDER], "fused_add_rms_norm": [PROVIDER]}
-    assert "--kernel-config" not in native and "--kernel-config" not in gpu
 
 
 def test_zero_workers_is_refused_in_one_line(capsys):

@@ -31,11 +31,23 @@ PROVIDER = "r1train_cpu"
 PLUGIN_GROUP = "vllm.general_plugins"
 
 
+def bf16_rounds_to_nearest() -> bool:
+    """Whether vLLM's kernel library for this CPU rounds fp32 to bf16 to nearest, as PyTorch does.
+    It does in the AVX-512-bf16 library (the AMX machines'); the AVX2 one truncates, seen on an AMD
+    EPYC: the fused add's sums came out rounded towards zero in 28% of the elements, a bias that the
+    residual stream would carry through every layer. The plain AVX-512 library was not measured and
+    is kept out with it. There bf16 calls keep the native path; the engine computes in fp32 on such
+    CPUs anyway."""
+    return torch.cpu._is_avx512_bf16_supported()
+
+
 def _takes(x: torch.Tensor, weight: torch.Tensor | None, variance_size: int | None,
            residual: torch.Tensor | None = None) -> bool:
     """Whether the C++ kernels can take this call: they compute what the native path does, up to
     rounding (once at the end, where the native path rounds twice)."""
     if variance_size is not None or weight is None or weight.dtype != x.dtype or not x.is_contiguous():
+        return False
+    if x.dtype == torch.bfloat16 and not bf16_rounds_to_nearest():
         return False
     return residual is None or (residual.dtype == x.dtype and residual.is_contiguous())
 
@@ -59,9 +71,11 @@ def register() -> None:
     from vllm import ir
     from vllm.platforms import current_platform
 
-    import vllm._C  # noqa: F401  (loads the torch.ops._C kernels)
-
     on_cpu = current_platform.is_cpu()
+    # Loads the torch.ops._C kernels. vLLM's CPU build ships one library per instruction set
+    # (AVX-512 with bf16, AVX-512, AVX2) and the platform picks the one this CPU runs: importing
+    # `vllm._C` directly loads the AVX-512 one, which dies of an illegal instruction on AVX2 CPUs.
+    current_platform.import_kernels()
     if PROVIDER not in ir.ops.rms_norm.impls:
         ir.ops.rms_norm.register_impl(
             PROVIDER, supported=on_cpu,

@@ -36,7 +36,13 @@ def inputs(dtype, rows=5, hidden=576, seed=0):
     return x, residual, weight
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+# The dtype the kernels serve on every CPU; bf16 only where vLLM's library rounds it to nearest.
+KERNEL_DTYPE = torch.bfloat16 if cpu_kernels.bf16_rounds_to_nearest() else torch.float32
+BF16_KERNELS = pytest.mark.skipif(not cpu_kernels.bf16_rounds_to_nearest(),
+                                  reason="this CPU's vLLM library truncates to bf16: bf16 keeps the native path")
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=BF16_KERNELS), torch.float32])
 def test_the_kernels_compute_what_the_native_path_does(ops, dtype):
     x, residual, weight = inputs(dtype)
     ours = ops.rms_norm.impls[cpu_kernels.PROVIDER].impl_fn(x, weight, 1e-5)
@@ -53,18 +59,28 @@ def test_the_kernels_compute_what_the_native_path_does(ops, dtype):
 
 
 def test_calls_the_kernels_cannot_take_go_to_the_native_path(ops):
-    x, residual, weight = inputs(torch.bfloat16)
+    x, residual, weight = inputs(KERNEL_DTYPE)
+    other = torch.float32 if KERNEL_DTYPE == torch.bfloat16 else torch.bfloat16
     strided = torch.cat([x, x], dim=1)[:, : x.shape[1]]  # the kernel would read it as contiguous
     with ops.rms_norm.set_priority([cpu_kernels.PROVIDER, "native"]):
         assert ops.rms_norm.dispatch(x, weight, 1e-5).provider == cpu_kernels.PROVIDER
         assert ops.rms_norm.dispatch(strided, weight, 1e-5).provider == "native"
-        assert ops.rms_norm.dispatch(x, weight.float(), 1e-5).provider == "native"
+        assert ops.rms_norm.dispatch(x, weight.to(other), 1e-5).provider == "native"
         assert ops.rms_norm.dispatch(x, weight, 1e-5, 64).provider == "native"  # variance over part
         torch.testing.assert_close(ops.rms_norm(strided, weight, 1e-5),
                                    ops.rms_norm.impls["native"].impl_fn(strided.contiguous(), weight, 1e-5))
     with ops.fused_add_rms_norm.set_priority([cpu_kernels.PROVIDER, "native"]):
         assert ops.fused_add_rms_norm.dispatch(x, residual, weight, 1e-5).provider == cpu_kernels.PROVIDER
-        assert ops.fused_add_rms_norm.dispatch(x, residual.float(), weight, 1e-5).provider == "native"
+        assert ops.fused_add_rms_norm.dispatch(x, residual.to(other), weight, 1e-5).provider == "native"
+
+
+@pytest.mark.skipif(cpu_kernels.bf16_rounds_to_nearest(), reason="this CPU's vLLM library rounds bf16 to nearest")
+def test_bf16_keeps_the_native_path_where_the_library_truncates(ops):
+    x, residual, weight = inputs(torch.bfloat16)
+    with ops.rms_norm.set_priority([cpu_kernels.PROVIDER, "native"]):
+        assert ops.rms_norm.dispatch(x, weight, 1e-5).provider == "native"
+    with ops.fused_add_rms_norm.set_priority([cpu_kernels.PROVIDER, "native"]):
+        assert ops.fused_add_rms_norm.dispatch(x, residual, weight, 1e-5).provider == "native"
 
 
 def test_registering_twice_keeps_one_implementation(ops):

@@ -1,5 +1,8 @@
 """The code reward on honest programs: extraction, both test forms, scoring modes, refusal."""
+import os
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -118,6 +121,26 @@ def test_missing_bwrap_refuses_with_install_hint(monkeypatch):
         assert reward([answer("def add(a, b):\n    return a + b")], tests=[ADD_TESTS]) == [1.0]
     finally:
         sandbox_module.check_isolation.cache_clear()
+
+
+@needs_bwrap
+def test_a_bwrap_outside_the_programs_path_is_the_one_run(monkeypatch):
+    """Programs get PATH=/usr/bin:/bin; a bwrap that the trainer's PATH finds elsewhere (/usr/local/bin,
+    ~/.local/bin, an unpacked package) must still start them, by its full path."""
+    folder = Path(tempfile.mkdtemp(prefix="r1train-bwrap-"))  # not under pytest's 0700 tmp: nobody runs it
+    try:
+        folder.chmod(0o777)
+        marker, wrapper = folder / "used", folder / "bwrap"
+        wrapper.write_text(f"#!/bin/sh\ntouch {marker}\nexec {shutil.which('bwrap')} \"$@\"\n")
+        wrapper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+        sandbox_module.check_isolation.cache_clear()
+        reward = get_code_reward(**SLOW_MACHINE)
+        assert reward([answer("def add(a, b):\n    return a + b")], tests=[ADD_TESTS]) == [1.0]
+        assert marker.exists()
+    finally:
+        sandbox_module.check_isolation.cache_clear()
+        shutil.rmtree(folder)
 
 
 def test_unknown_sandbox_is_refused():
