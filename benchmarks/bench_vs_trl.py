@@ -412,7 +412,7 @@ def run_trl(workload: dict) -> dict:
         adam_beta1=training.get("adam_beta1", 0.9),
         adam_beta2=training.get("adam_beta2", 0.99),
         max_grad_norm=training.get("max_grad_norm", 1.0),
-        optim="adamw_torch",
+        optim="adamw_torch_fused",  # torch's fused AdamW kernel, which r1train's learner takes too
         # The same dtype policy as r1train: fp32 weights, bf16 autocast only where the hardware has
         # native bf16 (emulated bf16 on a CPU without it is slower than fp32).
         bf16=training.get("bf16", True) and bf16_autocast_supported(

@@ -12,7 +12,7 @@ The update itself runs in fp32: each parameter's moments are widened, updated wi
 arithmetic of `torch.optim.AdamW` (its single-tensor path), and rounded back, a slice of at most
 CHUNK_ELEMENTS at a time, so the fp32 temporaries stay small next to the memory saved. With fp32
 state this class reproduces `torch.optim.AdamW` (a test checks it); `make_adamw` returns torch's own
-optimiser for fp32 state all the same.
+optimiser for fp32 state all the same, with its fused kernel where the parameters allow it.
 
 Deliberate simplifications: round-to-nearest, not stochastic rounding; plain (non-sharded) tensors
 only (the config refuses it with FSDP); no amsgrad, no foreach/fused kernels.
@@ -34,9 +34,26 @@ def make_adamw(parameters: Iterable[torch.nn.Parameter], lr: float, betas: tuple
     if state_dtype not in STATE_DTYPES:
         raise ValueError(f"unknown optimiser state dtype {state_dtype!r}; expected one of {tuple(STATE_DTYPES)}")
     if state_dtype == "float32":
-        return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+        parameters = list(parameters)
+        return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay,
+                                 fused=fused_kernel_applies(parameters) or None)
     return AdamWLowPrecisionState(parameters, lr=lr, betas=betas, weight_decay=weight_decay,
                                   state_dtype=STATE_DTYPES[state_dtype])
+
+
+def fused_kernel_applies(parameters: list[torch.nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW kernel can take these parameters: plain floating-point tensors,
+    all on the CPU or all on one CUDA device. It updates each tensor in one pass where the default
+    path runs a dozen elementwise operators over it; on a 2-core AMD EPYC a 135M model's step took
+    0.08 s against 0.45 s (benchmarks/results/optimizer_step_2026-12-04.txt). Sharded (DTensor)
+    parameters keep the default path."""
+    from torch.distributed.tensor import DTensor
+
+    if not parameters:
+        return False
+    devices = {p.device for p in parameters}
+    return (len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda")
+            and all(p.is_floating_point() and not isinstance(p, DTensor) for p in parameters))
 
 
 class AdamWLowPrecisionState(torch.optim.Optimizer):

@@ -29,6 +29,24 @@ def run(optimizer_params: list[torch.nn.Parameter], optimizer, steps: int, seed:
         optimizer.step()
 
 
+def test_fp32_state_takes_torchs_fused_kernel_and_its_updates():
+    fused_params, reference = parameters(), parameters()
+    optimizer = make_adamw(fused_params, **SETTINGS)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    run(fused_params, optimizer, steps=30)
+    run(reference, torch.optim.AdamW(reference, **SETTINGS), steps=30)  # the default (foreach) path
+    for p, q in zip(fused_params, reference):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_the_fused_kernel_is_asked_for_only_where_it_applies():
+    assert adamw_state.fused_kernel_applies(parameters())
+    assert not adamw_state.fused_kernel_applies([])
+    on_meta = [torch.nn.Parameter(torch.empty(3, device="meta"))]
+    assert not adamw_state.fused_kernel_applies(on_meta)
+    assert make_adamw(on_meta, **SETTINGS).defaults["fused"] is None
+
+
 def test_fp32_state_reproduces_torch_adamw_exactly(monkeypatch):
     monkeypatch.setattr(adamw_state, "CHUNK_ELEMENTS", 64)  # the (37, 11) and (300,) tensors go in slices
     ours, reference = parameters(), parameters()
