@@ -45,7 +45,7 @@ def fused_kernel_applies(parameters: list[torch.nn.Parameter]) -> bool:
     """Whether torch's fused AdamW kernel can take these parameters: plain floating-point tensors,
     all on the CPU or all on one CUDA device. It updates each tensor in one pass where the default
     path runs a dozen elementwise operators over it; on a 2-core AMD EPYC a 135M model's step took
-    0.08 s against 0.45 s (benchmarks/results/optimizer_step_2026-12-04.txt). Sharded (DTensor)
+    0.088 s against 0.638 s (benchmarks/results/optimizer_step_2026-12-04.txt). Sharded (DTensor)
     parameters keep the default path."""
     from torch.distributed.tensor import DTensor
 

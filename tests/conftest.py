@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(config, items):
         return
     missing = pytest.mark.skip(reason="vLLM is not installed")
     for item in items:
-        if "vllm" in item.keywords:
+        if item.get_closest_marker("vllm") is not None:
             item.add_marker(missing)
 
 

@@ -25,12 +25,15 @@ native two operators, which is what vLLM uses on x86.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 PROVIDER = "r1train_cpu"
 PLUGIN_GROUP = "vllm.general_plugins"
 
 
+@functools.cache  # asked on every dispatch of a norm; the CPU does not change
 def bf16_rounds_to_nearest() -> bool:
     """Whether vLLM's kernel library for this CPU rounds fp32 to bf16 to nearest, as PyTorch does.
     It does in the AVX-512-bf16 library (the AMX machines'); the AVX2 one truncates, seen on an AMD
