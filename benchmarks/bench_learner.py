@@ -146,8 +146,12 @@ def _timed(run) -> float:
     return time.perf_counter() - start
 
 
+def _cuda_in_use() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def _synchronize() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _cuda_in_use():
         torch.cuda.synchronize()
 
 
@@ -155,7 +159,7 @@ def print_op_table(run, rows: int = 25) -> None:
     """One more call of `run` under torch.profiler: its operators by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+    on_gpu = _cuda_in_use()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as prof:
         run()

@@ -1,6 +1,7 @@
-"""The optimiser step alone: torch's AdamW on its default (foreach) path, with its fused kernel
-(what r1train's learner takes where the parameters allow it, `r1train/adamw_state.py`), and
-r1train's AdamW with bf16 moments (`training.optimizer_state_dtype: bfloat16`), over the parameters
+"""The optimiser step alone: torch's AdamW on its default (foreach) path, and r1train's optimiser as
+the learner makes it (`make_adamw`, r1train/adamw_state.py): torch's fused kernel for fp32 moments
+where the parameters allow it, and AdamW with bf16 moments (`training.optimizer_state_dtype:
+bfloat16`), over the parameters
 of the SmolLM2-135M architecture with random gradients. One warm-up step each (it allocates the
 moments), then the sides alternate and each one's median over the repeats is printed, with the
 gradient-norm clip beside them for scale.
@@ -17,7 +18,7 @@ import time
 import torch
 
 from bench_learner import load_model
-from r1train.adamw_state import AdamWLowPrecisionState
+from r1train.adamw_state import make_adamw
 
 SETTINGS = dict(lr=1e-6, betas=(0.9, 0.99), weight_decay=0.0)
 
@@ -31,14 +32,14 @@ def main() -> None:
     sides = {}
     for name, make in {
         "torch AdamW, default path": lambda params: torch.optim.AdamW(params, **SETTINGS),
-        "torch AdamW, fused kernel": lambda params: torch.optim.AdamW(params, fused=True, **SETTINGS),
-        "r1train AdamW, bf16 moments": lambda params: AdamWLowPrecisionState(params, state_dtype=torch.bfloat16,
-                                                                             **SETTINGS),
+        "r1train, fp32 moments (fused)": lambda params: make_adamw(params, **SETTINGS),
+        "r1train, bf16 moments": lambda params: make_adamw(params, state_dtype="bfloat16", **SETTINGS),
     }.items():
         params = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
         sides[name] = (params, make(params))
+    assert sides["r1train, fp32 moments (fused)"][1].defaults["fused"], "make_adamw did not take the fused kernel"
     count = sum(p.numel() for p in model.parameters())
     print(f"model: {description}, {count / 1e6:.0f}M parameters (fp32)")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "

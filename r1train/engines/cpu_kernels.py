@@ -41,7 +41,8 @@ def bf16_rounds_to_nearest() -> bool:
     residual stream would carry through every layer. The plain AVX-512 library was not measured and
     is kept out with it. There bf16 calls keep the native path; the engine computes in fp32 on such
     CPUs anyway."""
-    return torch.cpu._is_avx512_bf16_supported()
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, as in r1train/hardware.py
+    return bool(probe and probe())
 
 
 def _takes(x: torch.Tensor, weight: torch.Tensor | None, variance_size: int | None,
