@@ -164,7 +164,7 @@ def main() -> None:
     engine_sleeps = bool(getattr(trainer.engine, "sleep_mode", False)) and not recipe.rollout.async_generation
     account = build_account(meter.rows, computed_sizes(trainer), runtime, engine_sleeps)
     account["setup_peak"] = setup_peak
-    header = describe_run(recipe, step_metrics)
+    header = describe_run(recipe, trainer.learner.micro_batch_tokens, step_metrics)
     print_report(header, meter.rows, account)
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "rows": meter.rows, "account": account}, indent=1))
@@ -221,12 +221,12 @@ def torch_size(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def describe_run(recipe, step_metrics: list[dict]) -> str:
+def describe_run(recipe, micro_batch_tokens: int, step_metrics: list[dict]) -> str:
     r, t = recipe.rollout, recipe.training
     seconds = ", ".join(f"{m['time/step']:.1f}" for m in step_metrics)
     lengths = ", ".join(f"{m['completion_len/mean']:.1f}" for m in step_metrics)
     return (f"{r.prompts_per_step} prompts x {r.group_size} samples, up to {r.max_new_tokens} new tokens, backend "
-            f"{r.backend}, micro_batch_tokens {t.micro_batch_tokens}, gradient checkpointing "
+            f"{r.backend}, micro_batch_tokens {micro_batch_tokens}, gradient checkpointing "
             f"{recipe.model.gradient_checkpointing}, cpu_low_memory {t.cpu_low_memory}, optimizer_state_dtype "
             f"{t.optimizer_state_dtype}\ntime per step (s): {seconds}; mean completion length (tokens): {lengths}")
 

@@ -214,7 +214,7 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
     return {
         "settings": {"backend": workload["r1train_backend"], "async_generation": async_generation,
                      "bf16_autocast": trainer.learner.use_bf16,
-                     "micro_batch_tokens": recipe.training.micro_batch_tokens,
+                     "micro_batch_tokens": trainer.learner.micro_batch_tokens,
                      "cpu_low_memory": recipe.training.cpu_low_memory,
                      "optimizer_state_dtype": recipe.training.optimizer_state_dtype,
                      "compile": recipe.training.compile,

@@ -239,7 +239,10 @@ class TrainingConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
-    micro_batch_tokens: int = 4096  # token budget per forward/backward (padding included)
+    # Token budget per forward/backward pass (padding included): a number, or "auto" for the budget
+    # measured best for how the learner computes (r1train/hardware.py: 4096 with bf16 activations,
+    # 1024 in fp32 on a CPU). An int or "auto", checked in validate().
+    micro_batch_tokens: Any = "auto"
     batch_size: int = 16  # SFT: examples per optimiser step
     bf16: bool = True  # bf16 autocast where the hardware supports it; fp32 master weights
     packing: bool = False  # SFT: pack short examples into one sequence
@@ -278,7 +281,9 @@ class TrainingConfig:
         check(self.weight_decay >= 0, f"{at}.weight_decay", "must be non-negative")
         check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, f"{at}.adam_beta1", "betas must be in [0, 1)")
         check(self.max_grad_norm > 0, f"{at}.max_grad_norm", "must be positive")
-        check(self.micro_batch_tokens >= 64, f"{at}.micro_batch_tokens", "must be at least 64")
+        budget = self.micro_batch_tokens
+        check(budget == "auto" or (type(budget) is int and budget >= 64), f"{at}.micro_batch_tokens",
+              f"must be 'auto' or a whole number of tokens of at least 64, got {budget!r}")
         check(self.batch_size >= 1, f"{at}.batch_size", "must be at least 1")
         check(self.max_seq_len >= 16, f"{at}.max_seq_len", "must be at least 16")
         check(self.checkpoint_every >= 1, f"{at}.checkpoint_every", "must be at least 1")

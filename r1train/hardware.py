@@ -15,6 +15,23 @@ def bf16_autocast_supported(device: torch.device) -> bool:
     return False
 
 
+# The token budget per forward/backward pass that `training.micro_batch_tokens: auto` gives: the
+# fastest of 1024/2048/4096 for the main toy recipe's learner batch on each kind of 2-core CPU.
+# With bf16 activations (AMX) 4096 was 1.1x faster than 1024; in fp32 (AVX2, no native bf16) a
+# token's activations take twice the bytes and 1024 was as fast as 4096 or faster, at about half
+# the peak memory (benchmarks/results/micro_batch_tokens_avx2_2026-12-04.txt).
+MICRO_BATCH_TOKENS_BF16 = 4096
+MICRO_BATCH_TOKENS_FP32_CPU = 1024
+
+
+def micro_batch_token_budget(setting: int | str, device: torch.device, bf16: bool) -> int:
+    """`training.micro_batch_tokens` as a number of tokens: itself, or for "auto" the budget
+    measured best for how this learner computes (`bf16`: whether it runs under bf16 autocast)."""
+    if setting != "auto":
+        return int(setting)
+    return MICRO_BATCH_TOKENS_FP32_CPU if device.type == "cpu" and not bf16 else MICRO_BATCH_TOKENS_BF16
+
+
 def compute_device() -> torch.device:
     """The device this process computes on: its current CUDA device where there is one (under a
     multi-process launch, the one accelerate gave it), otherwise the CPU."""

@@ -43,7 +43,7 @@ from r1train.batching import pad_token_values, plan_micro_batches, split_evenly
 from r1train.compiled_layers import compile_decoder_layers
 from r1train import fsdp as fsdp_sharding
 from r1train.distributed import all_reduce_max, all_reduce_sum
-from r1train.hardware import bf16_autocast_supported
+from r1train.hardware import bf16_autocast_supported, micro_batch_token_budget
 from r1train.learner_metrics import MetricTotals
 from r1train.logprobs import compute_token_logprobs
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
@@ -96,7 +96,7 @@ class PolicyLearner:
         warmup_steps: int = 0,
         total_steps: int | None = None,
         max_grad_norm: float = 1.0,
-        micro_batch_tokens: int = 4096,
+        micro_batch_tokens: int | str = "auto",
         mini_batches: int = 1,
         updates_per_batch: int = 1,
         bf16: bool = True,
@@ -137,7 +137,6 @@ class PolicyLearner:
         self.model = model  # unwrapped: what engines generate with and checkpoints save
         self.use_lora = use_lora
         self.max_grad_norm = max_grad_norm
-        self.micro_batch_tokens = micro_batch_tokens
         self.mini_batches = mini_batches
         self.updates_per_batch = updates_per_batch
         self.temperature = temperature
@@ -163,6 +162,7 @@ class PolicyLearner:
             state_dtype=optimizer_state_dtype)
         self.device = next(model.parameters()).device
         self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
+        self.micro_batch_tokens = micro_batch_token_budget(micro_batch_tokens, self.device, self.use_bf16)
         self.compiled = compile_layers and not self.sharded and compile_decoder_layers(model, self.device)
         # Per sample of the last batch: its logprobs under the weights the batch was sampled with
         # (None where no forward pass ran). The trainer compares them with the engine's logprobs

@@ -46,7 +46,7 @@ from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
 from r1train.data import DataError, PromptSampler, holds_no_rows, load_data
 from r1train.evaluation import evaluate_model_dir
-from r1train.hardware import bf16_autocast_supported, compute_device
+from r1train.hardware import bf16_autocast_supported, compute_device, micro_batch_token_budget
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.prompts import BUILT_IN, encode_prompt
@@ -152,6 +152,7 @@ class SFTTrainer:
             model = with_lora(model, lora.r, lora.alpha, lora.dropout, list(lora.target_modules))
         self.model = model.to(self.device).train()
         self.use_bf16 = cfg.training.bf16 and bf16_autocast_supported(self.device)
+        self.micro_batch_tokens = micro_batch_token_budget(cfg.training.micro_batch_tokens, self.device, self.use_bf16)
 
         self.examples, counts = self._load_examples()
         t = cfg.training
@@ -242,7 +243,7 @@ class SFTTrainer:
         """One optimiser step on `examples`: accumulate over micro-batches, clip, update."""
         t = self.recipe.training
         start = time.perf_counter()
-        batches = build_micro_batches(examples, t.micro_batch_tokens, t.max_seq_len, t.packing,
+        batches = build_micro_batches(examples, self.micro_batch_tokens, t.max_seq_len, t.packing,
                                       self.tokenizer.pad_token_id)
         completion_tokens = sum(int(b.loss_mask.sum()) for b in batches)
         lr = self.optimiser.lr

@@ -43,6 +43,9 @@ def test_float_written_without_dot_is_accepted(tmp_path):
         # impossible values
         ({"training": {"learning_rate": -1.0}}, [], "training.learning_rate: must be positive"),
         ({"rollout": {"group_size": 1}}, [], "rollout.group_size: must be at least 2"),
+        ({"training": {"micro_batch_tokens": "max"}}, [], "training.micro_batch_tokens: must be 'auto' or a whole number"),
+        ({"training": {"micro_batch_tokens": 32}}, [], "training.micro_batch_tokens: must be 'auto' or a whole number"),
+        ({"training": {"micro_batch_tokens": 2048.5}}, [], "training.micro_batch_tokens: must be 'auto' or a whole number"),
         ({"algorithm": {"loss_aggregation": "token_means"}}, [], "did you mean 'token_mean'"),
         # missing file
         ({"data": {"train": "nope/missing.jsonl"}}, [], "data.train: file not found: nope/missing.jsonl"),

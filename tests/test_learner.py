@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from r1train.algorithm import aggregate_loss, compute_group_advantages
 from r1train.batching import collate, plan_micro_batches
 from r1train.engines.weights import checkpoint_weights
+from r1train.hardware import MICRO_BATCH_TOKENS_BF16, MICRO_BATCH_TOKENS_FP32_CPU, micro_batch_token_budget
 from r1train.learner import PolicyLearner, TrainBatch
 from r1train.policy_loss import LossSettings
 from r1train.optimiser import lr_factor
@@ -71,6 +72,20 @@ def test_plan_micro_batches_respects_budget():
         padded = len(group) * max(lengths[i] for i in group)
         assert padded <= 50 or len(group) == 1
     assert plan_micro_batches([80, 10], token_budget=50) == [[0], [1]]  # too long: alone
+
+
+def test_auto_micro_batch_budget_follows_how_the_learner_computes(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert micro_batch_token_budget("auto", cpu, bf16=False) == MICRO_BATCH_TOKENS_FP32_CPU
+    assert micro_batch_token_budget("auto", cpu, bf16=True) == MICRO_BATCH_TOKENS_BF16
+    assert micro_batch_token_budget("auto", gpu, bf16=False) == MICRO_BATCH_TOKENS_BF16
+    assert micro_batch_token_budget(2048, cpu, bf16=False) == 2048  # a number is taken as it is
+    assert MICRO_BATCH_TOKENS_FP32_CPU < MICRO_BATCH_TOKENS_BF16  # fp32 activations: twice the bytes a token
+    # The learner resolves "auto" (its default) with the precision it will compute in.
+    assert PolicyLearner(tiny_model(), bf16=False).micro_batch_tokens == MICRO_BATCH_TOKENS_FP32_CPU
+    monkeypatch.setattr("r1train.learner.bf16_autocast_supported", lambda device: True)
+    assert PolicyLearner(tiny_model(), bf16=True).micro_batch_tokens == MICRO_BATCH_TOKENS_BF16
+    assert PolicyLearner(tiny_model(), bf16=True, micro_batch_tokens=512).micro_batch_tokens == 512
 
 
 def test_lr_schedules():
