@@ -15,11 +15,11 @@ def bf16_autocast_supported(device: torch.device) -> bool:
     return False
 
 
-# The token budget per forward/backward pass that `training.micro_batch_tokens: auto` gives: the
-# fastest of 1024/2048/4096 for the main toy recipe's learner batch on each kind of 2-core CPU.
-# With bf16 activations (AMX) 4096 was 1.1x faster than 1024; in fp32 (AVX2, no native bf16) a
-# token's activations take twice the bytes and 1024 was as fast as 4096 or faster, at about half
-# the peak memory (benchmarks/results/micro_batch_tokens_avx2_2026-12-04.txt).
+# The token budget per forward/backward pass that `training.micro_batch_tokens: auto` gives, from
+# the main toy recipe's learner batch on the two kinds of 2-core CPU: with bf16 activations (AMX)
+# 4096 was 1.1x faster than 1024 (2048 not measured there); in fp32 (AVX2, no native bf16) a
+# token's activations take twice the bytes and 1024 was the fastest of 1024/2048/4096, at half the
+# peak memory of 4096 (benchmarks/results/micro_batch_tokens_avx2_2026-12-04.txt). GPUs keep 4096.
 MICRO_BATCH_TOKENS_BF16 = 4096
 MICRO_BATCH_TOKENS_FP32_CPU = 1024
 
