@@ -36,6 +36,13 @@ _MIB = 1024**2
 _GIB = 1024**3
 
 
+# The functions `r1train.grpo` builds its trainer with, measured around: name -> (label before, label after).
+SETUP_PHASES = {
+    "load_model": ("before the learner's model", "learner's model loaded (fp32)"),
+    "engine_from_recipe": ("before the engine", "engine built (weights, KV cache)"),
+}
+
+
 def memory_status() -> dict[str, int]:
     """This process's resident memory now (VmRSS) and its high-water mark (VmHWM), in bytes."""
     text = Path("/proc/self/status").read_text()
@@ -138,14 +145,14 @@ def main() -> None:
     runtime = meter.point("libraries imported (torch, transformers, vllm)")
 
     # Instrument the trainer's construction: RSS around the learner's model and the engine.
-    load_model, engine_for = grpo.load_model, grpo.engine_for
-    grpo.load_model = lambda *a, **k: (meter.point("before the learner's model"), load_model(*a, **k),
-                                       meter.point("learner's model loaded (fp32)"))[1]
-    grpo.engine_for = lambda *a, **k: (meter.point("before the engine"), engine_for(*a, **k),
-                                       meter.point("engine built (weights, KV cache)"))[1]
+    originals = {name: getattr(grpo, name) for name in SETUP_PHASES}
+    for name, (before, after) in SETUP_PHASES.items():
+        setattr(grpo, name, lambda *a, _call=originals[name], _before=before, _after=after, **k: (
+            meter.point(_before), _call(*a, **k), meter.point(_after))[1])
     reset_peak()
     trainer = grpo.GRPOTrainer(recipe, recipe.run_dir)
-    grpo.load_model, grpo.engine_for = load_model, engine_for
+    for name, original in originals.items():
+        setattr(grpo, name, original)
     setup_peak = memory_status()["VmHWM"]
     meter.point("trainer ready")
 

@@ -61,3 +61,12 @@ def test_memory_account_adds_up_to_the_largest_learn_peak():
     assert "engine KV cache (reserved)" not in account["parts"]  # released while the learner trains
     assert account["parts"]["activations and temporaries (learn peak - learn start - gradients)"] == 4400 * mib
     assert account["run_peak"] == 6000 * mib and account["held_after_learn"] == [3500 * mib, 4000 * mib]
+
+
+def test_bench_memory_measures_functions_the_trainer_still_calls():
+    """bench_memory wraps the names `r1train.grpo` builds its trainer with; a rename there must fail
+    here rather than in the benchmark."""
+    from r1train import grpo
+
+    for name in bench_memory.SETUP_PHASES:
+        assert callable(getattr(grpo, name, None)), f"r1train.grpo.{name} is gone; update bench_memory.SETUP_PHASES"
