@@ -65,6 +65,20 @@ class PhaseMeter:
         self.rows.append({"label": label, "rss": rss})
         return rss
 
+    def bracket(self, obj, name: str, before: str, after: str):
+        """Take a point labelled `before` and one labelled `after` around every call of `obj.name`;
+        returns the original, to be put back."""
+        original = getattr(obj, name)
+
+        def measured(*args, **kwargs):
+            self.point(before)
+            result = original(*args, **kwargs)
+            self.point(after)
+            return result
+
+        setattr(obj, name, measured)
+        return original
+
     def wrap(self, obj, name: str, label: str, step_of) -> None:
         """Measure every call of `obj.name`: RSS before and after, the peak inside, seconds."""
         original = getattr(obj, name)
@@ -145,10 +159,7 @@ def main() -> None:
     runtime = meter.point("libraries imported (torch, transformers, vllm)")
 
     # Instrument the trainer's construction: RSS around the learner's model and the engine.
-    originals = {name: getattr(grpo, name) for name in SETUP_PHASES}
-    for name, (before, after) in SETUP_PHASES.items():
-        setattr(grpo, name, lambda *a, _call=originals[name], _before=before, _after=after, **k: (
-            meter.point(_before), _call(*a, **k), meter.point(_after))[1])
+    originals = {name: meter.bracket(grpo, name, before, after) for name, (before, after) in SETUP_PHASES.items()}
     reset_peak()
     trainer = grpo.GRPOTrainer(recipe, recipe.run_dir)
     for name, original in originals.items():

@@ -240,8 +240,8 @@ class TrainingConfig:
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
     # Token budget per forward/backward pass (padding included): a number, or "auto" for the budget
-    # measured best for how the learner computes (r1train/hardware.py: 4096 with bf16 activations,
-    # 1024 in fp32 on a CPU). An int or "auto", checked in validate().
+    # measured best for how the learner computes (r1train/hardware.py, micro_batch_token_budget).
+    # An int or "auto", checked in validate().
     micro_batch_tokens: Any = "auto"
     batch_size: int = 16  # SFT: examples per optimiser step
     bf16: bool = True  # bf16 autocast where the hardware supports it; fp32 master weights

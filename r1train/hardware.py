@@ -10,9 +10,15 @@ def bf16_autocast_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        native = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, but the only probes
-        return any(getattr(torch.cpu, probe, lambda: False)() for probe in native)
+        return cpu_feature("_is_amx_tile_supported") or cpu_feature("_is_avx512_bf16_supported")
     return False
+
+
+def cpu_feature(probe: str) -> bool:
+    """One of torch.cpu's feature probes (`_is_avx512_bf16_supported`, ...): private, but the only
+    ones; False where this torch build lacks it."""
+    check = getattr(torch.cpu, probe, None)
+    return bool(check and check())
 
 
 # The token budget per forward/backward pass that `training.micro_batch_tokens: auto` gives, from

@@ -70,3 +70,13 @@ def test_bench_memory_measures_functions_the_trainer_still_calls():
 
     for name in bench_memory.SETUP_PHASES:
         assert callable(getattr(grpo, name, None)), f"r1train.grpo.{name} is gone; update bench_memory.SETUP_PHASES"
+
+
+def test_bracket_takes_a_point_on_each_side_of_every_call_and_gives_the_original_back():
+    import types
+
+    meter = bench_memory.PhaseMeter()
+    target = types.SimpleNamespace(build=lambda x: x * 2)
+    original = meter.bracket(target, "build", "before build", "after build")
+    assert target.build(21) == 42 and original(1) == 2
+    assert [row["label"] for row in meter.rows] == ["before build", "after build"]

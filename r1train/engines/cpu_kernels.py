@@ -29,6 +29,8 @@ import functools
 
 import torch
 
+from r1train.hardware import cpu_feature
+
 PROVIDER = "r1train_cpu"
 PLUGIN_GROUP = "vllm.general_plugins"
 
@@ -41,8 +43,7 @@ def bf16_rounds_to_nearest() -> bool:
     residual stream would carry through every layer. The plain AVX-512 library was not measured and
     is kept out with it. There bf16 calls keep the native path; the engine computes in fp32 on such
     CPUs anyway."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, as in r1train/hardware.py
-    return bool(probe and probe())
+    return cpu_feature("_is_avx512_bf16_supported")
 
 
 def _takes(x: torch.Tensor, weight: torch.Tensor | None, variance_size: int | None,
