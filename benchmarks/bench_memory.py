@@ -14,7 +14,7 @@ and the config: fp32 master weights, gradients (the learner's trainable paramete
 first backward pass until the optimiser step), AdamW's two moments (read from the optimiser's
 state), the engine's weights (the learner's parameter count at the engine's dtype, plus the tied
 output layer, which vLLM's CPU build packs as a second copy) and its KV cache (the storage under
-the cache tensors). Activations and temporaries are the learn phase's peak above what the phase
+the cache tensors); neither is in the learn phase's account where the engine frees it in its sleep. Activations and temporaries are the learn phase's peak above what the phase
 started with, less the gradients; what is left of the peak, runtime and allocator overhead (free
 memory the C heap keeps, the libraries' own data), is the difference.
 
@@ -79,11 +79,13 @@ class PhaseMeter:
         setattr(obj, name, measured)
         return original
 
-    def wrap(self, obj, name: str, label: str, step_of) -> None:
-        """Measure every call of `obj.name`: RSS before and after, the peak inside, seconds."""
+    def wrap(self, obj, name: str, label: str, step_of, optimizer_state=None) -> None:
+        """Measure every call of `obj.name`: RSS before and after, the peak inside, seconds; with
+        `optimizer_state` (a callable giving bytes), also the optimiser state before and after."""
         original = getattr(obj, name)
 
         def measured(*args, **kwargs):
+            state_before = optimizer_state() if optimizer_state else 0
             before = memory_status()["VmRSS"]
             reset_peak()
             t0 = time.perf_counter()
@@ -91,7 +93,8 @@ class PhaseMeter:
             seconds = time.perf_counter() - t0
             status = memory_status()
             self.rows.append({"label": label, "step": step_of(), "before": before, "peak": status["VmHWM"],
-                              "after": status["VmRSS"], "seconds": seconds})
+                              "after": status["VmRSS"], "seconds": seconds,
+                              "state_created": (optimizer_state() if optimizer_state else 0) - state_before})
             return result
 
         setattr(obj, name, measured)
@@ -172,7 +175,8 @@ def main() -> None:
     for name, label in (("generate", "generate"), ("sleep", "engine sleep"), ("sync_weights", "sync")):
         if hasattr(trainer.engine, name):
             meter.wrap(trainer.engine, name, label, step_of)
-    meter.wrap(trainer.learner, "train_on_batch", "learn", step_of)
+    meter.wrap(trainer.learner, "train_on_batch", "learn", step_of,
+               optimizer_state=lambda: optimizer_state_bytes(trainer.learner.optimizer))
     step_metrics = []
     for step in range(1, recipe.training.steps + 1):
         current["step"] = step
@@ -180,7 +184,8 @@ def main() -> None:
         meter.point(f"after step {trainer.step_count}")
 
     engine_sleeps = bool(getattr(trainer.engine, "sleep_mode", False)) and not recipe.rollout.async_generation
-    account = build_account(meter.rows, computed_sizes(trainer), runtime, engine_sleeps)
+    weights_freed = engine_sleeps and bool(getattr(trainer.engine, "frees_stale_weights", False))
+    account = build_account(meter.rows, computed_sizes(trainer), runtime, engine_sleeps, weights_freed)
     account["setup_peak"] = setup_peak
     header = describe_run(recipe, trainer.learner.micro_batch_tokens, step_metrics)
     print_report(header, meter.rows, account)
@@ -205,31 +210,46 @@ def computed_sizes(trainer) -> dict[str, int]:
     }
 
 
-def build_account(rows: list[dict], computed: dict[str, int], runtime: int, engine_sleeps: bool) -> dict:
+def build_account(rows: list[dict], computed: dict[str, int], runtime: int, engine_sleeps: bool,
+                  engine_weights_freed: bool = False) -> dict:
     """The largest learn phase's peak, part by part, and where the run's peak was.
 
     The learn phase is where the memory is in use: the engine has released its KV cache (when it
     sleeps), the gradients and activations exist. Other phases can reach as high only through
     memory the learner freed and the C heap kept (measured as `held_after_learn`).
+
+    The first update creates AdamW's state inside its learn phase, after the backward passes: its
+    peak is either the activations' or the new state's, which RSS cannot tell apart. So the account
+    takes the largest learn phase that found the state already there, and only when every learn
+    phase created state (a run with one update) gives that phase's rise as one figure.
     """
     phases = [r for r in rows if "peak" in r]
-    learn = max((r for r in phases if r["label"] == "learn"), key=lambda r: r["peak"])
+    learns = [r for r in phases if r["label"] == "learn"]
+    settled = [r for r in learns if not r.get("state_created")]
+    learn = max(settled or learns, key=lambda r: r["peak"])
+    created = learn.get("state_created", 0)
     run_peak = max(phases, key=lambda r: r["peak"])
     gradients = computed["gradients (fp32, during the learn phase)"]
-    parts = {"runtime: interpreter and libraries (measured at import)": runtime}
-    for name in ("fp32 master weights", "AdamW state (two moments)", "engine weights"):
-        parts[name] = computed[name]
+    parts = {"runtime: interpreter and libraries (measured at import)": runtime,
+             "fp32 master weights": computed["fp32 master weights"],
+             "AdamW state (two moments)": computed["AdamW state (two moments)"] - created}
+    if not engine_weights_freed:  # else freed by the engine's sleep, rebuilt by the push after the update
+        parts["engine weights"] = computed["engine weights"]
     if not engine_sleeps:
         parts["engine KV cache (reserved)"] = computed["engine KV cache (reserved)"]
     parts["gradients (fp32, during the learn phase)"] = gradients
-    parts["activations and temporaries (learn peak - learn start - gradients)"] = learn["peak"] - learn["before"] - gradients
+    rise = ("activations and temporaries (learn peak - learn start - gradients)" if not created else
+            "activations, temporaries, or the AdamW state this first update created (one figure)")
+    parts[rise] = learn["peak"] - learn["before"] - gradients
     parts["rest: vLLM's runtime objects, data, allocator overhead (difference)"] = learn["peak"] - sum(parts.values())
     return {
         "learn_peak": learn["peak"], "learn_step": learn["step"], "parts": parts,
+        "largest_learn": {"peak": max(r["peak"] for r in learns),
+                          "step": max(learns, key=lambda r: r["peak"])["step"]},
         "run_peak": run_peak["peak"], "run_peak_phase": f"{run_peak['label']} of step {run_peak['step']}",
         "held_after_learn": [r["after"] - r["before"] for r in phases if r["label"] == "learn"],
         "learn_start": [r["before"] for r in phases if r["label"] == "learn"],
-        "computed": computed, "engine_sleeps": engine_sleeps,
+        "computed": computed, "engine_sleeps": engine_sleeps, "engine_weights_freed": engine_weights_freed,
     }
 
 
@@ -262,8 +282,13 @@ def print_report(header: str, rows: list[dict], account: dict) -> None:
     for name, value in account["computed"].items():
         print(f"  {name:<50} {value / _MIB:7.0f}")
     peak = account["learn_peak"]
-    print(f"\nAccount of the largest learn-phase peak, {peak / _GIB:.2f} GiB (step {account['learn_step']})"
-          f"{', KV cache released' if account['engine_sleeps'] else ''}:")
+    largest = account.get("largest_learn", {"peak": peak, "step": account["learn_step"]})
+    which = ("the largest learn-phase peak" if largest["step"] == account["learn_step"] else
+             f"the largest learn-phase peak with AdamW's state already there (of all: "
+             f"{largest['peak'] / _GIB:.2f} GiB in step {largest['step']}, the first update)")
+    print(f"\nAccount of {which}, {peak / _GIB:.2f} GiB (step {account['learn_step']})"
+          f"{', KV cache released' if account['engine_sleeps'] else ''}"
+          f"{', engine weights freed' if account.get('engine_weights_freed') else ''}:")
     for name, value in account["parts"].items():
         print(f"  {name:<72} {value / _MIB:7.0f} MiB  {100 * value / peak:5.1f}%")
     setup = f"{account['setup_peak'] / _GIB:.2f} GiB" if account.get("setup_peak") else "not recorded"

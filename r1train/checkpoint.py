@@ -44,8 +44,7 @@ def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tenso
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
-        # Tied weights share storage; safetensors refuses shared tensors, so save independent copies.
-        save_file({k: v.detach().contiguous().clone() for k, v in trainable.items()}, str(tmp / "weights.safetensors"))
+        save_file(unshared(trainable), str(tmp / "weights.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(rng_state if rng_state is not None else current_rng_state(), tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
@@ -64,6 +63,23 @@ def save_checkpoint(directory: Path, step: int, trainable: dict[str, torch.Tenso
         _retire(old)
     _remove_retired(directory)
     return final
+
+
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` as safetensors takes them: contiguous, no two on one storage (it refuses those).
+    Only the tensors that need it are copied: a whole copy of the weights would add their size
+    (513 MiB for the 135M model in fp32) to the run's memory at every checkpoint. Parameters come
+    once per tensor from `named_parameters` (a tied weight under one name), so usually none is."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen or not tensor.is_contiguous():
+            tensor = tensor.contiguous().clone()
+        seen.add(pointer)
+        out[name] = tensor
+    return out
 
 
 class CheckpointWriteError(RuntimeError):

@@ -261,8 +261,9 @@ class TrainingConfig:
     # work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored.
     share_prompts: bool = True
     # CPU GRPO: allocations from 4 MiB get their own memory mappings, so freed activations leave the
-    # process at once: a lower peak RSS for a slower learner, which pays page faults for every fresh
-    # mapping (r1train/heap.py; measured in the README's options table).
+    # process at once, and the vLLM engine trims the heap when it wakes up: a lower peak RSS for a
+    # slower learner, which pays page faults for every fresh mapping (r1train/heap.py; measured in
+    # the README's options table).
     cpu_low_memory: bool = False
     # AdamW's two moments in "float32" or "bfloat16" (half their memory, rounded after every update;
     # r1train/adamw_state.py). Not with fsdp.

@@ -259,7 +259,7 @@ class GRPOTrainer:
         timings["time/checkpoint_wait"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if not self.prefetcher:
-            self.engine.sleep()
+            self.engine.sleep(weights_stale=True)  # the step ends with a push of the new weights
         learn_metrics = self.learner.train_on_batch(batch, self.loss_settings())
         timings["time/learn"] = time.perf_counter() - t0
         self._check_finite(learn_metrics)

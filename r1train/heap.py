@@ -10,7 +10,9 @@ Two settings help, both no-ops where the C library is not glibc:
   It trades time for memory: every fresh mapping is paid in page faults (the README's Performance
   section has the measured peak memory and time). Off by default.
 - `return_free_memory` (malloc_trim): hands the heap's free pages back between phases; the vLLM
-  engine calls it when it sleeps, always, as it costs one trim per step.
+  engine calls it when it sleeps, always, as it costs one trim per step, and with
+  `training.cpu_low_memory` also when it wakes up (the pages it gives back there are faulted in
+  again by the regrown KV cache and weights).
 """
 from __future__ import annotations
 

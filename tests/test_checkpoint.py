@@ -54,6 +54,28 @@ def test_tied_weights_are_saved_as_independent_copies(tmp_path):
     assert torch.equal(weights["embed"], weights["head"])
 
 
+def test_only_tensors_that_share_memory_or_are_strided_are_copied_for_the_file():
+    """A checkpoint copies no weight it can write as it is (a copy of every weight added their
+    whole size to the run's peak memory at each checkpoint); views of one storage and strided
+    tensors, which safetensors refuses, are copied."""
+    from r1train.checkpoint import unshared
+
+    weight, base = torch.randn(4, 3), torch.randn(6)
+    written = unshared({"weight": weight, "transposed": weight.t(), "first": base[:3], "second": base[3:]})
+    assert written["weight"].data_ptr() == weight.data_ptr()  # written from the learner's own memory
+    assert written["first"].data_ptr() == base.data_ptr()
+    assert written["second"].data_ptr() != base[3:].data_ptr() and torch.equal(written["second"], base[3:])
+    assert written["transposed"].is_contiguous() and torch.equal(written["transposed"], weight.t())
+
+
+def test_views_of_one_storage_are_saved_and_read_back(tmp_path):
+    base = torch.arange(6.0)
+    path = save_checkpoint(tmp_path, 1, {"first": base[:3], "second": base[3:], "strided": base[::2]}, {}, {}, keep=1)
+    weights, _, _ = load_checkpoint(path)
+    assert torch.equal(weights["first"], base[:3]) and torch.equal(weights["second"], base[3:])
+    assert torch.equal(weights["strided"], base[::2])
+
+
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
     for step in range(1, 5):
         save(tmp_path, step, keep=2)

@@ -61,6 +61,33 @@ def test_memory_account_adds_up_to_the_largest_learn_peak():
     assert "engine KV cache (reserved)" not in account["parts"]  # released while the learner trains
     assert account["parts"]["activations and temporaries (learn peak - learn start - gradients)"] == 4400 * mib
     assert account["run_peak"] == 6000 * mib and account["held_after_learn"] == [3500 * mib, 4000 * mib]
+    # An engine that frees its weights while it sleeps holds none at the learn peak.
+    freed = bench_memory.build_account(rows, computed, runtime=400 * mib, engine_sleeps=True, engine_weights_freed=True)
+    assert "engine weights" not in freed["parts"] and sum(freed["parts"].values()) == 6000 * mib
+
+
+def test_memory_account_takes_a_learn_phase_that_found_the_optimizer_state_there():
+    """The first update creates AdamW's state inside its learn phase: that phase's rise is not
+    activations alone, so a later phase is accounted, and the state is not counted twice."""
+    mib = 1024**2
+    computed = {"fp32 master weights": 100 * mib, "AdamW state (two moments)": 200 * mib,
+                "gradients (fp32, during the learn phase)": 100 * mib, "engine weights": 50 * mib,
+                "engine KV cache (reserved)": 64 * mib}
+    first = {"label": "learn", "step": 8, "before": 1000 * mib, "peak": 1700 * mib, "after": 1500 * mib,
+             "state_created": 200 * mib}
+    later = {"label": "learn", "step": 9, "before": 1300 * mib, "peak": 1650 * mib, "after": 1300 * mib,
+             "state_created": 0}
+    account = bench_memory.build_account([first, later], computed, runtime=400 * mib, engine_sleeps=True)
+    assert account["learn_step"] == 9 and account["learn_peak"] == 1650 * mib
+    assert account["largest_learn"] == {"peak": 1700 * mib, "step": 8}
+    assert account["parts"]["AdamW state (two moments)"] == 200 * mib
+    assert account["parts"]["activations and temporaries (learn peak - learn start - gradients)"] == 250 * mib
+    assert sum(account["parts"].values()) == 1650 * mib
+
+    alone = bench_memory.build_account([first], computed, runtime=400 * mib, engine_sleeps=True)
+    assert alone["learn_step"] == 8 and alone["parts"]["AdamW state (two moments)"] == 0
+    rise = "activations, temporaries, or the AdamW state this first update created (one figure)"
+    assert alone["parts"][rise] == 600 * mib and sum(alone["parts"].values()) == 1700 * mib
 
 
 def test_bench_memory_measures_functions_the_trainer_still_calls():

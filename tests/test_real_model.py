@@ -30,7 +30,7 @@ def test_default_model_alias_converts_once_and_loads_from_the_cache():
 
 
 @pytest.mark.vllm
-def test_one_grpo_step_with_vllm_on_the_default_model(tmp_path, monkeypatch):
+def test_grpo_steps_with_vllm_on_the_default_model(tmp_path, monkeypatch):
     pytest.importorskip("vllm")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the recipe's data paths are relative
     from r1train.config import load_recipe
@@ -38,7 +38,7 @@ def test_one_grpo_step_with_vllm_on_the_default_model(tmp_path, monkeypatch):
 
     recipe = load_recipe("recipes/r1_zero_toy.yaml", [
         f"output_dir={tmp_path}", "rollout.prompts_per_step=2", "rollout.group_size=4",
-        "rollout.max_new_tokens=16", "training.steps=1", "data.eval=null",
+        "rollout.max_new_tokens=16", "training.steps=2", "data.eval=null",
         # A tiny entropy term makes every sample take part in the learner's first pass, so the
         # sync check has samples to compare even when every group's rewards are equal.
         "algorithm.entropy_coef=1e-6",
@@ -48,4 +48,9 @@ def test_one_grpo_step_with_vllm_on_the_default_model(tmp_path, monkeypatch):
     assert samples and all(s["completion"].startswith("<think>") for s in samples)
     assert metrics["completion_len/max"] <= 16
     assert metrics["sync/logprob_abs_diff_mean"] < 0.1  # vLLM (bf16 or fp32 by CPU) vs the learner
+    # The engine freed its weights while the learner trained; the push after the update rebuilt
+    # them, and the second step's samples, drawn from them, match the updated learner.
+    assert trainer.engine.frees_stale_weights
+    metrics, _ = trainer.step()
+    assert metrics["sync/logprob_abs_diff_mean"] < 0.1
     trainer.engine.close()

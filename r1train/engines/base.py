@@ -86,8 +86,10 @@ class RolloutEngine(Protocol):
         """Make the engine generate from `model`'s current weights (LoRA merged)."""
         ...
 
-    def sleep(self) -> None:
-        """Release generation memory while the learner trains (no-op where unsupported)."""
+    def sleep(self, weights_stale: bool = False) -> None:
+        """Release generation memory while the learner trains (no-op where unsupported);
+        `weights_stale`: the caller pushes new weights before the next generate(), so an engine
+        may free its own copy too."""
         ...
 
     def wake_up(self) -> None:

@@ -22,6 +22,11 @@ packs it (the packed copy is the only one kept). A layer holding a live weight t
 packed (the tied `lm_head` on CPU) is re-packed after the copy. On GPU nothing is packed and
 the copies alone are the sync; that path has not run here (no GPU with vLLM).
 
+Since a push rebuilds every packed weight and rewrites every parameter it covers whole, the
+engine's copy is dead weight between the learner's update and the push: `release` frees it (the
+packed weights, and covered parameters such as the embedding shrunk to nothing) and the next
+`push` brings it back. The CPU engine does so while it sleeps through the learn phase.
+
 Not covered, by choice (the caller keeps `reload_weights` for them): LoRA adapters (the pushed
 tensor is a sum, not a parameter), FSDP-sharded learners, quantized engines, and any model whose
 loaders transform a tensor instead of copying it (the plan then misses a learner tensor and is
@@ -109,6 +114,7 @@ class DirectWeightSync:
     def __init__(self, engine_model: torch.nn.Module, targets: list[_Target], learner_shapes: dict[str, tuple]):
         self.engine_model = engine_model
         self.learner_shapes = learner_shapes
+        self._released_storages: list[tuple[torch.UntypedStorage, int]] = []  # see release()
         modules = dict(engine_model.named_modules())
         self.targets_by_module: dict[str, list[_Target]] = {}
         for target in targets:
@@ -134,8 +140,30 @@ class DirectWeightSync:
         return tensors is not None and {n: tuple(t.shape) for n, t in tensors.items()} == self.learner_shapes
 
     @torch.no_grad()
+    def release(self) -> None:
+        """Free the engine's copy of every weight the next push rewrites whole: the packed matmul
+        weights (each push packs new ones) and the parameters the plan covers entirely (the
+        embedding). The engine cannot run until `push` brings them back."""
+        modules = dict(self.engine_model.named_modules())
+        for module_name, targets in self.targets_by_module.items():
+            module = modules[module_name]
+            for target in targets:
+                covered = sum(_numel(p.size) for p in target.pieces) == _numel(target.shape)
+                storage = getattr(module, target.param_name).untyped_storage()
+                if not target.staged and covered and storage.nbytes():
+                    self._released_storages.append((storage, storage.nbytes()))
+                    storage.resize_(0)
+            if hasattr(module, "cpu_linear"):
+                module.cpu_linear = _released_weights
+        for module_name in self.shared_readers:
+            modules[module_name].cpu_linear = _released_weights
+
+    @torch.no_grad()
     def push(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy `tensors` into the engine (cast to its dtype in the copy), re-packing what needs it."""
+        for storage, nbytes in self._released_storages:  # rewritten whole by the copies below
+            storage.resize_(nbytes)
+        self._released_storages = []
         modules = dict(self.engine_model.named_modules())
         for module_name, targets in self.targets_by_module.items():
             module = modules[module_name]
@@ -153,6 +181,14 @@ class DirectWeightSync:
                 module.quant_method.process_weights_after_loading(module)  # packs; drops a staged weight
         for module_name in self.shared_readers:
             modules[module_name].quant_method.process_weights_after_loading(modules[module_name])
+
+
+WEIGHTS_RELEASED = ("the engine's weights were released while the learner trained (sleep with weights_stale=True); "
+                    "push the learner's weights with sync_weights before generating")
+
+
+def _released_weights(*args, **kwargs):
+    raise RuntimeError(WEIGHTS_RELEASED)
 
 
 class _PlanRecording:

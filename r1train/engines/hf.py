@@ -128,7 +128,7 @@ class HFEngine:
                 "module. Build the engine on the learner's model instead of syncing another one."
             )
 
-    def sleep(self) -> None:
+    def sleep(self, weights_stale: bool = False) -> None:
         """No generation memory outlives a generate() call here."""
 
     def wake_up(self) -> None:

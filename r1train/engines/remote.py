@@ -157,7 +157,7 @@ class RemoteVLLMEngine:
         for url in self.urls:
             self._post(url, "/reset_prefix_cache", None)
 
-    def sleep(self) -> None:
+    def sleep(self, weights_stale: bool = False) -> None:
         """The workers hold their own memory: nothing to free in the learner's process."""
 
     def wake_up(self) -> None:

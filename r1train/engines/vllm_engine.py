@@ -34,7 +34,9 @@ Things that are easy to get wrong, handled here:
   (under its 32 MiB mapping threshold) from heap memory the learner has just freed, and leftover
   infinities there (attention masks hold them) made whole completions NaN (5 of 32 in one step of
   a CPU run, before this). generate() and sync_weights() wake the engine up themselves if the
-  caller has not.
+  caller has not. A trainer that pushes new weights after every update also lets the CPU engine
+  free its weights while it sleeps (`sleep(weights_stale=True)`): each push packs fresh ones from
+  the learner's anyway.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ import torch
 
 from r1train.engines import cpu_kernels
 from r1train.engines.base import Completion, SamplingSettings
-from r1train.engines.direct_sync import DirectWeightSync, learner_tensors
+from r1train.engines.direct_sync import WEIGHTS_RELEASED, DirectWeightSync, learner_tensors
 from r1train.engines.weights import checkpoint_weights
 from r1train.heap import return_free_memory
 from r1train.hardware import bf16_autocast_supported
@@ -114,6 +116,11 @@ class VLLMEngine:
         cpu_norm_kernels: on CPU, run the RMS norms through vLLM's fused C++ kernels
             (`cpu_kernels.py`) instead of the PyTorch-native path vLLM picks there; False keeps
             vLLM's choice (for side-by-side measurements).
+        trim_on_wake: on CPU, hand the heap's free pages back (malloc_trim) when waking up, before
+            the KV cache and the weights come back. The heap still holds what the learner freed,
+            and where the learner's own peak is small (gradient checkpointing) the regrown cache
+            and weights on top of it become the run's peak; the pages given back are paid for in
+            page faults at every wake-up. The trainer sets it with `training.cpu_low_memory`.
     """
 
     seeds_each_call = False  # see RolloutEngine
@@ -132,6 +139,7 @@ class VLLMEngine:
         eos_token_ids: list[int] | None = None,
         compile: bool | None = None,
         cpu_norm_kernels: bool = True,
+        trim_on_wake: bool = False,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # colocated: the engine lives in this process
         # vLLM logs a line per weight and per sync at INFO/WARNING; keep the trainer's output readable
@@ -165,6 +173,7 @@ class VLLMEngine:
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
         self.sleep_mode = sleep_mode
+        self.trim_on_wake = trim_on_wake
         if not self.on_cpu:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
@@ -189,12 +198,14 @@ class VLLMEngine:
         # there is none, if recording found the direct copy could not reproduce vLLM's load.
         self._direct_sync: DirectWeightSync | None = None
         self._direct_sync_refusal: str | None = None
+        self._weights_released = False  # sleep(weights_stale=True) freed them; the next push restores them
 
     @classmethod
     def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "VLLMEngine":
         r = recipe.rollout
         return cls(model_dir, tokenizer, seed=recipe.seed, kv_cache_gib=r.vllm_kv_cache_gib, sleep_mode=r.vllm_sleep,
-                   max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens, compile=r.vllm_compile)
+                   max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens, compile=r.vllm_compile,
+                   trim_on_wake=recipe.training.cpu_low_memory)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
@@ -203,6 +214,8 @@ class VLLMEngine:
     def generate_many(self, requests: list[tuple[list[list[int]], int, SamplingSettings]]) -> list[list[Completion]]:
         """Several generate() calls' requests in one engine call, so they share its batches (and
         the prefix cache); returns each request's completions as generate() would."""
+        if self._weights_released:
+            raise RuntimeError(WEIGHTS_RELEASED)
         self.wake_up()
         inputs, params = [], []
         for prompts, n, sampling in requests:
@@ -249,6 +262,10 @@ class VLLMEngine:
         tensors = learner_tensors(model)
         if self._direct_sync is not None and self._direct_sync.accepts(tensors):
             self._direct_sync.push(tensors)
+            self._weights_released = False
+        elif self._weights_released:  # only the plan knows what it released
+            raise RuntimeError("the engine released its weights for a direct push, but this model's tensors "
+                               "do not fit the recorded plan; sync the model the engine was synced with")
         elif tensors is not None and self._direct_sync_refusal is None:
             self._record_direct_sync(model, tensors)
         else:  # LoRA, FSDP, or a model whose load the direct copy cannot reproduce
@@ -267,24 +284,40 @@ class VLLMEngine:
             self.llm.collective_rpc(lambda worker: worker.model_runner.reload_weights(weights_iterator=weights))
         self._direct_sync, self._direct_sync_refusal = recording.plan, recording.refusal
 
-    def sleep(self) -> None:
-        """Free the KV cache's memory (on GPU also offload the weights to host memory)."""
+    def sleep(self, weights_stale: bool = False) -> None:
+        """Free the KV cache's memory (on GPU also offload the weights to host memory).
+
+        `weights_stale`: the caller pushes new weights (sync_weights) before the engine generates
+        again, as the trainer does after every update. On CPU every push packs fresh matmul weights
+        from the learner's, so the engine's copy is then dead weight while the learner trains, and
+        is freed too (with a direct-sync plan; a generate() before the push fails, saying so).
+        """
         if not self.sleep_mode or self._asleep:
             return
         if self.on_cpu:
             self._kv_storage_bytes = [(storage, storage.nbytes()) for storage in self._kv_cache_storages()]
             for storage, _ in self._kv_storage_bytes:
                 storage.resize_(0)
+            if weights_stale and self.frees_stale_weights:
+                self._direct_sync.release()
+                self._weights_released = True
             return_free_memory()  # and the rest generation freed, before the learner's peak
         else:
             self.llm.sleep(level=1)
         self._asleep = True
+
+    @property
+    def frees_stale_weights(self) -> bool:
+        """Whether sleep(weights_stale=True) frees the engine's weights (CPU, with a direct-sync plan)."""
+        return self.on_cpu and self.sleep_mode and self._direct_sync is not None
 
     def wake_up(self) -> None:
         """Bring back what sleep() freed, before the next generate() or weight push."""
         if not self._asleep:
             return
         if self.on_cpu:
+            if self.trim_on_wake:  # see __init__
+                return_free_memory()
             for storage, nbytes in self._kv_storage_bytes:
                 regrow_zeroed(storage, nbytes)
             self._kv_storage_bytes = []

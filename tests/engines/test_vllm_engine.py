@@ -230,6 +230,50 @@ def test_sleep_frees_the_kv_cache_and_wake_up_brings_back_the_same_engine(engine
     assert [c.token_ids for c in engine.generate(chat_prompts, n=1, sampling=greedy)] == before
 
 
+def test_sleep_with_stale_weights_frees_them_until_the_next_push(engine, learner, chat_prompts):
+    """The trainer pushes new weights after every update, so the CPU engine frees its own copy
+    while the learner trains: the packed matmul weights and the embedding. Generating before the
+    push fails and says why; after the push the engine gives, bit for bit, what it gave before."""
+    greedy = SamplingSettings(max_new_tokens=12, temperature=0.0)
+    before = engine.generate(chat_prompts, n=1, sampling=greedy)
+    engine_model = engine.llm.collective_rpc(lambda worker: worker.model_runner.get_model())[0]
+    embedding = engine_model.model.embed_tokens.weight
+    size = embedding.untyped_storage().nbytes()
+    assert engine.frees_stale_weights
+    engine.sleep(weights_stale=True)
+    assert embedding.untyped_storage().nbytes() == 0
+    packed = [module for module in engine_model.modules() if hasattr(module, "cpu_linear")]
+    assert packed  # every linear layer, the output layer included: their packed weights are gone
+    for module in packed:
+        with pytest.raises(RuntimeError, match="released"):
+            module.cpu_linear(torch.zeros(1, 4), None, None)
+    with pytest.raises(RuntimeError, match="sync_weights"):
+        engine.generate(chat_prompts, n=1, sampling=greedy)
+    engine.sync_weights(learner)
+    assert embedding.untyped_storage().nbytes() == size
+    after = engine.generate(chat_prompts, n=1, sampling=greedy)
+    assert [c.token_ids for c in after] == [c.token_ids for c in before]
+    assert [c.logprobs for c in after] == [c.logprobs for c in before]
+
+
+def test_trim_on_wake_hands_the_heap_back_before_the_cache_returns(engine, learner, chat_prompts, monkeypatch):
+    """With trim_on_wake (training.cpu_low_memory) the wake-up trims the heap first, and only then
+    regrows the cache; without it only the sleep trims."""
+    from r1train.engines import vllm_engine
+
+    events = []
+    monkeypatch.setattr(vllm_engine, "return_free_memory", lambda: events.append("trim"))
+    regrow = vllm_engine.regrow_zeroed
+    monkeypatch.setattr(vllm_engine, "regrow_zeroed", lambda *a: (events.append("regrow"), regrow(*a)))
+    for trim in (False, True):
+        monkeypatch.setattr(engine, "trim_on_wake", trim)
+        events.clear()
+        engine.sleep()
+        engine.wake_up()
+        regrown = events.index("regrow")
+        assert events[:regrown] == ["trim", "trim"] if trim else ["trim"]
+
+
 def test_a_regrown_kv_storage_holds_zeros_not_what_the_heap_held():
     """The storage regrown on wake-up must not carry leftovers of freed memory: infinities there
     made vLLM's CPU attention return NaN completions. A freed block of the same size, filled with
