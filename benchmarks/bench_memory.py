@@ -14,9 +14,10 @@ and the config: fp32 master weights, gradients (the learner's trainable paramete
 first backward pass until the optimiser step), AdamW's two moments (read from the optimiser's
 state), the engine's weights (the learner's parameter count at the engine's dtype, plus the tied
 output layer, which vLLM's CPU build packs as a second copy) and its KV cache (the storage under
-the cache tensors); neither is in the learn phase's account where the engine frees it in its sleep. Activations and temporaries are the learn phase's peak above what the phase
-started with, less the gradients; what is left of the peak, runtime and allocator overhead (free
-memory the C heap keeps, the libraries' own data), is the difference.
+the cache tensors); neither is in the learn phase's account where the engine frees it in its
+sleep. Activations and temporaries are the learn phase's peak above what the phase started with,
+less the gradients; what is left of the peak, runtime and allocator overhead (free memory the C
+heap keeps, the libraries' own data), is the difference.
 
 Deliberate simplifications: RSS counts the pages touched, so memory reserved but never written
 (part of a KV cache a short batch never fills) is not in it; Linux only (/proc).
@@ -227,6 +228,7 @@ def build_account(rows: list[dict], computed: dict[str, int], runtime: int, engi
     learns = [r for r in phases if r["label"] == "learn"]
     settled = [r for r in learns if not r.get("state_created")]
     learn = max(settled or learns, key=lambda r: r["peak"])
+    largest = max(learns, key=lambda r: r["peak"])
     created = learn.get("state_created", 0)
     run_peak = max(phases, key=lambda r: r["peak"])
     gradients = computed["gradients (fp32, during the learn phase)"]
@@ -244,8 +246,7 @@ def build_account(rows: list[dict], computed: dict[str, int], runtime: int, engi
     parts["rest: vLLM's runtime objects, data, allocator overhead (difference)"] = learn["peak"] - sum(parts.values())
     return {
         "learn_peak": learn["peak"], "learn_step": learn["step"], "parts": parts,
-        "largest_learn": {"peak": max(r["peak"] for r in learns),
-                          "step": max(learns, key=lambda r: r["peak"])["step"]},
+        "largest_learn": {"peak": largest["peak"], "step": largest["step"]},
         "run_peak": run_peak["peak"], "run_peak_phase": f"{run_peak['label']} of step {run_peak['step']}",
         "held_after_learn": [r["after"] - r["before"] for r in phases if r["label"] == "learn"],
         "learn_start": [r["before"] for r in phases if r["label"] == "learn"],

@@ -59,6 +59,11 @@ class _Target:
     pieces: list[_Piece] = field(default_factory=list)
     staged: bool = False  # the engine keeps only a packed copy: fill a fresh tensor and re-pack it
 
+    @property
+    def covered(self) -> bool:
+        """Whether the pieces fill the whole parameter (else the rest, padding, keeps zeros)."""
+        return sum(_numel(p.size) for p in self.pieces) == _numel(self.shape)
+
 
 def learner_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """The learner's parameters under checkpoint names, each once (a tied weight under its first
@@ -148,9 +153,8 @@ class DirectWeightSync:
         for module_name, targets in self.targets_by_module.items():
             module = modules[module_name]
             for target in targets:
-                covered = sum(_numel(p.size) for p in target.pieces) == _numel(target.shape)
                 storage = getattr(module, target.param_name).untyped_storage()
-                if not target.staged and covered and storage.nbytes():
+                if not target.staged and target.covered and storage.nbytes():
                     self._released_storages.append((storage, storage.nbytes()))
                     storage.resize_(0)
             if hasattr(module, "cpu_linear"):
@@ -169,8 +173,7 @@ class DirectWeightSync:
             module = modules[module_name]
             for target in targets:
                 if target.staged:
-                    covered = sum(_numel(p.size) for p in target.pieces) == _numel(target.shape)
-                    base = (torch.empty if covered else torch.zeros)(target.shape, dtype=target.dtype)
+                    base = (torch.empty if target.covered else torch.zeros)(target.shape, dtype=target.dtype)
                 else:
                     base = getattr(module, target.param_name).data
                 for piece in target.pieces:
