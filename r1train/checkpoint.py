@@ -76,7 +76,7 @@ def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tensor = tensor.detach()
         pointer = tensor.untyped_storage().data_ptr()
         if pointer in seen or not tensor.is_contiguous():
-            tensor = tensor.contiguous().clone()
+            tensor = tensor.clone(memory_format=torch.contiguous_format)  # one copy, contiguous
         seen.add(pointer)
         out[name] = tensor
     return out

@@ -120,6 +120,7 @@ class DirectWeightSync:
         self.engine_model = engine_model
         self.learner_shapes = learner_shapes
         self._released_storages: list[tuple[torch.UntypedStorage, int]] = []  # see release()
+        self.released = False  # release() freed the engine's weights; the next push() brings them back
         modules = dict(engine_model.named_modules())
         self.targets_by_module: dict[str, list[_Target]] = {}
         for target in targets:
@@ -161,6 +162,7 @@ class DirectWeightSync:
                 module.cpu_linear = _released_weights
         for module_name in self.shared_readers:
             modules[module_name].cpu_linear = _released_weights
+        self.released = True
 
     @torch.no_grad()
     def push(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -184,6 +186,7 @@ class DirectWeightSync:
                 module.quant_method.process_weights_after_loading(module)  # packs; drops a staged weight
         for module_name in self.shared_readers:
             modules[module_name].quant_method.process_weights_after_loading(modules[module_name])
+        self.released = False
 
 
 WEIGHTS_RELEASED = ("the engine's weights were released while the learner trained (sleep with weights_stale=True); "

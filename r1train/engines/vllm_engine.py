@@ -198,7 +198,6 @@ class VLLMEngine:
         # there is none, if recording found the direct copy could not reproduce vLLM's load.
         self._direct_sync: DirectWeightSync | None = None
         self._direct_sync_refusal: str | None = None
-        self._weights_released = False  # sleep(weights_stale=True) freed them; the next push restores them
 
     @classmethod
     def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "VLLMEngine":
@@ -262,7 +261,6 @@ class VLLMEngine:
         tensors = learner_tensors(model)
         if self._direct_sync is not None and self._direct_sync.accepts(tensors):
             self._direct_sync.push(tensors)
-            self._weights_released = False
         elif self._weights_released:  # only the plan knows what it released
             raise RuntimeError("the engine released its weights for a direct push, but this model's tensors "
                                "do not fit the recorded plan; sync the model the engine was synced with")
@@ -300,11 +298,15 @@ class VLLMEngine:
                 storage.resize_(0)
             if weights_stale and self.frees_stale_weights:
                 self._direct_sync.release()
-                self._weights_released = True
             return_free_memory()  # and the rest generation freed, before the learner's peak
         else:
             self.llm.sleep(level=1)
         self._asleep = True
+
+    @property
+    def _weights_released(self) -> bool:
+        """Whether sleep(weights_stale=True) freed the weights and no push has brought them back."""
+        return self._direct_sync is not None and self._direct_sync.released
 
     @property
     def frees_stale_weights(self) -> bool:
