@@ -8,6 +8,11 @@ Both follow the trainer's dtype policy: bf16 (HF: autocast over fp32 weights; vL
 weights) where the hardware computes in bf16 natively, fp32 elsewhere; `--hf-fp32` forces fp32
 on the HF side.
 
+Prefill alone (one new token) is timed twice, with `--samples` completions a prompt and with
+one: vLLM shares a prompt's full KV blocks between its samples but computes the prompt's last,
+partial block once per sample (its V1 engine has no copy-on-write of a partial block), so the gap
+between the two is what a group's samples pay for recomputing their prompt's tail.
+
 It also measures what the trainer sees after a sync: the time to push the learner's weights into
 vLLM, and how far vLLM's log-probs of its own samples are from the learner's (fp32 weights, bf16
 autocast where native, one teacher-forced pass per completion): the figures behind sync_check's bound.
@@ -55,6 +60,17 @@ def timed_generate(engine, prompts, n, sampling) -> tuple[list, float, int]:
     completions = engine.generate(prompts, n, sampling)
     seconds = time.perf_counter() - start
     return completions, seconds, sum(len(c.token_ids) for c in completions)
+
+
+def prefill_seconds(engine, prompts, samples: int) -> dict[str, float]:
+    """Time of a generate call that samples one token: `samples` completions a prompt, then one."""
+    one_token = SamplingSettings(max_new_tokens=1, temperature=1.0)
+    out = {}
+    for n in (samples, 1):
+        start = time.perf_counter()
+        engine.generate(prompts, n, one_token)
+        out[f"{n} a prompt"] = round(time.perf_counter() - start, 2)
+    return out
 
 
 def learner_logprobs(model, completions, bf16: bool) -> list[torch.Tensor]:
@@ -105,6 +121,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
         "model_dir": str(model_dir),
         "settings": {"prompts": args.prompts, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
+                     "prompt_tokens": [min(map(len, prompts)), max(map(len, prompts))],
                      "temperature": 1.0, "stop": ["</answer>"]},
         "runs": [],
     }
@@ -128,6 +145,8 @@ def main() -> None:
     vllm_dtype = str(vllm_engine.dtype).removeprefix("torch.")
     results["runs"].append(summary(f"vllm (in-process, {vllm_dtype})", completions, seconds, tokens))
     print(results["runs"][-1], flush=True)
+    results["vllm_prefill_s"] = prefill_seconds(vllm_engine, prompts, args.samples)
+    print({"vllm prefill alone (1 new token), s": results["vllm_prefill_s"]}, flush=True)
 
     start = time.perf_counter()
     vllm_engine.sync_weights(model)
