@@ -124,6 +124,7 @@ class RolloutConfig:
     vllm_kv_cache_gib: float = 2.0
     vllm_sleep: bool = True  # free vLLM's KV cache while the learner trains (GPU: weights offloaded too)
     vllm_compile: bool | None = None  # torch.compile (GPU: and CUDA graphs); null: on GPU only (CPU: see VLLMEngine)
+    vllm_share_prompt_tails: bool = True  # CPU: a prompt's partial last KV block computed once per group (engines/prompt_tails.py)
     verify_sync: bool = True  # compare engine and learner logprobs after each sync
     # One-step off-policy: sample the next batch while the learner trains on this one (r1train/async_rollouts.py).
     async_generation: bool = False

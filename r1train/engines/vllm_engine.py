@@ -140,6 +140,7 @@ class VLLMEngine:
         compile: bool | None = None,
         cpu_norm_kernels: bool = True,
         trim_on_wake: bool = False,
+        share_prompt_tails: bool = True,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # colocated: the engine lives in this process
         # vLLM logs a line per weight and per sync at INFO/WARNING; keep the trainer's output readable
@@ -170,10 +171,18 @@ class VLLMEngine:
             options["block_size"] = CPU_KV_BLOCK_TOKENS
             if cpu_norm_kernels:
                 options["kernel_config"] = {"ir_op_priority": cpu_kernels.ir_op_priority()}
+            if share_prompt_tails:  # the samples of a prompt share its last, partial block too
+                from r1train.engines import prompt_tails  # imports vLLM
+
+                if prompt_tails.worker_connector() is not None:
+                    raise RuntimeError("another colocated vLLM engine is running in this process; "
+                                       "close() it before starting a new one")
+                options["kv_transfer_config"] = dict(prompt_tails.KV_TRANSFER_CONFIG)
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
         self.sleep_mode = sleep_mode
         self.trim_on_wake = trim_on_wake
+        self.shares_prompt_tails = "kv_transfer_config" in options
         if not self.on_cpu:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
@@ -204,7 +213,7 @@ class VLLMEngine:
         r = recipe.rollout
         return cls(model_dir, tokenizer, seed=recipe.seed, kv_cache_gib=r.vllm_kv_cache_gib, sleep_mode=r.vllm_sleep,
                    max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens, compile=r.vllm_compile,
-                   trim_on_wake=recipe.training.cpu_low_memory)
+                   trim_on_wake=recipe.training.cpu_low_memory, share_prompt_tails=r.vllm_share_prompt_tails)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[Completion]:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
@@ -271,6 +280,7 @@ class VLLMEngine:
             self.llm.collective_rpc(lambda worker: worker.model_runner.reload_weights(weights_iterator=weights))
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after a weight sync")
+        self._drop_shared_prompt_blocks()
 
     def _record_direct_sync(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         """Sync through vLLM's loaders once, recording where each tensor lands (see direct_sync)."""
@@ -298,10 +308,20 @@ class VLLMEngine:
                 storage.resize_(0)
             if weights_stale and self.frees_stale_weights:
                 self._direct_sync.release()
+            self._drop_shared_prompt_blocks()
             return_free_memory()  # and the rest generation freed, before the learner's peak
         else:
             self.llm.sleep(level=1)
         self._asleep = True
+
+    def _drop_shared_prompt_blocks(self) -> None:
+        """Free the copies of prompts' partial blocks kept for their samples (prompt_tails): between
+        generate calls nothing reads them, and after a weight push they are stale."""
+        from r1train.engines import prompt_tails  # vLLM is imported by now
+
+        connector = prompt_tails.worker_connector() if self.shares_prompt_tails else None
+        if connector is not None:
+            connector.drop_saved_blocks()
 
     @property
     def _weights_released(self) -> bool:
@@ -349,5 +369,9 @@ class VLLMEngine:
         """
         if self._adopted_process_group:
             _KEPT_UNTIL_EXIT.append(self.llm)
+        elif self.shares_prompt_tails:
+            from r1train.engines import prompt_tails
+
+            prompt_tails.shut_down_worker_connector()
         del self.llm
 

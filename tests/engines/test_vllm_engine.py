@@ -190,16 +190,20 @@ def test_requests_generated_together_come_back_as_separate_calls_give_them(engin
     assert [c.prompt_index for c in together_greedy] == [0, 1]
 
 
-def test_requests_of_one_call_share_the_full_kv_blocks_of_their_prompt(engine, learner, long_chat_prompts):
+def test_requests_of_one_call_share_the_kv_blocks_of_their_prompt(engine, learner, long_chat_prompts):
     # On CPU vLLM would use 128-token blocks, longer than this prompt (and most prompts): then nothing
-    # is shared and each of a prompt's samples computes the prompt again (the engine picks smaller blocks).
+    # is shared and each of a prompt's samples computes the prompt again (the engine picks smaller
+    # blocks). vLLM shares the full blocks; the prompt's last, partial one is copied (prompt_tails),
+    # so the second request computes only the prompt's last token.
     prompt = long_chat_prompts[0][:100]
     block = engine.llm.llm_engine.vllm_config.cache_config.block_size
+    assert (len(prompt) - 1) % block  # a partial block
     assert engine.llm.reset_prefix_cache()
     params = engine._sampling_params(1, SamplingSettings(max_new_tokens=2))
     first, second = engine.llm.generate([{"prompt_token_ids": prompt}] * 2, params, use_tqdm=False)
     assert not first.num_cached_tokens  # nothing was cached before this call
-    assert second.num_cached_tokens == (len(prompt) - 1) // block * block > 0
+    assert second.num_cached_tokens == (len(prompt) - 1 if engine.shares_prompt_tails
+                                        else (len(prompt) - 1) // block * block)
 
 
 def test_a_call_seed_repeats_the_samples(engine, learner, chat_prompts):
