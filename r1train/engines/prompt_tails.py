@@ -133,7 +133,11 @@ class PromptTailSharing(KVConnectorBase_V1):
         for request_id, new_blocks in zip(cached.req_ids, cached.new_block_ids):
             prompt = self._prompts.get(self._key_of.get(request_id))
             if prompt is not None and prompt.donor == request_id and new_blocks is not None:
-                prompt.donor_blocks.extend(new_blocks[0])
+                # vLLM's rule: a request resumed after preemption gets all its blocks anew.
+                if request_id in cached.resumed_req_ids:
+                    prompt.donor_blocks = list(new_blocks[0])
+                else:
+                    prompt.donor_blocks.extend(new_blocks[0])
         computed = {r.req_id: r.num_computed_tokens for r in scheduler_output.scheduled_new_reqs}
         computed.update(zip(cached.req_ids, cached.num_computed_tokens))
         for request_id, before in computed.items():

@@ -44,13 +44,16 @@ def blocks(*ids: int) -> SimpleNamespace:
     return SimpleNamespace(get_block_ids=lambda: (list(ids),))
 
 
-def step(connector, new: dict[str, tuple[int, int]]):
-    """One engine step: scheduler metadata for the new requests {id: (computed, scheduled)}, then
-    the worker's calls around the forward pass. Returns what get_finished reports loaded."""
+def step(connector, new: dict[str, tuple[int, int]], running: dict[str, tuple[int, int, list[int]]] = {}):
+    """One engine step: scheduler metadata for the new requests {id: (computed, scheduled)} and the
+    running ones {id: (computed, scheduled, new blocks)}, then the worker's calls around the
+    forward pass. Returns what get_finished reports loaded."""
     output = SimpleNamespace(
         scheduled_new_reqs=[SimpleNamespace(req_id=r, num_computed_tokens=c) for r, (c, _) in new.items()],
-        scheduled_cached_reqs=SimpleNamespace(req_ids=[], new_block_ids=[], num_computed_tokens=[]),
-        num_scheduled_tokens={r: n for r, (_, n) in new.items()},
+        scheduled_cached_reqs=SimpleNamespace(
+            req_ids=list(running), num_computed_tokens=[c for c, _, _ in running.values()],
+            new_block_ids=[(b,) if b else None for _, _, b in running.values()], resumed_req_ids=set()),
+        num_scheduled_tokens={r: n for r, (_, n) in new.items()} | {r: n for r, (_, n, _) in running.items()},
     )
     connector.bind_connector_metadata(connector.build_connector_meta(output))
     connector.start_load_kv(None)
@@ -77,6 +80,18 @@ def test_the_first_sample_computes_the_partial_block_and_the_others_get_a_copy()
     assert all(torch.equal(cache[5], cache[3]) for cache in caches)
     assert all(torch.equal(cache[6], torch.full_like(cache[6], 6.0)) for cache in caches)  # others untouched
     assert connector.copied_blocks == 1
+
+
+def test_a_donor_whose_prompt_is_split_over_steps_saves_once_its_block_is_computed():
+    connector = make_connector()
+    donor, sample = request("a-0", PROMPT), request("a-1", PROMPT)
+    connector.get_num_new_matched_tokens(donor, 0)
+    connector.update_state_after_alloc(donor, blocks(2), 0)  # first chunk: 3 tokens, one block
+    assert step(connector, {"a-0": (0, 3)}) == set()
+    connector.get_num_new_matched_tokens(sample, 4)
+    connector.update_state_after_alloc(sample, blocks(2, 5), 2)
+    assert step(connector, {}, running={"a-0": (3, 4, [3])}) == {"a-1"}  # the rest, in a new block
+    assert all(torch.equal(cache[5], cache[3]) for cache in connector._kv_caches)
 
 
 def test_no_sharing_where_nothing_is_partial_or_the_full_blocks_are_not_cached():
