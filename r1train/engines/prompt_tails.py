@@ -21,14 +21,17 @@ vLLM (`kv_transfer_config`, `kv_connector_module_path`):
 
 Safety: a waiting request whose donor ended without saving (aborted), or that waited
 MAX_WAIT_STEPS, is reported loaded with its block failed (`get_block_ids_with_load_errors`), and
-vLLM, told to recompute load failures (KV_TRANSFER_CONFIG), computes it itself. The copies are
-exact: a donor's block and the copies hold the same values, and the samples' logprobs agree with
-the learner's as before (tests/test_prompt_tails.py). Weights pushed between generate calls do not
-leave stale blocks behind: a prompt's entry is dropped when its last request finishes, before any
-later call, and a new call starts a new donor.
+vLLM, told to recompute load failures (vllm_engine.PROMPT_TAILS_KV_TRANSFER), computes it itself.
+The copies are exact: a donor's block and the copies hold the same values, and the samples'
+logprobs agree with the learner's as before (tests/engines/test_prompt_tails.py). Weights pushed
+between generate calls leave no stale block behind: a prompt's entry is dropped when its last
+request finishes (the worker drops it at the next step, before any copy of that step; the
+colocated engine also drops them all before the learner trains and after each push), and the
+next request with that prompt is a new donor.
 
 Only where the KV cache is one tensor per layer indexed by block first (vLLM's CPU attention:
-[blocks, kv heads, block size, 2 x head size]); the engine asks for it on CPU only.
+[blocks, kv heads, block size, 2 x head size]): the colocated engine and the `vllm serve` workers
+ask for it on CPU only.
 """
 from __future__ import annotations
 
@@ -37,14 +40,6 @@ from typing import Any
 
 import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorBase_V1, KVConnectorMetadata
-
-# How the engine names the connector to vLLM (LLM(kv_transfer_config=...)).
-KV_TRANSFER_CONFIG = {
-    "kv_connector": "PromptTailSharing",
-    "kv_connector_module_path": __name__,
-    "kv_role": "kv_both",
-    "kv_load_failure_policy": "recompute",  # a request whose copy failed computes its block itself
-}
 
 # Engine steps a request may wait for its donor's block before it computes the block itself. A
 # donor saves in the step it is scheduled, a few steps later when its prompt is split over steps.

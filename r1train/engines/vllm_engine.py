@@ -54,6 +54,14 @@ from r1train.hardware import bf16_autocast_supported
 
 _GIB = 1024**3
 CPU_KV_BLOCK_TOKENS = 32
+# The KV connector that lets a prompt's samples share its last, partial block (prompt_tails.py),
+# as vLLM is told of it (the colocated engine's kv_transfer_config, a worker's --kv-transfer-config).
+PROMPT_TAILS_KV_TRANSFER = {
+    "kv_connector": "PromptTailSharing",
+    "kv_connector_module_path": "r1train.engines.prompt_tails",
+    "kv_role": "kv_both",
+    "kv_load_failure_policy": "recompute",  # a request whose copy failed computes its block itself
+}
 _KEPT_UNTIL_EXIT: list = []  # engines of a multi-process run, never shut down early (see close())
 
 
@@ -177,7 +185,7 @@ class VLLMEngine:
                 if prompt_tails.worker_connector() is not None:
                     raise RuntimeError("another colocated vLLM engine is running in this process; "
                                        "close() it before starting a new one")
-                options["kv_transfer_config"] = dict(prompt_tails.KV_TRANSFER_CONFIG)
+                options["kv_transfer_config"] = dict(PROMPT_TAILS_KV_TRANSFER)
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
         self.sleep_mode = sleep_mode
