@@ -96,9 +96,13 @@ class WorkerPool:
                     env["CUDA_VISIBLE_DEVICES"] = str(gpus[i])
                 elif workers > 1:  # one worker: vLLM's own binding (all cores but one for its scheduler)
                     env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(i, workers, cores)
-                self._envs.append(env)
                 command = worker_command(model_dir, port + i, host=host, max_model_len=max_model_len, dtype=dtype,
                                          kv_cache_gib=kv_cache_gib, on_gpu=self.on_gpu, norm_kernels=norm_kernels)
+                if "--kv-transfer-config" in command:
+                    # vLLM keeps one more core free whenever a KV connector is configured (for NIXL's
+                    # transfer threads); the prompt-tail connector works inside the model's own step.
+                    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
+                self._envs.append(env)
                 with open(self.log_path(i), "w") as log:
                     self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                            start_new_session=True))

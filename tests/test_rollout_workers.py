@@ -63,3 +63,24 @@ def test_cpu_workers_share_a_prompts_partial_kv_block_between_its_samples():
 def test_zero_workers_is_refused_in_one_line(capsys):
     assert main(["rollout-workers", "--model", "/m", "--workers", "0"]) == 2
     assert capsys.readouterr().err.strip() == "r1train: error: --workers must be at least 1"
+
+
+def test_a_cpu_worker_with_the_connector_keeps_vllms_one_reserved_core(tmp_path, monkeypatch):
+    # vLLM reserves a second core whenever any KV connector is configured (made for NIXL): on a
+    # 2-core machine the worker's threads then go unbound. The pool asks for vLLM's usual one.
+    import torch
+
+    from r1train import rollout_workers
+    from r1train.engines.cpu_kernels import plugin_installed
+
+    if torch.cuda.is_available() or not plugin_installed():
+        pytest.skip("a CPU worker with the connector (r1train pip-installed) is what this checks")
+    started = []
+    monkeypatch.setattr(rollout_workers.subprocess, "Popen", lambda command, **kw: started.append((command, kw["env"])))
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    rollout_workers.WorkerPool("/m", 1, log_dir=tmp_path)
+    (command, env), = started
+    assert "--kv-transfer-config" in command and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "3")  # the user's choice stands
+    rollout_workers.WorkerPool("/m", 1, log_dir=tmp_path)
+    assert started[-1][1]["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "3"
