@@ -375,11 +375,11 @@ class VLLMEngine:
         shutdown destroys torch's default process group, which vLLM adopted at start-up but which
         belongs to the trainer (its final barrier and the launcher's clean-up still use it).
         """
-        if self._adopted_process_group:
-            _KEPT_UNTIL_EXIT.append(self.llm)
-        elif self.shares_prompt_tails:
+        if self.shares_prompt_tails:  # also for a kept engine: it generates no more, a next one may
             from r1train.engines import prompt_tails
 
             prompt_tails.shut_down_worker_connector()
+        if self._adopted_process_group:
+            _KEPT_UNTIL_EXIT.append(self.llm)
         del self.llm
 
