@@ -50,7 +50,9 @@ PromptKey = tuple  # (prompt token ids, LoRA id, cache salt): requests that may 
 
 @dataclass
 class TailSharingMetadata(KVConnectorMetadata):
-    """What the scheduler tells the worker before a step (the lists are handled in this order)."""
+    """What the scheduler tells the worker before a step. After the forward pass the worker drops,
+    then saves, then gives up on the abandoned (wait_for_save); the loads are served last
+    (get_finished), so a block saved in this step reaches the requests waiting for it."""
     dropped: list[PromptKey] = field(default_factory=list)  # prompts no live request has any more
     saves: list[tuple[PromptKey, int]] = field(default_factory=list)  # (prompt, donor's partial block)
     loads: list[tuple[str, PromptKey, int]] = field(default_factory=list)  # (request, prompt, its block)
@@ -88,15 +90,12 @@ class PromptTailSharing(KVConnectorBase_V1):
 
     # Scheduler side ----------------------------------------------------------------------------
 
-    def _shared_tokens(self, request) -> int:
-        """Tokens of the prompt's partial block other requests could copy: all but the last prompt
-        token, which each request computes for its own logits."""
-        return (request.num_prompt_tokens - 1) % self.block_size
-
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int) -> tuple[int, bool]:
         if request.prompt_token_ids is None or request.num_tokens != request.num_prompt_tokens:
             return 0, False  # prompt embeddings, or a preempted request with output: computed as usual
-        shared = self._shared_tokens(request)
+        # Every prompt token but the last (each request computes that one for its own logits): the
+        # full blocks vLLM shares, and the `shared` tokens of the partial block this connector copies.
+        full_blocks, shared = divmod(request.num_prompt_tokens - 1, self.block_size)
         if shared == 0:
             return 0, False
         key = (tuple(request.prompt_token_ids), request.lora_request.lora_int_id if request.lora_request else 0,
@@ -104,11 +103,10 @@ class PromptTailSharing(KVConnectorBase_V1):
         self._key_of[request.request_id] = key
         prompt = self._prompts.get(key)
         if prompt is None:
-            self._prompts[key] = _Prompt(request.request_id, (request.num_prompt_tokens - 1) // self.block_size,
-                                         requests={request.request_id})
+            self._prompts[key] = _Prompt(request.request_id, full_blocks, requests={request.request_id})
             return 0, False
         prompt.requests.add(request.request_id)
-        if request.request_id == prompt.donor or num_computed_tokens != request.num_prompt_tokens - 1 - shared:
+        if request.request_id == prompt.donor or num_computed_tokens != full_blocks * self.block_size:
             return 0, False  # the donor itself, or full blocks missing from the cache: compute them
         return shared, True
 
