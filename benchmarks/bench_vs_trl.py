@@ -3,9 +3,12 @@
     .venv/bin/python benchmarks/bench_vs_trl.py            # every side, then the comparison table
     .venv/bin/python benchmarks/bench_vs_trl.py --sides trl --trl-generation hf
 
-Sides: `r1train` (synchronous: generate, then learn), `r1train_async` (the same trainer with
-`rollout.async_generation: true`: the next batch is sampled while the learner trains on this one,
-one step off-policy, importance-corrected), `trl`, and `vllm_alone`: no training at all, a
+Sides: `r1train` (synchronous: generate, then learn), three variants of it (`R1TRAIN_VARIANTS`):
+`r1train_async` (`rollout.async_generation: true`: the next batch is sampled while the learner
+trains on this one, one step off-policy, importance-corrected), `r1train_no_tails` (every sample
+computes its prompt's partial last KV block, as vLLM does by itself: `r1train/engines/prompt_tails.py`
+off) and `r1train_lean` (the memory-saving settings: bf16 AdamW moments, `cpu_low_memory`, gradient
+checkpointing), then `trl`, and `vllm_alone`: no training at all, a
 stand-alone `vllm.LLM` (vLLM's own defaults, bf16) sampling the very prompts r1train's sampler draws
 each step (same seed, template, group size, length, stop strings, temperature), the yardstick for
 r1train's in-step generation speed. The parent process runs each side in its own child process
@@ -53,6 +56,14 @@ from bench_common import gib, median, run_measured  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "data" / "arithmetic" / "train.jsonl"
 PHASES = ("generate", "score", "reference", "learn", "wake", "sync")
+# r1train sides other than `r1train`: recipe sections each one changes, on top of the workload's.
+R1TRAIN_VARIANTS = {
+    "r1train_async": {"rollout": {"async_generation": True}},
+    "r1train_no_tails": {"rollout": {"vllm_share_prompt_tails": False}},
+    "r1train_lean": {"training": {"optimizer_state_dtype": "bfloat16", "cpu_low_memory": True},
+                     "model": {"gradient_checkpointing": True}},
+}
+SIDES = ("vllm_alone", "r1train", *R1TRAIN_VARIANTS, "trl")
 LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "sum_over_max_len": "dr_grpo"}
 
 
@@ -79,7 +90,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="measured steps")
     p.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (default: off on both)")
     p.add_argument("--sides", default="vllm_alone,r1train,r1train_async,trl",
-                   help="comma-separated: vllm_alone, r1train, r1train_async, trl")
+                   help=f"comma-separated: {', '.join(SIDES)}")
     p.add_argument("--r1train-backend", choices=("vllm", "hf"), default="vllm")
     p.add_argument("--trl-generation", choices=("hf", "vllm"), default="hf",
                    help="TRL's generation: transformers generate, or colocated vLLM (use_vllm=True; with "
@@ -98,7 +109,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_vs_trl"))
     p.add_argument("--print-saved", action="store_true",
                    help="run nothing: print the table again from the results a previous run left in --work-dir")
-    p.add_argument("--side", choices=("vllm_alone", "r1train", "r1train_async", "trl"), help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     return p.parse_args()
@@ -170,13 +181,13 @@ def load_model_name(workload: dict) -> str:
 # r1train side
 
 
-def run_r1train(workload: dict, async_generation: bool = False) -> dict:
+def run_r1train(workload: dict, side: str = "r1train") -> dict:
     from r1train.config import recipe_from_dict
     from r1train.grpo import GRPOTrainer
     from r1train.tracking import read_metrics
 
     raw = json.loads(json.dumps(workload["recipe"]))  # deep copy
-    out_dir = Path(workload["work_dir"]) / ("r1train_async" if async_generation else "r1train")
+    out_dir = Path(workload["work_dir"]) / side
     shutil.rmtree(out_dir, ignore_errors=True)  # a leftover run would be resumed, not restarted
     raw.update(run_name="run", output_dir=str(out_dir))
     raw.setdefault("model", {})["gradient_checkpointing"] = workload["gradient_checkpointing"]
@@ -184,7 +195,6 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
     raw.setdefault("rollout", {}).update(
         backend=workload["r1train_backend"], group_size=workload["group_size"],
         prompts_per_step=workload["prompts"], max_new_tokens=workload["max_new_tokens"], stop=workload["stop"],
-        async_generation=async_generation,
     )
     steps = workload["warmup"] + workload["steps"]
     raw.setdefault("training", {}).update(steps=steps, learning_rate=workload["learning_rate"], checkpoint_every=steps)
@@ -195,6 +205,8 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
     raw["training"]["optimizer_state_dtype"] = workload.get("optimizer_state_dtype", "float32")
     if workload.get("compile", "recipe") != "recipe":
         raw["training"]["compile"] = workload["compile"] == "on"
+    for section, values in R1TRAIN_VARIANTS.get(side, {}).items():
+        raw.setdefault(section, {}).update(values)
     raw["evaluation"] = {"at_start": False, "at_end": False, "every": 0}
     raw["logging"] = {"tensorboard": False, "progress": False}
     recipe = recipe_from_dict(raw)
@@ -212,7 +224,8 @@ def run_r1train(workload: dict, async_generation: bool = False) -> dict:
         entry.update({p: r.get(f"time/{p}") for p in (*PHASES, "rollout_wait")})
         steps_out.append(entry)
     return {
-        "settings": {"backend": workload["r1train_backend"], "async_generation": async_generation,
+        "settings": {"backend": workload["r1train_backend"], "async_generation": recipe.rollout.async_generation,
+                     "share_prompt_tails": recipe.rollout.vllm_share_prompt_tails,
                      "bf16_autocast": trainer.learner.use_bf16,
                      "micro_batch_tokens": trainer.learner.micro_batch_tokens,
                      "cpu_low_memory": recipe.training.cpu_low_memory,
@@ -519,19 +532,20 @@ def print_table(results: dict, workload: dict) -> None:
           f"{workload['prompt_source']}; stop strings: {workload['stop'] or 'none'}; rewards: {rewards}")
     for side in sides:
         print(f"{side}: {results[side]['settings']}")
-    # Ratios: each r1train side against TRL, async against synchronous r1train, and r1train's
+    # Ratios: each r1train side against TRL, each variant against plain r1train, and r1train's
     # in-step generation against stand-alone vLLM (read the generated tokens/s row).
     trainers = [s for s in sides if s.startswith("r1train")]
     pairs = [(s, "trl") for s in trainers if "trl" in sides]
-    if {"r1train", "r1train_async"} <= set(sides):
-        pairs.append(("r1train_async", "r1train"))
+    if "r1train" in sides:
+        pairs += [(s, "r1train") for s in trainers if s in R1TRAIN_VARIANTS]
     pairs += [(s, "vllm_alone") for s in trainers if "vllm_alone" in sides]
     names = [f"{a}/{b}" for a, b in pairs]
-    header = f"{'':32}" + "".join(f"{s:>14}" for s in sides) + "".join(f"{n:>{len(n) + 2}}" for n in names)
+    width = max(14, *(len(s) + 2 for s in sides))
+    header = f"{'':32}" + "".join(f"{s:>{width}}" for s in sides) + "".join(f"{n:>{len(n) + 2}}" for n in names)
     print(header)
     for label, key in rows:
         values = {s: results[s]["summary"].get(key) for s in sides}
-        line = f"{label:32}" + "".join(f"{_fmt(values[s]):>14}" for s in sides)
+        line = f"{label:32}" + "".join(f"{_fmt(values[s]):>{width}}" for s in sides)
         for (a, b), name in zip(pairs, names):
             ratio = values[a] / values[b] if values[a] is not None and values[b] else None
             line += f"{'-' if ratio is None else f'{ratio:.2f}x':>{len(name) + 2}}"
@@ -551,7 +565,7 @@ def main() -> None:
         elif args.side == "vllm_alone":
             result = run_vllm_alone(workload)
         else:
-            result = run_r1train(workload, async_generation=args.side == "r1train_async")
+            result = run_r1train(workload, args.side)
         Path(args.result).write_text(json.dumps(result, indent=1))
         return
 
