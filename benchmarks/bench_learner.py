@@ -10,7 +10,9 @@ work (`r1train/packing.py`), logits only at completion positions in checkpointed
 autocast where the CPU or GPU has native bf16 (see `bf16_autocast_supported`). The side
 `learner_unpacked` is the learner with `share_prompts=False`, one row per sample;
 `learner_compiled` is the learner with its decoder layers compiled (`training.compile`,
-`r1train/compiled_layers.py`; its warm-up pass includes the compile).
+`r1train/compiled_layers.py`; its warm-up pass includes the compile); `learner_keeping_mlp` is the
+learner with `recompute_mlp_products=False`, its MLPs keeping all four intermediate tensors for
+the backward pass (`r1train/mlp_recompute.py`): the time that recomputing two of them costs.
 
     .venv/bin/python benchmarks/bench_learner.py            # real default model when installed
     .venv/bin/python benchmarks/bench_learner.py --model config --repeats 1
@@ -61,7 +63,8 @@ from r1train.policy_loss import LossSettings
 
 # Each side the bench can run, with the label its result line gets.
 SIDE_LABELS = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
-               "learner_unpacked": "r1train, one row per sample", "learner_compiled": "r1train, compiled layers"}
+               "learner_unpacked": "r1train, one row per sample", "learner_compiled": "r1train, compiled layers",
+               "learner_keeping_mlp": "r1train, MLPs keeping everything"}
 
 
 def load_model(name: str):
@@ -173,7 +176,7 @@ def step_flops(model, batch: TrainBatch, side: str) -> float:
     config = model.config
     head = config.hidden_size * config.vocab_size
     body = sum(p.numel() for p in model.parameters()) - head  # embedding lookup is no matmul
-    if side in ("learner", "learner_compiled"):
+    if side in ("learner", "learner_compiled", "learner_keeping_mlp"):
         prompts = {id(p): len(p) for p in batch.prompt_ids}  # a group's completions share one prompt list
         body_tokens = sum(prompts.values()) + sum(len(c) for c in batch.completion_ids)
         head_tokens = sum(len(c) for c in batch.completion_ids)
@@ -237,9 +240,11 @@ def main() -> None:
     tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
     completion_tokens = sum(len(c) for c in batch.completion_ids)
 
-    def learner_for(share_prompts: bool, compile_layers: bool = False) -> PolicyLearner:
+    def learner_for(side: str) -> PolicyLearner:
         learner = PolicyLearner(copy.deepcopy(model), lr=1e-6, micro_batch_tokens=args.micro_batch_tokens,
-                                bf16=args.bf16 != "off", share_prompts=share_prompts, compile_layers=compile_layers)
+                                bf16=args.bf16 != "off", share_prompts=side != "learner_unpacked",
+                                compile_layers=side == "learner_compiled",
+                                recompute_mlp_products=side != "learner_keeping_mlp")
         if args.bf16 == "on":
             learner.use_bf16 = True
         return learner
@@ -256,7 +261,7 @@ def main() -> None:
             runs[side] = functools.partial(baseline_step, baseline_model, baseline_optimizer, batch,
                                            args.baseline_micro_batch)
         else:
-            learner = learner_for(side != "learner_unpacked", compile_layers=side == "learner_compiled")
+            learner = learner_for(side)
             runs[side] = functools.partial(learner.train_on_batch, batch, settings)
 
     print(f"model: {description}")
@@ -309,6 +314,8 @@ def main() -> None:
         print(f"compiled layers: {rates['learner_compiled'] / rates['learner']:.2f}x")
     if "learner" in rates and "learner_unpacked" in rates:
         print(f"shared-prompt packing: {rates['learner'] / rates['learner_unpacked']:.2f}x")
+    if "learner" in rates and "learner_keeping_mlp" in rates:
+        print(f"MLP products recomputed: {rates['learner'] / rates['learner_keeping_mlp']:.2f}x the speed of keeping them")
 
 
 def _range(text: str) -> tuple[int, int]:

@@ -273,6 +273,10 @@ class TrainingConfig:
     # kernels for the casts, norms and activations between the matmuls; the first step pays the
     # compile. Needs rollout.backend: vllm (the hf backend generates with the learner's own model).
     compile: bool = False
+    # GRPO and SFT learners: the gated MLPs keep two of their four intermediate tensors for the
+    # backward pass and compute the other two again (r1train/mlp_recompute.py): less activation
+    # memory, the same gradients; not with gradient checkpointing, compile or fsdp (left alone).
+    recompute_mlp_products: bool = True
 
     def validate(self, at: str) -> None:
         one_of(self.lr_schedule, LR_SCHEDULES, f"{at}.lr_schedule")

@@ -13,7 +13,8 @@ Speed on CPU comes from not doing work: no logits for prompt positions and never
 completions where that saves work (`r1train/packing.py`), little padding (length-sorted micro-batches),
 no forward pass at all for samples whose loss is identically zero (advantage 0 without KL or
 entropy terms; they still count in the normalisers), and bf16 autocast where the hardware has
-native bf16 (AMX or AVX512-BF16 on CPU; most GPUs). Master weights stay fp32.
+native bf16 (AMX or AVX512-BF16 on CPU; most GPUs). Master weights stay fp32. Memory: the gated
+MLPs keep two of their four intermediate tensors for the backward pass (`r1train/mlp_recompute.py`).
 
 Data parallelism: given an `accelerate.Accelerator` from a multi-process launch, each process
 holds its own share of the batch; the model and optimiser go through `accelerator.prepare` (DDP
@@ -46,6 +47,7 @@ from r1train.distributed import all_reduce_max, all_reduce_sum
 from r1train.hardware import bf16_autocast_supported, micro_batch_token_budget
 from r1train.learner_metrics import MetricTotals
 from r1train.logprobs import compute_token_logprobs
+from r1train import mlp_recompute
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
 from r1train.policy_loss import LossSettings, compute_policy_loss
@@ -114,6 +116,7 @@ class PolicyLearner:
         share_prompts: bool = True,
         optimizer_state_dtype: str = "float32",
         compile_layers: bool = False,
+        recompute_mlp_products: bool = True,
     ):
         """Wrap `model` (an HF causal LM, fp32) for training.
 
@@ -128,7 +131,9 @@ class PolicyLearner:
         prompt computed once, where the model's attention takes the custom mask this needs and
         where it saves work (`r1train/packing.py`). `optimizer_state_dtype`: see `Optimiser`.
         `compile_layers` compiles the decoder layers with torch.compile (`r1train/compiled_layers.py`;
-        not with FSDP, whose sharded layers it leaves eager).
+        not with FSDP, whose sharded layers it leaves eager). `recompute_mlp_products` makes the
+        gated MLPs keep fewer activations for the same gradients (`r1train/mlp_recompute.py`; not
+        with FSDP or compiled layers).
         """
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -164,6 +169,9 @@ class PolicyLearner:
         self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
         self.micro_batch_tokens = micro_batch_token_budget(micro_batch_tokens, self.device, self.use_bf16)
         self.compiled = compile_layers and not self.sharded and compile_decoder_layers(model, self.device)
+        # How many of the model's MLPs keep fewer activations (0: none has the form, or it is off).
+        self.recomputed_mlps = (mlp_recompute.recompute_mlp_products(model)
+                                if recompute_mlp_products and not self.sharded and not self.compiled else 0)
         # Per sample of the last batch: its logprobs under the weights the batch was sampled with
         # (None where no forward pass ran). The trainer compares them with the engine's logprobs
         # to verify the last weight sync without an extra forward pass.
@@ -183,6 +191,7 @@ class PolicyLearner:
             lora_target_modules=list(lora.target_modules), temperature=recipe.rollout.temperature,
             pad_token_id=pad_token_id, accelerator=accelerator, fsdp=t.fsdp, share_prompts=t.share_prompts,
             optimizer_state_dtype=t.optimizer_state_dtype, compile_layers=t.compile,
+            recompute_mlp_products=t.recompute_mlp_products,
         )
 
     @property

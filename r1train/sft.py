@@ -47,6 +47,7 @@ from r1train.batching import plan_micro_batches
 from r1train.data import DataError, PromptSampler, holds_no_rows, load_data
 from r1train.evaluation import evaluate_model_dir
 from r1train.hardware import bf16_autocast_supported, compute_device, micro_batch_token_budget
+from r1train.mlp_recompute import recompute_mlp_products
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
 from r1train.prompts import BUILT_IN, encode_prompt
@@ -150,6 +151,8 @@ class SFTTrainer:
         lora = cfg.model.lora
         if lora.enabled:
             model = with_lora(model, lora.r, lora.alpha, lora.dropout, list(lora.target_modules))
+        if cfg.training.recompute_mlp_products:
+            recompute_mlp_products(model)
         self.model = model.to(self.device).train()
         self.use_bf16 = cfg.training.bf16 and bf16_autocast_supported(self.device)
         self.micro_batch_tokens = micro_batch_token_budget(cfg.training.micro_batch_tokens, self.device, self.use_bf16)

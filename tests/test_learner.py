@@ -194,6 +194,28 @@ def test_shared_prompt_packing_changes_no_logprob_or_gradient(options, capture_g
         assert torch.allclose(got, want, atol=1e-6)
 
 
+def test_mlps_that_keep_fewer_activations_take_the_same_steps(capture_gradients):
+    """The gated MLPs' recomputed products (r1train/mlp_recompute.py) leave every gradient and
+    every weight bit for bit as autograd's own, through old logprobs, KL, TIS, entropy and
+    mini-batches."""
+    batch = grouped_batch()
+    settings = LossSettings(beta=0.04, tis_cap=2.0, entropy_coef=0.01, epsilon_high=0.28)
+    runs = {}
+    for recompute in (True, False):
+        learner = PolicyLearner(tiny_model(), lr=1e-2, micro_batch_tokens=64, bf16=False, mini_batches=2,
+                                updates_per_batch=2, recompute_mlp_products=recompute)
+        assert learner.recomputed_mlps == (2 if recompute else 0)
+        metrics = learner.train_on_batch(batch, settings)
+        runs[recompute] = (list(capture_gradients), [p.detach().clone() for p in learner.model.parameters()], metrics)
+        capture_gradients.clear()
+    (grads, weights, metrics), (plain_grads, plain_weights, plain_metrics) = runs[True], runs[False]
+    assert len(grads) == len(plain_grads) == 4
+    for step, plain_step in zip(grads, plain_grads):
+        assert all(torch.equal(got, want) for got, want in zip(step, plain_step))
+    assert all(torch.equal(got, want) for got, want in zip(weights, plain_weights))
+    assert metrics["loss"] == plain_metrics["loss"]
+
+
 def test_a_separate_reference_model_is_packed_for_its_own_attention():
     """The frozen reference may use another attention implementation than the policy: its rows
     get its kind of mask (additive for eager), or none where it cannot take packed rows."""
