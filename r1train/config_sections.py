@@ -275,7 +275,8 @@ class TrainingConfig:
     compile: bool = False
     # GRPO and SFT learners: the gated MLPs keep two of their four intermediate tensors for the
     # backward pass and compute the other two again (r1train/mlp_recompute.py): less activation
-    # memory, the same gradients; not with gradient checkpointing, compile or fsdp (left alone).
+    # memory, the same gradients to float rounding; not with gradient checkpointing, compile or
+    # fsdp (left alone).
     recompute_mlp_products: bool = True
 
     def validate(self, at: str) -> None:
