@@ -132,8 +132,8 @@ class PolicyLearner:
         where it saves work (`r1train/packing.py`). `optimizer_state_dtype`: see `Optimiser`.
         `compile_layers` compiles the decoder layers with torch.compile (`r1train/compiled_layers.py`;
         not with FSDP, whose sharded layers it leaves eager). `recompute_mlp_products` makes the
-        gated MLPs keep fewer activations for the same gradients to float rounding (`r1train/mlp_recompute.py`; not
-        with FSDP or compiled layers).
+        gated MLPs keep fewer activations for the same gradients to float rounding
+        (`r1train/mlp_recompute.py`; not with FSDP or compiled layers).
         """
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
