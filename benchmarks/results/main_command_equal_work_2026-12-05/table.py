@@ -4,6 +4,7 @@ import json, re, statistics as st, sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+GROUP_SIZE = 8  # the recipe's rollout.group_size: completions per prompt drawn
 
 
 def time_v(tag):
@@ -28,7 +29,7 @@ def figures(tag):
         "median step, late steps (s)": st.median(m["time/step"] for m in late),
         "generated tokens/s (median)": st.median(m["throughput/gen_tokens_per_s"] for m in steps),
         "mean completion (tokens)": st.mean(m["completion_len/mean"] for m in steps),
-        "generated tokens (all steps)": sum(m["completion_len/mean"] * m["sampling/prompts_drawn"] * 8 for m in steps),
+        "generated tokens (all steps)": sum(m["completion_len/mean"] * m["sampling/prompts_drawn"] * GROUP_SIZE for m in steps),
         "zero-variance groups (mean)": st.mean(m["groups/zero_variance_frac"] for m in steps),
         "evaluations (s)": ", ".join(f"{m['time/eval']:.1f}" for m in evals),
         "held-out accuracy": ", ".join(f"{m['eval/accuracy']:.3f}" for m in evals),
