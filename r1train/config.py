@@ -119,10 +119,6 @@ class Recipe:
             check(not self.model.lora.enabled, "training.fsdp",
                    "does not combine with model.lora (the adapters are small enough to replicate: leave fsdp "
                    "off and launch data-parallel as usual)")
-        if self.training.compile:
-            check(self.rollout.backend != "hf", "training.compile",
-                   "needs rollout.backend: vllm: the hf backend generates with the learner's own model, whose "
-                   "compiled layers would be compiled again for every decoding shape; set training.compile: false")
         truncated_sampling = self.rollout.top_p < 1.0 or self.rollout.top_k > 0
         if truncated_sampling and self.algorithm.tis_cap is not None:
             # The engines report the log-probs of the full distribution, not of the top-p/top-k one

@@ -271,7 +271,8 @@ class TrainingConfig:
     optimizer_state_dtype: str = "float32"
     # GRPO learner: compile the decoder layers with torch.compile (r1train/compiled_layers.py): fused
     # kernels for the casts, norms and activations between the matmuls; the first step pays the
-    # compile. Needs rollout.backend: vllm (the hf backend generates with the learner's own model).
+    # compile (cached on disk for later runs). With rollout.backend: hf the learner stays eager (that
+    # backend generates with the learner's own model) and says so.
     compile: bool = False
     # GRPO and SFT learners: the gated MLPs keep two of their four intermediate tensors for the
     # backward pass and compute the other two again (r1train/mlp_recompute.py): less activation

@@ -181,6 +181,12 @@ class PolicyLearner:
     def from_recipe(cls, model: torch.nn.Module, recipe, pad_token_id: int = 0, accelerator=None) -> "PolicyLearner":
         """A learner configured by a recipe's training, algorithm, LoRA and rollout sections."""
         t, a, lora = recipe.training, recipe.algorithm, recipe.model.lora
+        # The hf backend generates with the learner's own model, whose compiled layers would be
+        # compiled again for every decoding shape: there the learner stays eager.
+        compile_layers = t.compile and recipe.rollout.backend != "hf"
+        if t.compile and not compile_layers:
+            print("r1train: training.compile: the learner runs eagerly with rollout.backend: hf, which generates "
+                  "with the learner's own model (set training.compile: false to silence this)", flush=True)
         return cls(
             model, lr=t.learning_rate, weight_decay=t.weight_decay, betas=(t.adam_beta1, t.adam_beta2),
             lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps,
@@ -190,7 +196,7 @@ class PolicyLearner:
             use_lora=lora.enabled, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             lora_target_modules=list(lora.target_modules), temperature=recipe.rollout.temperature,
             pad_token_id=pad_token_id, accelerator=accelerator, fsdp=t.fsdp, share_prompts=t.share_prompts,
-            optimizer_state_dtype=t.optimizer_state_dtype, compile_layers=t.compile,
+            optimizer_state_dtype=t.optimizer_state_dtype, compile_layers=compile_layers,
             recompute_mlp_products=t.recompute_mlp_products,
         )
 

@@ -1,9 +1,13 @@
 """The tables of ../main_command_equal_work_2026-12-05.md from the files beside this script:
-python3 table.py before_1 after_1 after_2 before_2    (or s_before_1 s_after_1 s_before_2 s_after_2)"""
+python3 table.py before_1 after_1 after_2 before_2    (or s_before_1 s_after_1 s_before_2 s_after_2)
+or of another folder of such runs (../main_command_equal_work_compiled_2026-12-05/):
+python3 table.py --in ../main_command_equal_work_compiled_2026-12-05 compiled_1 eager_1 before_1 ..."""
 import json, re, statistics as st, sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+if sys.argv[1:2] == ["--in"]:
+    HERE, sys.argv[1:3] = Path(sys.argv[2]), []
 GROUP_SIZE = 8  # the recipe's rollout.group_size: completions per prompt drawn
 
 
@@ -25,6 +29,7 @@ def figures(tag):
         "steps summed (s)": sum(m["time/step"] for m in steps),
         "generation summed (s)": sum(m["time/generate"] for m in steps),
         "learning summed (s)": sum(m["time/learn"] for m in steps),
+        "learning, first step (s)": steps[0]["time/learn"],
         "sync+wake summed (s)": sum(m["time/sync"] + m.get("time/wake", 0) for m in steps),
         "median step, late steps (s)": st.median(m["time/step"] for m in late),
         "generated tokens/s (median)": st.median(m["throughput/gen_tokens_per_s"] for m in steps),

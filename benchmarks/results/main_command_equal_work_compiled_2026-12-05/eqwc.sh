@@ -1,0 +1,15 @@
+#!/bin/bash
+# Equal-work 40-step runs (fixed policy, lr 1e-30; benchmarks/results/main_command_equal_work_2026-12-05.md):
+# main with training.compile on and off, and the code before issue 21 (c5040b4), interleaved.
+set -u
+OUT=/work/notes/runs/eqwc
+run() {  # tree recipe tag
+  cd $1 && /usr/bin/time -v /work/main/.venv/bin/python -m r1train.cli run $2 --fresh --set run_name=eqwc_$3 > $OUT/$3.log 2>&1
+  echo "$3 rc=$? $(date +%T)" >> $OUT/order.txt
+}
+run /work/main /tmp/eqw_recipe40c.yaml compiled_1
+run /work/main /tmp/eqw_recipe40.yaml eager_1
+run /tmp/wt_before /tmp/eqw_recipe40.yaml before_1
+run /work/main /tmp/eqw_recipe40c.yaml compiled_2
+run /work/main /tmp/eqw_recipe40.yaml eager_2
+run /tmp/wt_before /tmp/eqw_recipe40.yaml before_2
