@@ -64,7 +64,8 @@ from r1train.policy_loss import LossSettings
 # Each side the bench can run, with the label its result line gets.
 SIDE_LABELS = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
                "learner_unpacked": "r1train, one row per sample", "learner_compiled": "r1train, compiled layers",
-               "learner_keeping_mlp": "r1train, MLPs keeping everything"}
+               "learner_keeping_mlp": "r1train, MLPs keeping everything",
+               "learner_compiled_checkpointing": "r1train, compiled layers, gradient checkpointing"}
 
 
 def load_model(name: str):
@@ -176,7 +177,8 @@ def step_flops(model, batch: TrainBatch, side: str) -> float:
     config = model.config
     head = config.hidden_size * config.vocab_size
     body = sum(p.numel() for p in model.parameters()) - head  # embedding lookup is no matmul
-    if side in ("learner", "learner_compiled", "learner_keeping_mlp"):
+    # Useful work only: what gradient checkpointing computes again is not counted.
+    if side.startswith("learner") and side != "learner_unpacked":
         prompts = {id(p): len(p) for p in batch.prompt_ids}  # a group's completions share one prompt list
         body_tokens = sum(prompts.values()) + sum(len(c) for c in batch.completion_ids)
         head_tokens = sum(len(c) for c in batch.completion_ids)
@@ -243,7 +245,8 @@ def main() -> None:
     def learner_for(side: str) -> PolicyLearner:
         learner = PolicyLearner(copy.deepcopy(model), lr=1e-6, micro_batch_tokens=args.micro_batch_tokens,
                                 bf16=args.bf16 != "off", share_prompts=side != "learner_unpacked",
-                                compile_layers=side == "learner_compiled",
+                                compile_layers=side.startswith("learner_compiled"),
+                                gradient_checkpointing=side.endswith("_checkpointing"),
                                 recompute_mlp_products=side != "learner_keeping_mlp")
         if args.bf16 == "on":
             learner.use_bf16 = True

@@ -3,12 +3,13 @@
     .venv/bin/python benchmarks/bench_vs_trl.py            # every side, then the comparison table
     .venv/bin/python benchmarks/bench_vs_trl.py --sides trl --trl-generation hf
 
-Sides: `r1train` (synchronous: generate, then learn), three variants of it (`R1TRAIN_VARIANTS`):
+Sides: `r1train` (synchronous: generate, then learn), variants of it (`R1TRAIN_VARIANTS`):
 `r1train_async` (`rollout.async_generation: true`: the next batch is sampled while the learner
 trains on this one, one step off-policy, importance-corrected), `r1train_no_tails` (every sample
 computes its prompt's partial last KV block, as vLLM does by itself: `r1train/engines/prompt_tails.py`
 off) and `r1train_lean` (the memory-saving settings: bf16 AdamW moments, `cpu_low_memory`, gradient
-checkpointing), then `trl`, and `vllm_alone`: no training at all, a
+checkpointing; `r1train_bf16_moments`, `r1train_low_memory` and `r1train_checkpointing` each turn one
+of them on alone), then `trl`, and `vllm_alone`: no training at all, a
 stand-alone `vllm.LLM` (vLLM's own defaults, bf16) sampling the very prompts r1train's sampler draws
 each step (same seed, template, group size, length, stop strings, temperature), the yardstick for
 r1train's in-step generation speed. The parent process runs each side in its own child process
@@ -62,6 +63,10 @@ R1TRAIN_VARIANTS = {
     "r1train_no_tails": {"rollout": {"vllm_share_prompt_tails": False}},
     "r1train_lean": {"training": {"optimizer_state_dtype": "bfloat16", "cpu_low_memory": True},
                      "model": {"gradient_checkpointing": True}},
+    # The lean settings one at a time: what each one saves, and costs, on its own.
+    "r1train_bf16_moments": {"training": {"optimizer_state_dtype": "bfloat16"}},
+    "r1train_low_memory": {"training": {"cpu_low_memory": True}},
+    "r1train_checkpointing": {"model": {"gradient_checkpointing": True}},
 }
 SIDES = ("vllm_alone", "r1train", *R1TRAIN_VARIANTS, "trl")
 LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "sum_over_max_len": "dr_grpo"}
@@ -88,7 +93,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--warmup", type=int, default=2, help="steps run before the measured ones")
     p.add_argument("--steps", type=int, default=3, help="measured steps")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (default: off on both)")
+    p.add_argument("--gradient-checkpointing", choices=("recipe", "on", "off"), default="recipe",
+                   help="on or off on both sides; recipe (default): r1train as the recipe says, TRL off (its "
+                        "fastest here)")
     p.add_argument("--sides", default="vllm_alone,r1train,r1train_async,trl",
                    help=f"comma-separated: {', '.join(SIDES)}")
     p.add_argument("--r1train-backend", choices=("vllm", "hf"), default="vllm")
@@ -190,7 +197,8 @@ def run_r1train(workload: dict, side: str = "r1train") -> dict:
     out_dir = Path(workload["work_dir"]) / side
     shutil.rmtree(out_dir, ignore_errors=True)  # a leftover run would be resumed, not restarted
     raw.update(run_name="run", output_dir=str(out_dir))
-    raw.setdefault("model", {})["gradient_checkpointing"] = workload["gradient_checkpointing"]
+    if workload["gradient_checkpointing"] != "recipe":
+        raw.setdefault("model", {})["gradient_checkpointing"] = workload["gradient_checkpointing"] == "on"
     raw["data"] = {**raw.get("data", {}), "train": workload["prompts_path"], "eval": None}
     raw.setdefault("rollout", {}).update(
         backend=workload["r1train_backend"], group_size=workload["group_size"],
@@ -432,7 +440,7 @@ def run_trl(workload: dict) -> dict:
             torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on a machine without a GPU otherwise
         model_init_kwargs={"dtype": torch.float32},
-        gradient_checkpointing=workload["gradient_checkpointing"],
+        gradient_checkpointing=workload["gradient_checkpointing"] == "on",
         beta=algo.get("beta", 0.0),
         epsilon=algo.get("epsilon_low", 0.2),
         epsilon_high=algo.get("epsilon_high", 0.2),
