@@ -47,11 +47,15 @@ def test_the_fused_kernel_is_asked_for_only_where_it_applies():
     assert make_adamw(on_meta, **SETTINGS).defaults["fused"] is None
 
 
-def test_fp32_state_reproduces_torch_adamw_exactly(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_kernel", "single_tensor"])
+def test_fp32_state_reproduces_torch_adamw_exactly(monkeypatch, fused):
     monkeypatch.setattr(adamw_state, "CHUNK_ELEMENTS", 64)  # the (37, 11) and (300,) tensors go in slices
     ours, reference = parameters(), parameters()
-    run(ours, AdamWLowPrecisionState(ours, state_dtype=torch.float32, **SETTINGS), steps=7)
-    run(reference, torch.optim.AdamW(reference, **SETTINGS), steps=7)
+    optimizer = AdamWLowPrecisionState(ours, state_dtype=torch.float32, **SETTINGS)
+    assert optimizer.fused  # plain CPU tensors: the kernel applies
+    optimizer.fused = fused  # elsewhere (sharded tensors) the single-tensor arithmetic runs
+    run(ours, optimizer, steps=7)
+    run(reference, torch.optim.AdamW(reference, **SETTINGS, fused=fused or None, foreach=False), steps=7)
     for p, q in zip(ours, reference):
         assert torch.equal(p, q)
 
