@@ -57,16 +57,21 @@ from bench_common import gib, median, run_measured  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "data" / "arithmetic" / "train.jsonl"
 PHASES = ("generate", "score", "reference", "learn", "wake", "sync")
+# The memory-saving settings, each a side of its own (what it saves, and costs, alone) and all
+# together the `r1train_lean` side.
+LEAN_SETTINGS = {
+    "r1train_bf16_moments": {"training": {"optimizer_state_dtype": "bfloat16"}},
+    "r1train_low_memory": {"training": {"cpu_low_memory": True}},
+    "r1train_checkpointing": {"model": {"gradient_checkpointing": True}},
+}
 # r1train sides other than `r1train`: recipe sections each one changes, on top of the workload's.
 R1TRAIN_VARIANTS = {
     "r1train_async": {"rollout": {"async_generation": True}},
     "r1train_no_tails": {"rollout": {"vllm_share_prompt_tails": False}},
-    "r1train_lean": {"training": {"optimizer_state_dtype": "bfloat16", "cpu_low_memory": True},
-                     "model": {"gradient_checkpointing": True}},
-    # The lean settings one at a time: what each one saves, and costs, on its own.
-    "r1train_bf16_moments": {"training": {"optimizer_state_dtype": "bfloat16"}},
-    "r1train_low_memory": {"training": {"cpu_low_memory": True}},
-    "r1train_checkpointing": {"model": {"gradient_checkpointing": True}},
+    "r1train_lean": {section: {key: value for variant in LEAN_SETTINGS.values()
+                               for key, value in variant.get(section, {}).items()}
+                     for section in ("training", "model")},
+    **LEAN_SETTINGS,
 }
 SIDES = ("vllm_alone", "r1train", *R1TRAIN_VARIANTS, "trl")
 LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "sum_over_max_len": "dr_grpo"}
