@@ -291,3 +291,17 @@ def test_a_regrown_kv_storage_holds_zeros_not_what_the_heap_held():
     del poisoned
     regrow_zeroed(storage, nbytes)
     assert torch.count_nonzero(torch.tensor([], dtype=torch.float32).set_(storage)) == 0
+
+
+@pytest.mark.parametrize(("checkpointing", "low_memory", "trims"),
+                         [(False, False, False), (True, False, True), (False, True, True), (True, True, True)])
+def test_the_heap_is_trimmed_on_wake_where_the_learner_keeps_its_peak_low(checkpointing, low_memory, trims):
+    """With gradient checkpointing (the main recipe) the learner's peak is below the engine's
+    regrowth on top of the heap the learner left, so the wake-up trims; otherwise only
+    `training.cpu_low_memory` asks for it."""
+    from r1train.config import recipe_from_dict
+    from r1train.engines.vllm_engine import trims_heap_on_wake
+
+    recipe = recipe_from_dict({"model": {"gradient_checkpointing": checkpointing},
+                               "data": {"train": "data/arithmetic/train.jsonl"}, "training": {"cpu_low_memory": low_memory}})
+    assert trims_heap_on_wake(recipe) is trims
