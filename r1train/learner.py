@@ -49,7 +49,8 @@ from r1train.learner_metrics import MetricTotals
 from r1train.logprobs import compute_token_logprobs
 from r1train import mlp_recompute
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
-from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
+from r1train.packing import (ROW_LENGTH_MULTIPLE, ScoringBatch, pack, pack_length, packing_supported,
+                             padded_row_length, plan_packs)
 from r1train.policy_loss import LossSettings, compute_policy_loss
 
 @dataclass
@@ -229,13 +230,15 @@ class PolicyLearner:
         packs = plan_packs([prompt_ids[i] for i in indices], [completion_ids[i] for i in indices],
                            self.micro_batch_tokens, hidden_size)
         packs = [[indices[j] for j in members] for members in packs]
-        lengths = [pack_length(members, prompt_ids, completion_ids) for members in packs]
+        lengths = [padded_row_length(pack_length(members, prompt_ids, completion_ids), ROW_LENGTH_MULTIPLE)
+                   for members in packs]
         return [[packs[j] for j in group] for group in plan_micro_batches(lengths, self.micro_batch_tokens)]
 
     def _logprobs(self, prompt_ids, completion_ids, packs, with_entropy, model=None):
         """Logprobs (and entropies) of the samples in `packs`, rows in their flattened order."""
         attention = (self.model if model is None else model).config._attn_implementation
-        batch = pack(prompt_ids, completion_ids, packs, self.pad_token_id, self.device, attention)
+        batch = pack(prompt_ids, completion_ids, packs, self.pad_token_id, self.device, attention,
+                     width_multiple=ROW_LENGTH_MULTIPLE)
         with self._autocast():
             return (self.policy if model is None else _TokenLogprobs(model))(
                 batch, chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,

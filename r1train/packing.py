@@ -29,6 +29,10 @@ from dataclasses import dataclass
 import torch
 
 MASKED_ATTENTION = ("sdpa", "eager")  # transformers attention implementations given a 4-D mask
+# The learner pads its rows to a multiple of this many tokens: the CPU attention kernel keeps state
+# for every row length it meets, for the life of the process (r1train/cpu_caches.py), and rounded
+# lengths bound how many a run meets, for at most 31 padding tokens per row.
+ROW_LENGTH_MULTIPLE = 32
 
 
 @dataclass
@@ -119,9 +123,15 @@ def pack_length(pack: list[int], prompt_ids: list[list[int]], completion_ids: li
     return len(prompt_ids[pack[0]]) + sum(len(completion_ids[i]) for i in pack)
 
 
+def padded_row_length(length: int, multiple: int) -> int:
+    """`length` rounded up to a multiple of `multiple`: the width of a row that long."""
+    return -(-length // multiple) * multiple
+
+
 def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: list[list[int]],
-         pad_token_id: int, device: torch.device, attention: str = "sdpa") -> ScoringBatch:
-    """One right-padded row per pack; sample n of the result is the n-th index of `packs`, flattened.
+         pad_token_id: int, device: torch.device, attention: str = "sdpa", width_multiple: int = 1) -> ScoringBatch:
+    """One row per pack, right-padded to the longest row rounded up to a multiple of
+    `width_multiple`; sample n of the result is the n-th index of `packs`, flattened.
 
     With a single sample per pack, the rows are plain (2-D padding mask, default positions). With
     any shared row, every row gets a [R, 1, L, L] mask saying which key each query may attend:
@@ -129,7 +139,8 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: li
     to themselves only, so no row of the mask is empty (an empty one makes the softmax NaN, and the
     NaN would reach the gradients).
     """
-    width = max(pack_length(members, prompt_ids, completion_ids) for members in packs)
+    width = padded_row_length(max(pack_length(members, prompt_ids, completion_ids) for members in packs),
+                              width_multiple)
     rows = len(packs)
     input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
     segment = torch.full((rows, width), -1, dtype=torch.long)  # -1 pad, 0 prompt, j completion j

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
+from r1train.packing import ROW_LENGTH_MULTIPLE, padded_row_length
 from r1train.data import DataError, PromptSampler, holds_no_rows, load_data
 from r1train.evaluation import evaluate_model_dir
 from r1train.hardware import bf16_autocast_supported, compute_device, micro_batch_token_budget
@@ -99,12 +100,14 @@ def build_micro_batches(examples: list[SFTExample], micro_batch_tokens: int, max
                         pad_token_id: int) -> list[MicroBatch]:
     """Lay a step's examples out as rows (packed or one each) and group the rows by token budget."""
     rows = pack_examples(examples, max_seq_len) if packing else [[example] for example in examples]
-    groups = plan_micro_batches([sum(map(len, row)) for row in rows], micro_batch_tokens)
+    groups = plan_micro_batches([padded_row_length(sum(map(len, row)), ROW_LENGTH_MULTIPLE) for row in rows],
+                                micro_batch_tokens)
     return [_to_tensors([rows[i] for i in group], pad_token_id) for group in groups]
 
 
 def _to_tensors(rows: list[list[SFTExample]], pad_token_id: int) -> MicroBatch:
-    width = max(sum(map(len, row)) for row in rows)
+    # Rounded up, as the GRPO learner's rows are: CPU kernels keep state for each length they meet.
+    width = padded_row_length(max(sum(map(len, row)) for row in rows), ROW_LENGTH_MULTIPLE)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     position_ids = torch.arange(width).repeat(len(rows), 1)
     loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)

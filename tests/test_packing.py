@@ -78,6 +78,19 @@ def test_packed_row_layout():
     assert allowed[4] == [1, 1, 1, 1, 1, 0]
 
 
+def test_rows_are_padded_to_the_width_multiple_and_score_the_same_tokens():
+    prompt_ids, completion_ids = [[1, 2, 3], [1, 2, 3], [4]], [[7, 8], [9], [5, 6]]
+    for packs in ([[0, 1], [2]], [[0], [1], [2]]):  # shared rows (4-D mask) and plain ones (2-D)
+        exact = pack(prompt_ids, completion_ids, packs, 0, torch.device("cpu"))
+        rounded = pack(prompt_ids, completion_ids, packs, 0, torch.device("cpu"), width_multiple=4)
+        assert exact.input_ids.shape[1] in (5, 6) and rounded.input_ids.shape[1] == 8
+        assert rounded.input_ids[:, : exact.input_ids.shape[1]].tolist() == exact.input_ids.tolist()
+        assert (rounded.input_ids[:, exact.input_ids.shape[1]:] == 0).all()
+        rows, columns = exact.source // exact.input_ids.shape[1], exact.source % exact.input_ids.shape[1]
+        assert rounded.source.tolist() == (rows * rounded.input_ids.shape[1] + columns).tolist()
+        assert rounded.target.tolist() == exact.target.tolist()
+
+
 def test_an_empty_completion_scores_nothing():
     batch = pack([[1, 2], [1, 2]], [[], [9]], [[0, 1]], pad_token_id=0, device=torch.device("cpu"))
     assert batch.source.tolist() == [1] and batch.target.tolist() == [9] and batch.sample.tolist() == [1]
@@ -101,9 +114,11 @@ def test_only_attention_that_takes_a_custom_mask_packs():
 
 
 # ----------------------------------------------------------------------------- equal to plain rows
+@pytest.mark.parametrize("width_multiple", [1, 32])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_logprobs_and_gradients_equal_plain_rows(attention):
-    """Whole groups and a split group (uneven row lengths, so padded rows in a packed batch).
+def test_packed_logprobs_and_gradients_equal_plain_rows(attention, width_multiple):
+    """Whole groups and a split group (uneven row lengths, so padded rows in a packed batch); with
+    the rows' width rounded up (the learner's, for bounded kernel caches) all rows end in padding.
 
     Llama's RMSNorm computes in fp32 even in a float64 model, and sharing the prompt changes the
     order in which its gradient contributions are summed, so agreement is to fp32 rounding."""
@@ -112,7 +127,8 @@ def test_packed_logprobs_and_gradients_equal_plain_rows(attention):
     packs = [[0, 1, 2, 3], [4, 5], [6], [7], [8, 9, 10, 11]]
     order = [i for members in packs for i in members]
     plain = ScoringBatch.from_padded(*collate(prompt_ids, completion_ids, 0, torch.device("cpu")))
-    packed = pack(prompt_ids, completion_ids, packs, 0, torch.device("cpu"), attention)
+    packed = pack(prompt_ids, completion_ids, packs, 0, torch.device("cpu"), attention, width_multiple)
+    assert packed.input_ids.shape[1] % width_multiple == 0
     weights = torch.randn(12, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
     want_lp, want_ent, want_grads = scored(model, plain, weights)
