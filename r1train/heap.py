@@ -10,9 +10,10 @@ Two settings help, both no-ops where the C library is not glibc:
   It trades time for memory: every fresh mapping is paid in page faults (the README's Performance
   section has the measured peak memory and time). Off by default.
 - `return_free_memory` (malloc_trim): hands the heap's free pages back between phases; the vLLM
-  engine calls it when it sleeps, always, as it costs one trim per step, and with
-  `training.cpu_low_memory` also when it wakes up (the pages it gives back there are faulted in
-  again by the regrown KV cache and weights).
+  engine calls it when it sleeps, always, as it costs one trim per step, and also when it wakes
+  up with `training.cpu_low_memory` or `model.gradient_checkpointing`, where the learner's own
+  peak is low enough that the regrown KV cache and weights on top of what the learner freed
+  would set the run's peak (the pages it gives back there are faulted in again).
 """
 from __future__ import annotations
 
