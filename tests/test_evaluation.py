@@ -132,11 +132,17 @@ def test_eval_shows_progress_with_rate_and_time_left_and_keeps_completions_group
     assert all(len(e["completions"]) == 3 for e in examples)
 
 
-def test_chunked_generation_numbers_prompts_as_one_call_would(tiny_model_dir):
+def test_chunked_generation_numbers_prompts_as_one_call_would(tiny_model_dir, monkeypatch):
+    """Four chunks of two prompts (three completions each), the heap trimmed after each."""
+    from r1train import evaluation
     from r1train.engines.base import SamplingSettings
     from r1train.engines.hf import HFEngine
     from r1train.evaluation import _generate_in_chunks
     from r1train.models import load_model, load_tokenizer
+
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_COMPLETIONS", 6)
+    trims = []
+    monkeypatch.setattr(evaluation, "return_free_memory", lambda: trims.append(len(trims)))
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     engine = HFEngine(load_model(str(tiny_model_dir)).eval(), tokenizer)
@@ -155,3 +161,4 @@ def test_chunked_generation_numbers_prompts_as_one_call_would(tiny_model_dir):
     assert [c.prompt_index for c in sampled] == [i for i in range(7) for _ in range(2)]
     assert [c.prompt_index for c in greedy] == list(range(7))
     assert all(c.prompt_token_ids == prompts[c.prompt_index] for c in sampled + greedy)
+    assert len(trims) == 4
