@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import torch
 
 MASKED_ATTENTION = ("sdpa", "eager")  # transformers attention implementations given a 4-D mask
-# The learner pads its rows to a multiple of this many tokens: the CPU attention kernel keeps state
-# for every row length it meets, for the life of the process (r1train/cpu_caches.py), and rounded
-# lengths bound how many a run meets, for at most 31 padding tokens per row.
+# The GRPO learner and the SFT stage pad their rows to a multiple of this many tokens: the CPU
+# attention kernel keeps state for every row length it meets, for the life of the process
+# (r1train/cpu_caches.py), and rounded lengths bound how many a run meets, for at most 31 padding
+# tokens per row.
 ROW_LENGTH_MULTIPLE = 32
 
 
