@@ -13,7 +13,8 @@ Two settings help, both no-ops where the C library is not glibc:
   engine calls it when it sleeps, always, as it costs one trim per step, and also when it wakes
   up with `training.cpu_low_memory` or `model.gradient_checkpointing`, where the learner's own
   peak is low enough that the regrown KV cache and weights on top of what the learner freed
-  would set the run's peak (the pages it gives back there are faulted in again).
+  would set the run's peak (the pages it gives back there are faulted in again); and evaluation
+  calls it after each chunk of its generation, which no sleep follows (r1train/evaluation.py).
 """
 from __future__ import annotations
 

@@ -136,7 +136,7 @@ class VLLMEngine:
             and weights on top of it become the run's peak; the pages given back are paid for in
             page faults at every wake-up. The trainer sets it with `training.cpu_low_memory` and
             with `model.gradient_checkpointing`: on the bench_vs_trl workload with checkpointing,
-            the run's peak went from 3.76 to 3.49 GiB for about 0.08 s more per wake-up (AMX
+            the run's peak went from 3.76 to 3.49-3.66 GiB for about 0.08 s more per wake-up (AMX
             machine, benchmarks/results/trim_on_wake_amx_2026-12-05.txt).
     """
 
