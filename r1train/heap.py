@@ -15,13 +15,18 @@ Two settings help, both no-ops where the C library is not glibc:
   peak is low enough that the regrown KV cache and weights on top of what the learner freed
   would set the run's peak (the pages it gives back there are faulted in again); and evaluation
   calls it after each chunk of its generation, which no sleep follows (r1train/evaluation.py).
+- `release_pages` (madvise MADV_DONTNEED): zeroes memory without making it resident. The CPU
+  engine's KV cache comes back zeroed after every sleep; written with zeros, all of it (0.5 GiB in
+  the main recipe) would be resident though a step's sequences fill only part of it.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import mmap
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
+_MADV_DONTNEED = 4  # from Linux's mman-common.h
 LARGE_ALLOCATION_BYTES = 4 * 1024 * 1024
 
 
@@ -29,7 +34,8 @@ LARGE_ALLOCATION_BYTES = 4 * 1024 * 1024
 def _glibc():
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim, libc.mallopt  # noqa: B018 (both must exist)
+        libc.malloc_trim, libc.mallopt, libc.madvise  # noqa: B018 (all must exist)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         return libc
     except (OSError, AttributeError):
         return None
@@ -46,3 +52,42 @@ def return_free_memory() -> None:
     libc = _glibc()
     if libc:
         libc.malloc_trim(0)
+
+
+def release_pages(address: int, nbytes: int) -> tuple[int, int]:
+    """Hand the whole pages inside [address, address + nbytes) back to the OS, where they are
+    private anonymous memory (what torch's CPU allocator gets from malloc): they stop counting as
+    resident and read as zeros until written. Returns the released range as (start, end)
+    addresses, (address, address) where nothing was released (no glibc, no whole page, or memory
+    that is not private anonymous: a file's pages would read as the file again, not as zeros).
+    The bytes outside the range are left as they were."""
+    start = -(-address // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (address + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    libc = _glibc()
+    if libc is None or end <= start or not _private_anonymous(start, end):
+        return address, address
+    if libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
+        return address, address
+    return start, end
+
+
+def _private_anonymous(start: int, end: int) -> bool:
+    """Whether the mappings that cover [start, end) leave no gap and are all private and anonymous
+    (no file behind them; the brk heap counts as anonymous)."""
+    covered = start
+    try:
+        lines = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        low, high = (int(bound, 16) for bound in fields[0].split("-"))
+        if high <= covered or low > covered:
+            continue
+        name = fields[5].strip() if len(fields) > 5 else ""
+        if fields[1][3] != "p" or name not in ("", "[heap]"):
+            return False
+        covered = high
+        if covered >= end:
+            return True
+    return False

@@ -49,7 +49,7 @@ from r1train.engines import cpu_kernels
 from r1train.engines.base import Completion, SamplingSettings
 from r1train.engines.direct_sync import WEIGHTS_RELEASED, DirectWeightSync, learner_tensors
 from r1train.engines.weights import checkpoint_weights
-from r1train.heap import return_free_memory
+from r1train.heap import release_pages, return_free_memory
 from r1train.hardware import bf16_autocast_supported
 
 _GIB = 1024**3
@@ -91,9 +91,14 @@ def import_vllm():
 def regrow_zeroed(storage: torch.UntypedStorage, nbytes: int) -> None:
     """Give a shrunk KV cache storage its `nbytes` back, all zero. The C heap may serve them from
     memory the learner just freed, and vLLM's CPU attention turns non-finite leftovers in unwritten
-    cache slots into NaN outputs."""
+    cache slots into NaN outputs. The zeros come from the OS where it can give them
+    (`release_pages`): only the blocks a step writes become resident, not the whole cache."""
     storage.resize_(nbytes)
-    storage.fill_(0)
+    address = storage.data_ptr()
+    start, end = release_pages(address, nbytes)
+    flat = torch.empty(0, dtype=torch.uint8).set_(storage)
+    flat[: start - address].zero_()
+    flat[end - address:].zero_()
 
 
 def trims_heap_on_wake(recipe) -> bool:
