@@ -28,7 +28,9 @@ def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     """Logprobs [K] of `targets` [K] under softmax(hidden @ weight.T / temperature) for hidden
     states [K, H], and entropies [K] (None without `with_entropy`); float32, or float64 for float64
     inputs. At most `chunk_size` rows of logits exist at once, in buffers reused chunk after chunk
-    (a fresh [C, V] tensor per operation costs more in page faults than the operation itself)."""
+    (a fresh [C, V] tensor per operation costs more in page faults than the operation itself); a
+    pass with entropies, which needs a second fp32 buffer for the probabilities, takes half as many
+    rows, so that it holds no more memory than one without."""
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):
         compute_dtype = torch.get_autocast_dtype(device_type)
@@ -37,6 +39,11 @@ def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     logprobs, entropy = _HeadLogprobs.apply(hidden, weight, targets, temperature, compute_dtype, with_entropy,
                                             chunk_size)
     return logprobs, (entropy if with_entropy else None)
+
+
+def _rows_per_chunk(chunk_size: int, count: int, with_probabilities: bool) -> int:
+    """Rows of logits per chunk: half of `chunk_size` for a pass that also holds the probabilities."""
+    return max(1, min(chunk_size // 2 if with_probabilities else chunk_size, count))
 
 
 class _Logits:
@@ -68,14 +75,14 @@ class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, compute_dtype, with_entropy, chunk_size):
         count = hidden.shape[0]
-        chunk_size = max(1, min(chunk_size, count))
-        logits_of = _Logits(weight, temperature, compute_dtype, chunk_size)
+        chunk_rows = _rows_per_chunk(chunk_size, count, with_entropy)
+        logits_of = _Logits(weight, temperature, compute_dtype, chunk_rows)
         probs = torch.empty_like(logits_of.buffer) if with_entropy else None
         log_normaliser = hidden.new_empty(count, dtype=logits_of.dtype)
         logprobs = torch.empty_like(log_normaliser)
         mean_logit = torch.empty_like(log_normaliser) if with_entropy else log_normaliser.new_zeros(0)
-        for start in range(0, count, chunk_size):
-            end = min(start + chunk_size, count)
+        for start in range(0, count, chunk_rows):
+            end = min(start + chunk_rows, count)
             logits = logits_of(hidden[start:end])  # [C, V]
             target_logit = logits.gather(-1, targets[start:end].unsqueeze(-1)).squeeze(-1)
             peak = logits.amax(dim=-1, keepdim=True)
@@ -99,14 +106,15 @@ class _HeadLogprobs(torch.autograd.Function):
         none = (None,) * 5
         if grad_logprobs is None and grad_entropy is None:
             return (None, None) + none
-        count, chunk_size = hidden.shape[0], ctx.chunk_size
-        logits_of = _Logits(weight, ctx.temperature, ctx.compute_dtype, chunk_size)
+        count = hidden.shape[0]
+        chunk_rows = _rows_per_chunk(ctx.chunk_size, count, grad_entropy is not None)
+        logits_of = _Logits(weight, ctx.temperature, ctx.compute_dtype, chunk_rows)
         probs = torch.empty_like(logits_of.buffer) if grad_entropy is not None else None
         want_hidden, want_weight = ctx.needs_input_grad[:2]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=logits_of.dtype, device=weight.device) if want_weight else None
-        for start in range(0, count, chunk_size):
-            end = min(start + chunk_size, count)
+        for start in range(0, count, chunk_rows):
+            end = min(start + chunk_rows, count)
             logits = logits_of(hidden[start:end])
             lse = log_normaliser[start:end].unsqueeze(-1)
             if grad_entropy is not None:  # -p * (g_lp + g_H * (z - sum(p z))), in place of z

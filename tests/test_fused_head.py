@@ -66,3 +66,23 @@ def test_no_rows():
     h, w, y = inputs(rows=0)
     logprobs, entropy = head_logprobs(h, w, y, 1.0, True)
     assert logprobs.shape == entropy.shape == (0,)
+
+
+def test_a_pass_with_entropies_takes_half_the_rows(monkeypatch):
+    """Entropies need a second fp32 [C, V] buffer (the probabilities), so such a pass holds half as
+    many rows of logits: no more memory than a pass without them."""
+    from r1train import fused_head
+
+    buffer_rows = []
+    logits_class = fused_head._Logits
+
+    def recording(weight, temperature, compute_dtype, rows):
+        buffer_rows.append(rows)
+        return logits_class(weight, temperature, compute_dtype, rows)
+
+    monkeypatch.setattr(fused_head, "_Logits", recording)
+    h, w, y = inputs(rows=8)
+    logprobs, entropy = head_logprobs(h, w, y, 1.0, True, chunk_size=4)
+    logprobs.sum().backward(retain_graph=True)  # the entropies out of the loss: a pass without them
+    (logprobs.sum() + entropy.sum()).backward()
+    assert buffer_rows == [2, 4, 2]
