@@ -13,11 +13,13 @@ Two settings help, both no-ops where the C library is not glibc:
   engine calls it when it sleeps, always, as it costs one trim per step, and also when it wakes
   up with `training.cpu_low_memory` or `model.gradient_checkpointing`, where the learner's own
   peak is low enough that the regrown KV cache and weights on top of what the learner freed
-  would set the run's peak (the pages it gives back there are faulted in again); and evaluation
-  calls it after each chunk of its generation, which no sleep follows (r1train/evaluation.py).
+  would set the run's peak (the pages it gives back there are faulted in again); and the engines'
+  `release_idle_memory`, which evaluation calls after each chunk of its generation, since no sleep
+  follows (r1train/evaluation.py).
 - `release_pages` (madvise MADV_DONTNEED): zeroes memory without making it resident. The CPU
-  engine's KV cache comes back zeroed after every sleep; written with zeros, all of it (0.5 GiB in
-  the main recipe) would be resident though a step's sequences fill only part of it.
+  engine's KV cache comes back zeroed after every sleep, and is zeroed between an evaluation's
+  chunks; written with zeros, all of it (0.5 GiB in the main recipe) would be resident though a
+  call's sequences fill only part of it.
 """
 from __future__ import annotations
 

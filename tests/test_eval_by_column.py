@@ -54,6 +54,9 @@ class AlwaysTwo:
         return [Completion(i, p, [1], "1 + 1 = 2 </think> <answer>2</answer>", None, "stop")
                 for i, p in enumerate(prompts) for _ in range(n)]
 
+    def release_idle_memory(self):
+        """Nothing to give back."""
+
 
 def test_the_evaluator_reports_accuracy_per_value(tokenizer):
     from r1train.engines.base import SamplingSettings

@@ -81,6 +81,9 @@ class AnswersOnlyWithoutThinking:
             out += [Completion(i, prompt, [1, 2], text, None, "stop") for _ in range(n)]
         return out
 
+    def release_idle_memory(self):
+        """Nothing to give back."""
+
 
 def test_no_think_evaluation_prefills_an_empty_think_and_reports_the_gain(tokenizer):
     from r1train.engines.base import SamplingSettings
@@ -133,7 +136,7 @@ def test_eval_shows_progress_with_rate_and_time_left_and_keeps_completions_group
 
 
 def test_chunked_generation_numbers_prompts_as_one_call_would(tiny_model_dir, monkeypatch):
-    """Four chunks of two prompts (three completions each), the heap trimmed after each."""
+    """Four chunks of two prompts (three completions each), the engine's idle memory released after each."""
     from r1train import evaluation
     from r1train.engines.base import SamplingSettings
     from r1train.engines.hf import HFEngine
@@ -141,11 +144,10 @@ def test_chunked_generation_numbers_prompts_as_one_call_would(tiny_model_dir, mo
     from r1train.models import load_model, load_tokenizer
 
     monkeypatch.setattr(evaluation, "EVAL_CHUNK_COMPLETIONS", 6)
-    trims = []
-    monkeypatch.setattr(evaluation, "return_free_memory", lambda: trims.append(len(trims)))
-
     tokenizer = load_tokenizer(str(tiny_model_dir))
     engine = HFEngine(load_model(str(tiny_model_dir)).eval(), tokenizer)
+    trims = []
+    monkeypatch.setattr(engine, "release_idle_memory", lambda: trims.append(len(trims)))
     prompts = [tokenizer(f"{a} plus one is", add_special_tokens=False)["input_ids"] for a in range(7)]
 
     class Bar:

@@ -96,5 +96,10 @@ class RolloutEngine(Protocol):
         """Reclaim the memory released by sleep() before the next generate()."""
         ...
 
+    def release_idle_memory(self) -> None:
+        """Between generate() calls, give back the memory the last call touched and the next does
+        not need (the awake engine's counterpart of sleep())."""
+        ...
+
     def close(self) -> None:
         ...

@@ -37,6 +37,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from r1train.engines.base import Completion, SamplingSettings
 from r1train.fsdp import is_sharded
 from r1train.hardware import bf16_autocast_supported
+from r1train.heap import return_free_memory
 
 
 class HFEngine:
@@ -133,6 +134,10 @@ class HFEngine:
 
     def wake_up(self) -> None:
         """See sleep()."""
+
+    def release_idle_memory(self) -> None:
+        """Hand the heap's free pages back: generation here runs in this process."""
+        return_free_memory()
 
     def close(self) -> None:
         """The model belongs to the learner; nothing to release."""

@@ -163,6 +163,9 @@ class RemoteVLLMEngine:
     def wake_up(self) -> None:
         """See sleep()."""
 
+    def release_idle_memory(self) -> None:
+        """See sleep()."""
+
     def close(self) -> None:
         """Remove the pushed weights / tear down the NCCL group; the workers keep running."""
         if isinstance(self._push, NCCLWeightPush):

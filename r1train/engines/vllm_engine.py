@@ -94,8 +94,15 @@ def regrow_zeroed(storage: torch.UntypedStorage, nbytes: int) -> None:
     cache slots into NaN outputs. The zeros come from the OS where it can give them
     (`release_pages`): only the blocks a step writes become resident, not the whole cache."""
     storage.resize_(nbytes)
+    zero_storage(storage)
+
+
+def zero_storage(storage: torch.UntypedStorage) -> None:
+    """Set every byte of `storage` to zero. The whole pages get their zeros from the OS
+    (`release_pages`) and are not resident until written again; the partial pages at either end
+    are written."""
     address = storage.data_ptr()
-    start, end = release_pages(address, nbytes)
+    start, end = release_pages(address, storage.nbytes())
     flat = torch.empty(0, dtype=torch.uint8).set_(storage)
     flat[: start - address].zero_()
     flat[end - address:].zero_()
@@ -365,11 +372,26 @@ class VLLMEngine:
             for storage, nbytes in self._kv_storage_bytes:
                 regrow_zeroed(storage, nbytes)
             self._kv_storage_bytes = []
-            if not self.llm.reset_prefix_cache():  # the cached blocks' contents are gone
-                raise RuntimeError("vLLM could not reset its prefix cache after freeing the KV cache")
+            self._forget_cached_blocks()
         else:
             self.llm.wake_up()
         self._asleep = False
+
+    def release_idle_memory(self) -> None:
+        """Between generate calls, on CPU: hand the KV cache's pages back to the OS (they read as
+        zeros, and only what the next call writes becomes resident again) and trim the heap.
+        Evaluation calls it after each chunk of its generation: the engine stays awake between
+        chunks, whose blocks would otherwise end up touching the whole cache."""
+        if self.on_cpu and not self._asleep:
+            for storage in self._kv_cache_storages():
+                zero_storage(storage)
+            self._drop_shared_prompt_blocks()
+            self._forget_cached_blocks()
+        return_free_memory()
+
+    def _forget_cached_blocks(self) -> None:
+        if not self.llm.reset_prefix_cache():  # the cached blocks' contents are gone
+            raise RuntimeError("vLLM could not reset its prefix cache after freeing the KV cache")
 
     def _kv_cache_storages(self) -> list:
         """The distinct storages under the engine's KV cache tensors (layers share views of them)."""

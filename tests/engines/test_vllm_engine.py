@@ -214,6 +214,22 @@ def test_a_call_seed_repeats_the_samples(engine, learner, chat_prompts):
     assert len({tuple(c.token_ids) for c in first[:2]}) == 2  # the n samples of a prompt still differ
 
 
+def test_idle_memory_goes_back_between_calls_and_the_engine_still_works(engine, learner, chat_prompts):
+    """release_idle_memory() (evaluation calls it between chunks) zeroes the KV cache through the OS
+    and resets the prefix cache, whose blocks it emptied: greedy decoding gives what it gave before."""
+    greedy = SamplingSettings(max_new_tokens=12, temperature=0.0)
+    before = [c.token_ids for c in engine.generate(chat_prompts, n=1, sampling=greedy)]
+
+    def nonzero_bytes():
+        return sum(int(torch.empty(0, dtype=torch.uint8).set_(storage).count_nonzero())
+                   for storage in engine._kv_cache_storages())
+
+    assert nonzero_bytes() > 0  # the call wrote its blocks
+    engine.release_idle_memory()
+    assert nonzero_bytes() == 0
+    assert [c.token_ids for c in engine.generate(chat_prompts, n=1, sampling=greedy)] == before
+
+
 def test_sleep_frees_the_kv_cache_and_wake_up_brings_back_the_same_engine(engine, learner, chat_prompts):
     """On CPU, sleep() shrinks the KV cache's storage to nothing; after wake-up (which resets the
     prefix cache, whose blocks were lost) greedy decoding gives what it gave before."""
