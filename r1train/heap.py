@@ -3,7 +3,7 @@
 A GRPO step on CPU alternates phases that free most of what they allocate: generation, then the
 learner's micro-batches (activations of hundreds of MiB each). glibc keeps freed blocks mapped for
 reuse, and blocks freed in one phase, scattered over the heap, add to the next phase's peak.
-Two settings help, both no-ops where the C library is not glibc:
+Three tools help, each a no-op where the C library is not glibc:
 - `map_large_allocations` (the recipe's `training.cpu_low_memory`): allocations from 4 MiB up get
   their own memory mapping, which goes back to the OS the moment it is freed (glibc otherwise
   raises this threshold as large blocks are freed, up to 32 MiB, and serves them from the heap).

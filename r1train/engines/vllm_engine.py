@@ -383,15 +383,17 @@ class VLLMEngine:
         Evaluation calls it after each chunk of its generation: the engine stays awake between
         chunks, whose blocks would otherwise end up touching the whole cache."""
         if self.on_cpu and not self._asleep:
+            self._forget_cached_blocks()  # first: vLLM refuses while a request still uses the cache
             for storage in self._kv_cache_storages():
                 zero_storage(storage)
             self._drop_shared_prompt_blocks()
-            self._forget_cached_blocks()
         return_free_memory()
 
     def _forget_cached_blocks(self) -> None:
-        if not self.llm.reset_prefix_cache():  # the cached blocks' contents are gone
-            raise RuntimeError("vLLM could not reset its prefix cache after freeing the KV cache")
+        """Empty the prefix cache: the blocks it points to are (about to be) zeroed or freed."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache (a request still running?) "
+                               "before its KV cache is freed or zeroed")
 
     def _kv_cache_storages(self) -> list:
         """The distinct storages under the engine's KV cache tensors (layers share views of them)."""
