@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
+from collections.abc import Iterable
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 _MADV_DONTNEED = 4  # from Linux's mman-common.h
@@ -56,38 +57,49 @@ def return_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-def release_pages(address: int, nbytes: int) -> tuple[int, int]:
-    """Hand the whole pages inside [address, address + nbytes) back to the OS, where they are
-    private anonymous memory (what torch's CPU allocator gets from malloc): they stop counting as
-    resident and read as zeros until written. Returns the released range as (start, end)
+def release_pages(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """For each (address, nbytes) range, hand the whole pages inside it back to the OS, where they
+    are private anonymous memory (what torch's CPU allocator gets from malloc): they stop counting
+    as resident and read as zeros until written. Returns each range's released part as (start, end)
     addresses, (address, address) where nothing was released (no glibc, no whole page, or memory
     that is not private anonymous: a file's pages would read as the file again, not as zeros).
-    The bytes outside the range are left as they were."""
-    start = -(-address // mmap.PAGESIZE) * mmap.PAGESIZE
-    end = (address + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    The bytes outside the released parts are left as they were. The process's memory map is read
+    once for all the ranges (the KV cache has one storage per layer)."""
     libc = _glibc()
-    if libc is None or end <= start or not _private_anonymous(start, end):
-        return address, address
-    if libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
-        return address, address
-    return start, end
+    mappings = _mappings() if libc else None
+    released = []
+    for address, nbytes in ranges:
+        start = -(-address // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (address + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        ok = (mappings is not None and start < end and _private_anonymous(mappings, start, end)
+              and libc.madvise(start, end - start, _MADV_DONTNEED) == 0)
+        released.append((start, end) if ok else (address, address))
+    return released
 
 
-def _private_anonymous(start: int, end: int) -> bool:
-    """Whether the mappings that cover [start, end) leave no gap and are all private and anonymous
-    (no file behind them; the brk heap counts as anonymous)."""
-    covered = start
+def _mappings() -> list[tuple[int, int, bool]] | None:
+    """(low, high, private and anonymous) for each of the process's mappings, in address order (the
+    brk heap counts as anonymous); None where /proc/self/maps cannot be read."""
     try:
         lines = open("/proc/self/maps").read().splitlines()
     except OSError:
-        return False
+        return None
+    mappings = []
     for line in lines:
         fields = line.split(maxsplit=5)
         low, high = (int(bound, 16) for bound in fields[0].split("-"))
+        name = fields[5].strip() if len(fields) > 5 else ""
+        mappings.append((low, high, fields[1][3] == "p" and name in ("", "[heap]")))
+    return mappings
+
+
+def _private_anonymous(mappings: list[tuple[int, int, bool]], start: int, end: int) -> bool:
+    """Whether the mappings that cover [start, end) leave no gap and are all private and anonymous."""
+    covered = start
+    for low, high, private_anonymous in mappings:
         if high <= covered or low > covered:
             continue
-        name = fields[5].strip() if len(fields) > 5 else ""
-        if fields[1][3] != "p" or name not in ("", "[heap]"):
+        if not private_anonymous:
             return False
         covered = high
         if covered >= end:

@@ -19,7 +19,7 @@ def test_released_heap_memory_reads_as_zeros_and_leaves_the_resident_set():
     data = torch.full((16 << 20,), 7, dtype=torch.uint8)  # 16 MiB, every page written
     address = data.data_ptr()
     before = resident_mib()
-    start, end = release_pages(address, data.numel())
+    [(start, end)] = release_pages([(address, data.numel())])
     assert address <= start < start + 15 * mmap.PAGESIZE and data.numel() - (end - address) < mmap.PAGESIZE
     assert resident_mib() < before - 12
     assert int(data[start - address: end - address].count_nonzero()) == 0
@@ -32,11 +32,11 @@ def test_memory_with_a_file_behind_it_is_left_alone(tmp_path):
     path.write_bytes(b"\x07" * (4 * mmap.PAGESIZE))
     tensor = torch.from_file(str(path), shared=False, size=4 * mmap.PAGESIZE, dtype=torch.uint8)
     address = tensor.data_ptr()
-    assert release_pages(address, tensor.numel()) == (address, address)
+    assert release_pages([(address, tensor.numel())]) == [(address, address)]
     assert bool((tensor == 7).all())
 
 
 def test_less_than_a_whole_page_releases_nothing():
     data = torch.full((100,), 7, dtype=torch.uint8)
-    assert release_pages(data.data_ptr(), data.numel()) == (data.data_ptr(), data.data_ptr())
+    assert release_pages([(data.data_ptr(), data.numel())]) == [(data.data_ptr(), data.data_ptr())]
     assert bool((data == 7).all())

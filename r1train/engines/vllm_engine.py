@@ -88,24 +88,26 @@ def import_vllm():
     return vllm
 
 
-def regrow_zeroed(storage: torch.UntypedStorage, nbytes: int) -> None:
-    """Give a shrunk KV cache storage its `nbytes` back, all zero. The C heap may serve them from
-    memory the learner just freed, and vLLM's CPU attention turns non-finite leftovers in unwritten
-    cache slots into NaN outputs. The zeros come from the OS where it can give them
+def regrow_zeroed(storage_sizes: list[tuple[torch.UntypedStorage, int]]) -> None:
+    """Give each shrunk KV cache storage its size in bytes back, all zero. The C heap may serve them
+    from memory the learner just freed, and vLLM's CPU attention turns non-finite leftovers in
+    unwritten cache slots into NaN outputs. The zeros come from the OS where it can give them
     (`release_pages`): only the blocks a step writes become resident, not the whole cache."""
-    storage.resize_(nbytes)
-    zero_storage(storage)
+    for storage, nbytes in storage_sizes:
+        storage.resize_(nbytes)
+    zero_storages([storage for storage, _ in storage_sizes])
 
 
-def zero_storage(storage: torch.UntypedStorage) -> None:
-    """Set every byte of `storage` to zero. The whole pages get their zeros from the OS
+def zero_storages(storages: list[torch.UntypedStorage]) -> None:
+    """Set every byte of each storage to zero. The whole pages get their zeros from the OS
     (`release_pages`) and are not resident until written again; the partial pages at either end
     are written."""
-    address = storage.data_ptr()
-    start, end = release_pages(address, storage.nbytes())
-    flat = torch.empty(0, dtype=torch.uint8).set_(storage)
-    flat[: start - address].zero_()
-    flat[end - address:].zero_()
+    released = release_pages([(storage.data_ptr(), storage.nbytes()) for storage in storages])
+    for storage, (start, end) in zip(storages, released):
+        address = storage.data_ptr()
+        flat = torch.empty(0, dtype=torch.uint8).set_(storage)
+        flat[: start - address].zero_()
+        flat[end - address:].zero_()
 
 
 def trims_heap_on_wake(recipe) -> bool:
@@ -369,8 +371,7 @@ class VLLMEngine:
         if self.on_cpu:
             if self.trim_on_wake:  # see __init__
                 return_free_memory()
-            for storage, nbytes in self._kv_storage_bytes:
-                regrow_zeroed(storage, nbytes)
+            regrow_zeroed(self._kv_storage_bytes)
             self._kv_storage_bytes = []
             self._forget_cached_blocks()
         else:
@@ -384,8 +385,7 @@ class VLLMEngine:
         chunks, whose blocks would otherwise end up touching the whole cache."""
         if self.on_cpu and not self._asleep:
             self._forget_cached_blocks()  # first: vLLM refuses while a request still uses the cache
-            for storage in self._kv_cache_storages():
-                zero_storage(storage)
+            zero_storages(self._kv_cache_storages())
             self._drop_shared_prompt_blocks()
         return_free_memory()
 

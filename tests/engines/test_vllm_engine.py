@@ -305,7 +305,7 @@ def test_a_regrown_kv_storage_holds_zeros_not_what_the_heap_held():
     storage.resize_(0)
     poisoned = torch.full((nbytes // 4,), float("inf"))
     del poisoned
-    regrow_zeroed(storage, nbytes)
+    regrow_zeroed([(storage, nbytes)])
     assert torch.count_nonzero(torch.tensor([], dtype=torch.float32).set_(storage)) == 0
 
 
@@ -323,7 +323,7 @@ def test_a_regrown_kv_storage_is_not_resident_until_written():
     storage = torch.ones(nbytes // 4).untyped_storage()
     storage.resize_(0)
     before = resident_mib()
-    regrow_zeroed(storage, nbytes)
+    regrow_zeroed([(storage, nbytes)])
     assert resident_mib() - before < 16
     assert torch.count_nonzero(torch.tensor([], dtype=torch.float32).set_(storage)) == 0
 
