@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from r1train.fused_head import head_logprobs
 from r1train.packing import ScoringBatch
+from r1train.tied_embedding import lookup_embeddings
 
 
 def compute_token_logprobs(
@@ -51,8 +52,11 @@ def compute_token_logprobs(
             row n holds sample n's completion tokens' logprobs left-aligned, zeros after them.
         entropy: [N, T] like logprobs, or None without `with_entropy`.
     """
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    # A tied embedding's gradient is added in place where it can be (r1train/tied_embedding.py).
+    embeddings = lookup_embeddings(model, batch.input_ids)
+    inputs = dict(input_ids=batch.input_ids) if embeddings is None else dict(inputs_embeds=embeddings)
+    hidden = model.get_decoder()(**inputs, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                                 use_cache=False).last_hidden_state
     hidden_at = hidden.flatten(0, 1)[batch.source]  # [K, H]
     targets = batch.target  # [K]
     head = model.get_output_embeddings()

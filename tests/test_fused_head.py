@@ -68,9 +68,10 @@ def test_no_rows():
     assert logprobs.shape == entropy.shape == (0,)
 
 
-def test_a_pass_with_entropies_takes_half_the_rows(monkeypatch):
+def test_a_pass_with_entropies_and_the_backward_pass_take_half_the_rows(monkeypatch):
     """Entropies need a second fp32 [C, V] buffer (the probabilities), so such a pass holds half as
-    many rows of logits: no more memory than a pass without them."""
+    many rows of logits: no more memory than a pass without them. The backward pass, which runs at
+    the learn phase's peak, takes half either way."""
     from r1train import fused_head
 
     buffer_rows = []
@@ -82,7 +83,27 @@ def test_a_pass_with_entropies_takes_half_the_rows(monkeypatch):
 
     monkeypatch.setattr(fused_head, "_Logits", recording)
     h, w, y = inputs(rows=8)
+    logprobs, entropy = head_logprobs(h, w, y, 1.0, False, chunk_size=4)
+    logprobs.sum().backward()
     logprobs, entropy = head_logprobs(h, w, y, 1.0, True, chunk_size=4)
     logprobs.sum().backward(retain_graph=True)  # the entropies out of the loss: a pass without them
     (logprobs.sum() + entropy.sum()).backward()
-    assert buffer_rows == [2, 4, 2]
+    assert buffer_rows == [4, 2, 2, 2, 2]
+
+
+def test_a_bf16_weight_gradient_taken_a_slice_of_the_vocabulary_at_a_time_is_the_whole_product(monkeypatch):
+    """Under bf16 autocast the weight's gradient is summed in fp32 from bf16 products over slices of
+    the vocabulary: slicing must not change it."""
+    from r1train import fused_head
+
+    h, w, y = inputs(torch.float32, rows=9, hidden=16, vocab=40)
+
+    def weight_gradient(vocab_rows):
+        monkeypatch.setattr(fused_head, "_VOCAB_ROWS_PER_PRODUCT", vocab_rows)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logprobs, entropy = head_logprobs(h, w, y, 1.0, True, chunk_size=4)
+        return torch.autograd.grad(logprobs.sum() + entropy.sum(), w)[0]
+
+    whole, sliced = weight_gradient(1000), weight_gradient(7)  # 7 does not divide 40: a short last slice
+    assert whole.dtype == torch.float32 and whole.abs().sum() > 0
+    assert torch.allclose(sliced, whole, rtol=1e-6, atol=1e-7)

@@ -161,6 +161,14 @@ def grouped_batch(prompts=3, group_size=4, seed=5):
     return batch
 
 
+def decoder_input_tokens(kwargs) -> int:
+    """Tokens a decoder call runs: its token ids, or the embeddings looked up for them (a tied
+    embedding is looked up outside the decoder when training: r1train/tied_embedding.py)."""
+    if kwargs.get("input_ids") is not None:
+        return kwargs["input_ids"].numel()
+    return kwargs["inputs_embeds"].shape[:-1].numel()
+
+
 @pytest.mark.parametrize("options", [{}, {"gradient_checkpointing": True}, {"use_lora": True, "lora_r": 4}],
                          ids=["full", "checkpointing", "lora"])
 def test_shared_prompt_packing_changes_no_logprob_or_gradient(options, capture_gradients):
@@ -174,7 +182,7 @@ def test_shared_prompt_packing_changes_no_logprob_or_gradient(options, capture_g
         model = tiny_model(torch.float64)
         decoder_tokens = []
         model.get_decoder().register_forward_pre_hook(
-            lambda module, args, kwargs: decoder_tokens.append(kwargs["input_ids"].numel()), with_kwargs=True)
+            lambda module, args, kwargs: decoder_tokens.append(decoder_input_tokens(kwargs)), with_kwargs=True)
         learner = PolicyLearner(model, lr=1e-2, micro_batch_tokens=64, bf16=False, mini_batches=2,
                                 updates_per_batch=2, share_prompts=share_prompts, **options)
         learner.train_on_batch(batch, settings)
