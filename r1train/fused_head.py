@@ -152,7 +152,8 @@ def _add_weight_gradient(grad_weight: torch.Tensor, grad_logits: torch.Tensor, h
     precision than the sum (bf16 into fp32), it is taken a slice of the vocabulary at a time: the
     product's temporary is then a slice (9 MiB for the default model), not a second [V, H] tensor
     allocated, faulted in and freed for every chunk. On the 2-core AMX machine that made the output
-    layer's forward and backward pass 0.67 -> 0.45-0.51 s at 1,800 rows (benchmarks/results/)."""
+    layer's forward and backward pass 0.67 -> 0.45-0.51 s at 1,800 rows
+    (benchmarks/results/tied_embedding_amx_2026-12-05/)."""
     if grad_weight.dtype == grad_logits.dtype:
         grad_weight.addmm_(grad_logits.T, hidden)
         return

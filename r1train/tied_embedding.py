@@ -4,7 +4,8 @@ A tied weight gets two gradients in one backward pass: the output layer's, compu
 input embedding's, computed last. Autograd keeps the first in a buffer until the second arrives
 and then adds them, so at the very end of the backward pass, when every other gradient already
 exists, two full [V, H] fp32 tensors live at once (2 x 108 MiB for the default model). On the
-bench_vs_trl workload that moment was the learn phase's peak (benchmarks/results/, tied embedding).
+bench_vs_trl workload that moment was the learn phase's peak
+(benchmarks/results/tied_embedding_amx_2026-12-05/).
 
 Here the lookup reads the weight detached, so the weight's only edge in the graph is the output
 layer's: its gradient lands in `.grad` as soon as it is computed (no copy). The lookup's backward
