@@ -30,6 +30,7 @@ def compute_token_logprobs(
     chunk_size: int = 1024,
     with_entropy: bool = False,
     temperature: float = 1.0,
+    tied_gradient_in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (and optionally entropies) of the completion tokens of a batch.
 
@@ -46,14 +47,17 @@ def compute_token_logprobs(
         with_entropy: also return the entropy of each predicted distribution.
         temperature: the sampling temperature; logprobs are those of the tempered distribution
             the rollouts were drawn from.
+        tied_gradient_in_place: add a tied input embedding's gradient straight into the weight's
+            `.grad` (`r1train/tied_embedding.py`): one [V, H] gradient at the end of the backward
+            pass instead of two. Only for a loss taken with `.backward()`; `torch.autograd.grad`
+            would return the output layer's part of that weight's gradient alone.
 
     Returns:
         logprobs: [N, T] float32 (float64 for a float64 model), N = batch.samples, T = batch.width;
             row n holds sample n's completion tokens' logprobs left-aligned, zeros after them.
         entropy: [N, T] like logprobs, or None without `with_entropy`.
     """
-    # A tied embedding's gradient is added in place where it can be (r1train/tied_embedding.py).
-    embeddings = lookup_embeddings(model, batch.input_ids)
+    embeddings = lookup_embeddings(model, batch.input_ids) if tied_gradient_in_place else None
     inputs = dict(input_ids=batch.input_ids) if embeddings is None else dict(inputs_embeds=embeddings)
     hidden = model.get_decoder()(**inputs, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                                  use_cache=False).last_hidden_state

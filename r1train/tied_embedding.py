@@ -13,9 +13,12 @@ then adds each looked-up row's gradient into `.grad` in place (`index_add_`), ho
 larger than the [tokens, H] gradient it was given. The sum is the same; only the order of the
 floating-point additions differs.
 
-Not used where something watches the weight's gradient accumulate: data-parallel wrappers reduce
-it from a hook on its accumulation, which the in-place addition would bypass (they get the plain
-lookup). The layout must be a plain `nn.Embedding` (no max_norm, no per-frequency scaling, dense).
+The gradient reaches `.grad` only: a loss taken with `torch.autograd.grad` would get the output
+layer's part alone, so the caller asks for this path (the learner, whose losses go through
+`.backward()`). Not used where something watches the weight's gradient accumulate: data-parallel
+wrappers reduce it from a hook on its accumulation, which the in-place addition would bypass (they
+get the plain lookup). The layout must be a plain `nn.Embedding` (no max_norm, no per-frequency
+scaling, dense).
 """
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
 """A tied embedding's gradient added in place: the same gradients as autograd's own sum."""
-import contextlib
-from unittest import mock
-
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -35,10 +32,7 @@ def gradients(model, passes, in_place):
     gradients)."""
     model.zero_grad()
     for _ in range(passes):
-        with contextlib.ExitStack() as stack:
-            if not in_place:
-                stack.enter_context(mock.patch("r1train.logprobs.lookup_embeddings", lambda model, ids: None))
-            logprobs, entropy = compute_token_logprobs(model, batch(), with_entropy=True)
+        logprobs, entropy = compute_token_logprobs(model, batch(), with_entropy=True, tied_gradient_in_place=in_place)
         (logprobs.sum() + 0.3 * entropy.sum()).backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -59,7 +53,7 @@ def test_the_output_layers_gradient_is_accumulated_once_and_the_lookups_rows_add
     weight = model.model.embed_tokens.weight
     accumulated = []
     weight.register_post_accumulate_grad_hook(lambda p: accumulated.append(p.grad.clone()))
-    logprobs, _ = compute_token_logprobs(model, batch())
+    logprobs, _ = compute_token_logprobs(model, batch(), tied_gradient_in_place=True)
     logprobs.sum().backward()
     assert len(accumulated) == 1
     added = weight.grad - accumulated[0]
@@ -79,3 +73,16 @@ def test_declines_without_grad_untied_or_frozen():
     tied.model.embed_tokens.weight.requires_grad_(False)
     assert lookup_embeddings(tied, ids) is None
     assert lookup_embeddings(tiny_model(), ids) is not None
+
+
+def test_by_default_the_model_looks_up_its_embeddings_and_autograd_grad_sees_the_whole_gradient():
+    """The in-place path is asked for (the learner, whose losses go through .backward()); without
+    it, torch.autograd.grad gets the tied weight's whole gradient and `.grad` is left alone."""
+    model = tiny_model()
+    weight = model.model.embed_tokens.weight
+    logprobs, _ = compute_token_logprobs(model, batch())
+    (whole,) = torch.autograd.grad(logprobs.sum(), weight)
+    assert weight.grad is None
+    logprobs, _ = compute_token_logprobs(model, batch(), tied_gradient_in_place=True)
+    logprobs.sum().backward()
+    assert torch.allclose(weight.grad, whole, atol=1e-12)
