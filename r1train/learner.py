@@ -244,7 +244,7 @@ class PolicyLearner:
         with self._autocast():
             return (self.policy if model is None else _TokenLogprobs(model))(
                 batch, chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,
-                tied_gradient_in_place=True,  # the learner's losses go through .backward()
+                tied_gradient_in_place=self.world_size == 1,  # .backward() losses, no data-parallel hooks
             )
 
     @torch.no_grad()

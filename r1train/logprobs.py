@@ -49,8 +49,9 @@ def compute_token_logprobs(
             the rollouts were drawn from.
         tied_gradient_in_place: add a tied input embedding's gradient straight into the weight's
             `.grad` (`r1train/tied_embedding.py`): one [V, H] gradient at the end of the backward
-            pass instead of two. Only for a loss taken with `.backward()`; `torch.autograd.grad`
-            would return the output layer's part of that weight's gradient alone.
+            pass instead of two. Only for a loss taken with `.backward()` (`torch.autograd.grad`
+            would return the output layer's part of that weight's gradient alone) and outside
+            data-parallel wrappers (their reduction hooks would miss the added rows).
 
     Returns:
         logprobs: [N, T] float32 (float64 for a float64 model), N = batch.samples, T = batch.width;

@@ -14,11 +14,10 @@ larger than the [tokens, H] gradient it was given. The sum is the same; only the
 floating-point additions differs.
 
 The gradient reaches `.grad` only: a loss taken with `torch.autograd.grad` would get the output
-layer's part alone, so the caller asks for this path (the learner, whose losses go through
-`.backward()`). Not used where something watches the weight's gradient accumulate: data-parallel
-wrappers reduce it from a hook on its accumulation, which the in-place addition would bypass (they
-get the plain lookup). The layout must be a plain `nn.Embedding` (no max_norm, no per-frequency
-scaling, dense).
+layer's part alone, and data-parallel wrappers, which reduce a gradient from a hook on its
+accumulation, would miss the added rows. So the caller asks for this path where neither applies:
+the learner, whose losses go through `.backward()`, when it runs as a single process. The layout
+must be a plain `nn.Embedding` (no max_norm, no per-frequency scaling, dense).
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ def lookup_embeddings(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.
     """The input embeddings of `input_ids` with the tied weight's gradient added in place, or None
     where that does not apply (the caller then lets the model look them up itself)."""
     embedding = model.get_input_embeddings()
-    if not (torch.is_grad_enabled() and _plain_tied_embedding(model, embedding) and not _data_parallel()):
+    if not (torch.is_grad_enabled() and _plain_tied_embedding(model, embedding)):
         return None
     anchor = torch.empty(0, requires_grad=True)  # makes the lookup's output part of the graph
     return _LookupAddingGradientInPlace.apply(input_ids, anchor, embedding)
@@ -40,11 +39,6 @@ def _plain_tied_embedding(model: torch.nn.Module, embedding) -> bool:
     return (type(embedding) is torch.nn.Embedding and head is not None and head.weight is embedding.weight
             and embedding.weight.requires_grad and type(embedding.weight.data) is torch.Tensor
             and embedding.max_norm is None and not embedding.scale_grad_by_freq and not embedding.sparse)
-
-
-def _data_parallel() -> bool:
-    distributed = torch.distributed
-    return distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1
 
 
 class _LookupAddingGradientInPlace(torch.autograd.Function):
