@@ -1,4 +1,4 @@
-"""vLLM engine settings at a recipe's rollout shape: KV block size, eager against compiled, RMS-norm kernels.
+"""vLLM engine settings at a recipe's rollout shape: KV block size, eager against compiled, RMS-norm kernels, sampler.
 
 Each setting runs in its own process (one vLLM engine each): the recipe's prompts, drawn by the
 trainer's sampler with the recipe's seed, `prompts_per_step` prompts x `group_size` samples per
@@ -14,7 +14,12 @@ weighs decoding more than a training run's later steps do.
 A setting is BLOCK:MODE[:NORMS], BLOCK the KV block size in tokens (`default` = vLLM's own: 128 on
 CPU, 16 on GPU), MODE `eager` or `compiled`, NORMS `native` (vLLM's own choice on CPU, the default
 here) or `kernels` (vLLM's C++ RMS-norm kernels, as the trainer's colocated engine runs on CPU:
-r1train/engines/cpu_kernels.py). The trainer's CPU engine is 32:eager:kernels.
+r1train/engines/cpu_kernels.py), SAMPLER `vllm` (vLLM's Gumbel-max kernel on CPU, the default here)
+or `inverse_cdf` (r1train/engines/cpu_sampler.py). The trainer's CPU engine is
+32:eager:kernels:inverse_cdf. Settings that draw differently sample different completions, and
+a call's time follows its longest completion; `--fixed-length` makes every completion
+`max_new_tokens` long (EOS and stop strings ignored), so each setting does the same work. The time
+spent in the sampler's draw is printed too.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import sys
 import time
 
 
-def run_setting(recipe_path: str, block: str, mode: str, norms: str, calls: int) -> None:
+def run_setting(recipe_path: str, block: str, mode: str, norms: str, draw: str, calls: int,
+                fixed_length: bool) -> None:
     """One engine with one setting; prints a JSON line per call."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -56,55 +62,82 @@ def run_setting(recipe_path: str, block: str, mode: str, norms: str, calls: int)
         options["kernel_config"] = {"ir_op_priority": cpu_kernels.ir_op_priority()}
     start = time.perf_counter()
     llm = vllm.LLM(**options)
+    if draw == "inverse_cdf":
+        from r1train.engines.cpu_sampler import install
+
+        assert all(llm.collective_rpc(lambda worker: install(worker.model_runner)))
+    draw_seconds = time_the_draw(llm)
     print(json.dumps({"start_up_s": time.perf_counter() - start}), flush=True)
     params = vllm.SamplingParams(n=rollout.group_size, max_tokens=rollout.max_new_tokens,
                                  temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
-                                 stop=list(rollout.stop) or None, include_stop_str_in_output=True, logprobs=0)
+                                 stop=None if fixed_length else list(rollout.stop) or None,
+                                 ignore_eos=fixed_length, include_stop_str_in_output=True, logprobs=0)
     for call in range(calls):
         prompts = [encode_prompt(tokenizer, row[data.question_column], data.prompt_template, data.system_prompt)
                    for row in sampler.next_batch(rollout.prompts_per_step)]
         llm.reset_prefix_cache()  # as after every weight sync
+        draw_seconds.clear()
         start = time.perf_counter()
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         seconds = time.perf_counter() - start
         lengths = [len(sample.token_ids) for request in outputs for sample in request.outputs]
         print(json.dumps({"call": call, "seconds": seconds, "tokens": sum(lengths),
-                          "prompt_tokens": sum(map(len, prompts)) / len(prompts),
+                          "prompt_tokens": sum(map(len, prompts)) / len(prompts), "draw_s": sum(draw_seconds),
                           "cached_prompt_tokens": sum(r.num_cached_tokens or 0 for r in outputs)}), flush=True)
 
 
-def parse_setting(setting: str) -> tuple[str, str, str]:
-    """BLOCK:MODE[:NORMS] as (block, mode, norms), NORMS "native" when left out."""
+def time_the_draw(llm) -> list[float]:
+    """Wrap the engine's sampler stage (top-k/top-p and the draw); returns the list it appends
+    each call's seconds to."""
+    seconds: list[float] = []
+    stage = llm.collective_rpc(lambda worker: worker.model_runner.sampler.topk_topp_sampler)[0]
+    forward = stage.forward
+
+    def timed(*args):
+        start = time.perf_counter()
+        result = forward(*args)
+        seconds.append(time.perf_counter() - start)
+        return result
+
+    stage.forward = timed
+    return seconds
+
+
+def parse_setting(setting: str) -> tuple[str, str, str, str]:
+    """BLOCK:MODE[:NORMS[:SAMPLER]] as (block, mode, norms, sampler): "native" and "vllm" when left out."""
     parts = setting.split(":")
-    if len(parts) == 2:
-        parts.append("native")
-    if len(parts) != 3 or parts[1] not in ("eager", "compiled") or parts[2] not in ("native", "kernels"):
-        raise ValueError(f"setting {setting!r}: write BLOCK:MODE[:NORMS], MODE eager or compiled, NORMS native or kernels")
-    block, mode, norms = parts
-    return block, mode, norms
+    parts += ["native", "vllm"][len(parts) - 2:]
+    if (len(parts) != 4 or parts[1] not in ("eager", "compiled") or parts[2] not in ("native", "kernels")
+            or parts[3] not in ("vllm", "inverse_cdf")):
+        raise ValueError(f"setting {setting!r}: write BLOCK:MODE[:NORMS[:SAMPLER]], MODE eager or compiled, "
+                         "NORMS native or kernels, SAMPLER vllm or inverse_cdf")
+    return tuple(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--settings", default="default:eager,32:eager,32:compiled",
-                        help="comma-separated BLOCK:MODE[:NORMS] (default: %(default)s)")
+                        help="comma-separated BLOCK:MODE[:NORMS[:SAMPLER]] (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=5, help="generate calls per setting, the first a warm-up")
+    parser.add_argument("--fixed-length", action="store_true",
+                        help="every completion max_new_tokens long (EOS and stop strings ignored)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this one setting in this process
     args = parser.parse_args()
     if args.one:
-        run_setting(args.recipe, *parse_setting(args.one), args.calls)
+        run_setting(args.recipe, *parse_setting(args.one), args.calls, args.fixed_length)
         return
 
-    print(f"recipe: {args.recipe}; {args.calls - 1} timed calls per setting after a warm-up")
+    print(f"recipe: {args.recipe}; {args.calls - 1} timed calls per setting after a warm-up"
+          + ("; every completion max_new_tokens long" if args.fixed_length else ""))
     rows = []
     for setting in args.settings.split(","):
         try:
             parse_setting(setting)
         except ValueError as error:
             parser.error(str(error))
-        done = subprocess.run([sys.executable, __file__, args.recipe, "--one", setting, "--calls", str(args.calls)],
-                              capture_output=True, text=True)
+        command = [sys.executable, __file__, args.recipe, "--one", setting, "--calls", str(args.calls)]
+        done = subprocess.run(command + ["--fixed-length"] * args.fixed_length, capture_output=True, text=True)
         lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         calls = [line for line in lines if "call" in line][1:]
         if done.returncode or not calls:
@@ -113,12 +146,13 @@ def main() -> None:
         seconds = statistics.median(c["seconds"] for c in calls)
         rows.append((setting, lines[0]["start_up_s"], seconds, sum(c["tokens"] for c in calls) / sum(c["seconds"] for c in calls),
                      statistics.mean(c["prompt_tokens"] for c in calls),
-                     statistics.mean(c["cached_prompt_tokens"] for c in calls)))
+                     statistics.mean(c["cached_prompt_tokens"] for c in calls),
+                     statistics.median(c["draw_s"] for c in calls)))
         print(f"  {setting}: " + ", ".join(f"{c['seconds']:.2f} s" for c in calls), flush=True)
-    print(f"\n{'setting':18s} {'start-up s':>10s} {'median call s':>14s} {'tokens/s':>9s} "
-          f"{'mean prompt tokens':>19s} {'cached prompt tokens/call':>26s}")
-    for setting, start_up, seconds, rate, prompt_tokens, cached in rows:
-        print(f"{setting:18s} {start_up:10.1f} {seconds:14.2f} {rate:9.0f} {prompt_tokens:19.1f} {cached:26.0f}")
+    print(f"\n{'setting':28s} {'start-up s':>10s} {'median call s':>14s} {'tokens/s':>9s} "
+          f"{'mean prompt tokens':>19s} {'cached prompt tokens/call':>26s} {'draw s/call':>12s}")
+    for setting, start_up, seconds, rate, prompt_tokens, cached, draw in rows:
+        print(f"{setting:28s} {start_up:10.1f} {seconds:14.2f} {rate:9.0f} {prompt_tokens:19.1f} {cached:26.0f} {draw:12.3f}")
     if rows:
         first = rows[0]
         for setting, _, seconds, *_ in rows[1:]:

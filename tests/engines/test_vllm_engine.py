@@ -13,6 +13,7 @@ from r1train.engines.direct_sync import learner_tensors
 from r1train.engines.weights import checkpoint_weights
 from r1train.engines.sync_check import SYNC_WARN_MEAN_ABS_DIFF, compare_logprobs
 from r1train.hardware import bf16_autocast_supported
+from tests.engines.test_cpu_sampler import chi_square, chi_square_bound
 
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vLLM is not installed", allow_module_level=True)
@@ -62,6 +63,30 @@ def test_on_cpu_the_engines_rms_norms_run_through_vllms_cpp_kernels(engine):
     weight = torch.ones(64, dtype=ENGINE_DTYPE)
     assert ir.ops.rms_norm.dispatch(hidden, weight, 1e-5).provider == PROVIDER
     assert ir.ops.fused_add_rms_norm.dispatch(hidden, hidden.clone(), weight, 1e-5).provider == PROVIDER
+
+
+def test_on_cpu_the_engine_draws_each_token_with_its_own_probability(engine, learner, chat_prompts):
+    """The colocated engine samples by inverse CDF (cpu_sampler.py). The first token of three
+    prompts, 600 draws each in one call, top-k at temperature 1, against the engine's own log-probs
+    of each prompt's k tokens: each row of a batch is drawn from its own distribution."""
+    assert engine.samples_by_inverse_cdf
+    inputs = [{"prompt_token_ids": prompt} for prompt in chat_prompts]
+    ranked = engine._sampling_params_cls(n=1, max_tokens=1, logprobs=20, temperature=1.0)
+    tops, params = [], []
+    for request in engine.llm.generate(inputs, ranked, use_tqdm=False):
+        logprobs = sorted(((e.logprob, token) for token, e in request.outputs[0].logprobs[0].items()), reverse=True)
+        # k under 20 with no tie between the k-th and the next (bf16 logits tie often): top-k is one set.
+        k = max(k for k in range(2, 20) if logprobs[k - 1][0] > logprobs[k][0])
+        tops.append({token: logprob for logprob, token in logprobs[:k]})
+        params.append(engine._sampling_params_cls(n=600, max_tokens=1, top_k=k, temperature=1.0))
+
+    for top, request in zip(tops, engine.llm.generate(inputs, params, use_tqdm=False)):
+        tokens = torch.tensor([sample.token_ids[0] for sample in request.outputs])
+        assert set(tokens.tolist()) <= set(top)
+        ids = torch.tensor(list(top))
+        probs = torch.zeros(int(ids.max()) + 1).index_put_((ids,), torch.tensor(list(top.values())).softmax(-1))
+        statistic, dof = chi_square(tokens, probs)
+        assert dof >= 5 and statistic < chi_square_bound(dof)
 
 
 def diff_to_learner(model, completions, score) -> dict[str, float]:

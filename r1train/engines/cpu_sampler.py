@@ -1,0 +1,92 @@
+"""Token sampling for vLLM's CPU build by inverse CDF, in place of its Gumbel-max kernel.
+
+vLLM's CPU sampler draws a token with `torch.ops._C.fused_gumbel_argmax`: a SplitMix64 random
+number and two logarithms for every vocabulary entry of every sequence, on one thread. For 64
+sequences over SmolLM2's 49,152 tokens that took 9.1 ms a decoding step on the 2-core AMX machine,
+about a ninth of a rollout call's time, more than the attention (torch.profiler over four calls
+of the main recipe's shape, 2026-12-06; benchmarks/results/cpu_sampler_amx_2026-12-06.md).
+
+Inverse-CDF sampling needs one uniform number per sequence instead, located in the cumulative
+distribution of the probabilities. A float32 running sum over 49,152 entries drifts by up to
+about 1e-5 of the total, enough to move rare tokens' probabilities, and a float64 one is slow
+(3.6 ms), so the search has two levels: the number is located among blocks of `BLOCK` entries
+(each block's sum in float32, a relative error of about 1e-6 on the block's weight), then inside
+its block, by a float64 running sum of the block's entries. Each token is then drawn with its
+probability to about one part in a million of that probability, a token of probability zero never.
+The probabilities are made in place in vLLM's logits buffer (which its sampler hands over for
+that): a fresh 12 MiB tensor a step costs more in page faults than the arithmetic.
+
+Only the draw changes: the logits reaching it (after temperature, top-k, top-p), the log-probs
+vLLM returns and per-request seeds keep their meaning. The random numbers come from torch's
+global generator, which vLLM seeds with the engine's seed, or from a request's own generator when
+the request carries a seed, so a seeded engine samples the same tokens run after run, though not
+the tokens vLLM's kernel would have drawn. `install` puts it in place on a colocated engine;
+`vllm serve` workers keep vLLM's sampler.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+
+BLOCK = 1024  # entries per first-level block: 48 blocks for a 49,152-token vocabulary
+
+
+def sample_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """For each row of `probs` [B, V] (non-negative, any positive total), the token whose interval
+    in the row's cumulative distribution holds `uniforms` [B] (float64 in [0, 1)); [B] long."""
+    rows, vocab = probs.shape
+    full = vocab // BLOCK * BLOCK
+    # Summed in float32: a float64 sum of a float32 tensor makes a float64 copy of it first.
+    block_sums = probs[:, :full].reshape(rows, -1, BLOCK).sum(-1)
+    if full < vocab:
+        block_sums = torch.cat([block_sums, probs[:, full:].sum(-1, keepdim=True)], 1)
+    block_sums = block_sums.double()
+    block_ends = block_sums.cumsum(-1)
+    target = uniforms.unsqueeze(1) * block_ends[:, -1:]
+    block = torch.searchsorted(block_ends, target, right=True).clamp_(max=block_sums.shape[1] - 1)
+    block_start = block_ends.gather(1, block) - block_sums.gather(1, block)
+    # The number's place inside its block, as a share of the block's mass: in [0, 1) by
+    # construction, kept there against rounding so the search below never runs off the block's end.
+    share = ((target - block_start) / block_sums.gather(1, block)).clamp_(0.0, 1.0 - 2.0 ** -52)
+    columns = block * BLOCK + torch.arange(BLOCK)
+    inside = columns < vocab  # the last block may be short
+    entries = probs.gather(1, columns.clamp(max=vocab - 1)) * inside
+    entry_ends = entries.cumsum(-1, dtype=torch.float64)
+    entry = torch.searchsorted(entry_ends, share * entry_ends[:, -1:], right=True)
+    return (block * BLOCK + entry).squeeze(1)
+
+
+def draw_uniforms(rows: int, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    """[rows] float64 uniforms in [0, 1): torch's global generator, a seeded request's own where given."""
+    uniforms = torch.rand(rows, dtype=torch.float64)
+    for row, generator in generators.items():
+        uniforms[row] = torch.rand(1, generator=generator, dtype=torch.float64)[0]
+    return uniforms
+
+
+def _forward(sampler, logits: torch.Tensor, generators: dict[int, torch.Generator],
+             k: torch.Tensor | None, p: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """TopKTopPSampler.forward with the draw by inverse CDF (see the module's docstring)."""
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
+
+    logits = apply_top_k_top_p(logits, k, p)
+    logits_to_return = None
+    if sampler.logprobs_mode == "processed_logits":
+        logits_to_return = logits
+    elif sampler.logprobs_mode == "processed_logprobs":
+        logits_to_return = logits.log_softmax(dim=-1, dtype=torch.float32)
+    # Made in vLLM's logits buffer, which its sampler may overwrite; in a copy where it is returned.
+    weights = logits.to(torch.float32, copy=logits_to_return is logits)
+    weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()  # unnormalised probabilities
+    return sample_tokens(weights, draw_uniforms(logits.shape[0], generators)), logits_to_return
+
+
+def install(model_runner) -> bool:
+    """Sample with `sample_tokens` in this vLLM model runner; False (nothing changed) where its
+    sampler is not vLLM's CPU Gumbel-max one or asks for float64 Gumbel noise."""
+    sampler = model_runner.sampler.topk_topp_sampler
+    if getattr(sampler.forward, "__func__", None) is not type(sampler).forward_cpu or sampler.use_fp64_gumbel:
+        return False
+    sampler.forward = types.MethodType(_forward, sampler)
+    return True
