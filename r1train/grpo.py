@@ -28,7 +28,7 @@ from r1train.config import ConfigError, Recipe
 from r1train.data import PromptSampler, balance_rows, load_data
 from r1train.diagnostics import StallWatch
 from r1train.hardware import compute_device
-from r1train.heap import keep_freed_memory, map_large_allocations
+from r1train.heap import map_large_allocations
 from r1train.engines import engine_from_recipe
 from r1train.seeding import seed_everything
 from r1train.threads import set_threads
@@ -58,11 +58,8 @@ class GRPOTrainer:
         # Data parallel under `accelerate launch`; None (and a world of one) otherwise.
         self.accelerator = distributed.make_accelerator()
         set_threads(cfg.training.threads)  # after accelerate, which sets its own thread count on CPU
-        if not torch.cuda.is_available():  # r1train/heap.py
-            if cfg.training.cpu_low_memory:
-                map_large_allocations()  # freed activations go back to the OS at once
-            else:
-                keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in anew
+        if cfg.training.cpu_low_memory and not torch.cuda.is_available():
+            map_large_allocations()  # freed activations go back to the OS at once (r1train/heap.py)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = distributed.is_main_process()
         if cfg.rollout.prompts_per_step % self.world_size:

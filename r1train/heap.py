@@ -3,15 +3,7 @@
 A GRPO step on CPU alternates phases that free most of what they allocate: generation, then the
 learner's micro-batches (activations of hundreds of MiB each). glibc keeps freed blocks mapped for
 reuse, and blocks freed in one phase, scattered over the heap, add to the next phase's peak.
-Four tools help, each a no-op where the C library is not glibc:
-- `keep_freed_memory` (every CPU run without `training.cpu_low_memory`): allocations up to
-  32 MiB come from the heap, and up to 128 MiB freed at the heap's top stay mapped, for the next
-  step to reuse. glibc's own thresholds move with the sizes it has seen freed, and in a rollout
-  they settled where every decoding step's logits (a bf16 copy, a float32 copy, the log-probs:
-  about 60 MiB for 128 sequences over 49,152 tokens) were mapped afresh and faulted in page by
-  page: about a million page faults a generate call at the main recipe's shape, a sixth of its
-  time (benchmarks/results/cpu_sampler_amx_2026-12-06.md). The trims below still hand the memory
-  back between phases.
+Three tools help, each a no-op where the C library is not glibc:
 - `map_large_allocations` (the recipe's `training.cpu_low_memory`): allocations from 4 MiB up get
   their own memory mapping, which goes back to the OS the moment it is freed (glibc otherwise
   raises this threshold as large blocks are freed, up to 32 MiB, and serves them from the heap).
@@ -36,12 +28,9 @@ import functools
 import mmap
 from collections.abc import Iterable
 
-_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's malloc.h
-_M_MMAP_THRESHOLD = -3
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 _MADV_DONTNEED = 4  # from Linux's mman-common.h
 LARGE_ALLOCATION_BYTES = 4 * 1024 * 1024
-HEAP_ALLOCATION_BYTES = 32 * 1024 * 1024  # the largest mmap threshold glibc takes on 64-bit systems
-KEPT_FREE_BYTES = 128 * 1024 * 1024
 
 
 @functools.cache
@@ -53,14 +42,6 @@ def _glibc():
         return libc
     except (OSError, AttributeError):
         return None
-
-
-def keep_freed_memory() -> bool:
-    """Serve allocations under HEAP_ALLOCATION_BYTES from the heap and keep up to KEPT_FREE_BYTES
-    freed at its top mapped; True if set."""
-    libc = _glibc()
-    return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, HEAP_ALLOCATION_BYTES)
-                and libc.mallopt(_M_TRIM_THRESHOLD, KEPT_FREE_BYTES))
 
 
 def map_large_allocations() -> bool:
