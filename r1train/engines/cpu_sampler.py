@@ -54,7 +54,9 @@ def sample_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     entries = probs.gather(1, columns.clamp(max=vocab - 1)) * inside
     entry_ends = entries.cumsum(-1, dtype=torch.float64)
     entry = torch.searchsorted(entry_ends, share * entry_ends[:, -1:], right=True)
-    return (block * BLOCK + entry).squeeze(1)
+    # A row without a finite probability (every logit -inf: vLLM's own draw fails there too)
+    # still yields a token id the engine can take.
+    return (block * BLOCK + entry).squeeze(1).clamp_(max=vocab - 1)
 
 
 def draw_uniforms(rows: int, generators: dict[int, torch.Generator]) -> torch.Tensor:
@@ -86,7 +88,8 @@ def install(model_runner) -> bool:
     """Sample with `sample_tokens` in this vLLM model runner; False (nothing changed) where its
     sampler is not vLLM's CPU Gumbel-max one or asks for float64 Gumbel noise."""
     sampler = model_runner.sampler.topk_topp_sampler
-    if getattr(sampler.forward, "__func__", None) is not type(sampler).forward_cpu or sampler.use_fp64_gumbel:
+    gumbel_max = getattr(type(sampler), "forward_cpu", None)
+    if gumbel_max is None or getattr(sampler.forward, "__func__", None) is not gumbel_max or sampler.use_fp64_gumbel:
         return False
     sampler.forward = types.MethodType(_forward, sampler)
     return True

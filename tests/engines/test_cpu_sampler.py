@@ -150,3 +150,10 @@ def test_the_installed_sampler_returns_what_vllms_does_beside_the_tokens(vllm_to
         assert returned is None
     else:
         torch.testing.assert_close(returned, expected)  # not overwritten by the draw
+
+
+def test_a_row_without_a_finite_probability_still_gets_a_token_id_in_the_vocabulary():
+    probs = torch.full((2, 3000), math.nan)
+    probs[1] = 1.0
+    tokens = sample_tokens(probs, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert 0 <= int(tokens[0]) < 3000 and int(tokens[1]) == 1500
