@@ -63,9 +63,9 @@ def run_setting(recipe_path: str, block: str, mode: str, norms: str, draw: str, 
     start = time.perf_counter()
     llm = vllm.LLM(**options)
     if draw == "inverse_cdf":
-        from r1train.engines.cpu_sampler import install
+        from r1train.engines.cpu_sampler import install_in_engine
 
-        assert all(llm.collective_rpc(lambda worker: install(worker.model_runner)))
+        assert install_in_engine(llm)
     draw_seconds = time_the_draw(llm)
     print(json.dumps({"start_up_s": time.perf_counter() - start}), flush=True)
     params = vllm.SamplingParams(n=rollout.group_size, max_tokens=rollout.max_new_tokens,

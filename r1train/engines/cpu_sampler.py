@@ -20,7 +20,7 @@ Only the draw changes: the logits reaching it (after temperature, top-k, top-p),
 vLLM returns and per-request seeds keep their meaning. The random numbers come from torch's
 global generator, which vLLM seeds with the engine's seed, or from a request's own generator when
 the request carries a seed, so a seeded engine samples the same tokens run after run, though not
-the tokens vLLM's kernel would have drawn. `install` puts it in place on a colocated engine;
+the tokens vLLM's kernel would have drawn. `install_in_engine` puts it in place on a colocated engine;
 `vllm serve` workers keep vLLM's sampler.
 """
 from __future__ import annotations
@@ -45,10 +45,10 @@ def sample_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     block_ends = block_sums.cumsum(-1)
     target = uniforms.unsqueeze(1) * block_ends[:, -1:]
     block = torch.searchsorted(block_ends, target, right=True).clamp_(max=block_sums.shape[1] - 1)
-    block_start = block_ends.gather(1, block) - block_sums.gather(1, block)
+    block_mass = block_sums.gather(1, block)
     # The number's place inside its block, as a share of the block's mass: in [0, 1) by
     # construction, kept there against rounding so the search below never runs off the block's end.
-    share = ((target - block_start) / block_sums.gather(1, block)).clamp_(0.0, 1.0 - 2.0 ** -52)
+    share = ((target - (block_ends.gather(1, block) - block_mass)) / block_mass).clamp_(0.0, 1.0 - 2.0 ** -52)
     columns = block * BLOCK + torch.arange(BLOCK)
     inside = columns < vocab  # the last block may be short
     entries = probs.gather(1, columns.clamp(max=vocab - 1)) * inside
@@ -82,6 +82,11 @@ def _forward(sampler, logits: torch.Tensor, generators: dict[int, torch.Generato
     weights = logits.to(torch.float32, copy=logits_to_return is logits)
     weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()  # unnormalised probabilities
     return sample_tokens(weights, draw_uniforms(logits.shape[0], generators)), logits_to_return
+
+
+def install_in_engine(llm) -> bool:
+    """`install` in every model runner of an in-process `vllm.LLM`; True where all took it."""
+    return all(llm.collective_rpc(lambda worker: install(worker.model_runner)))
 
 
 def install(model_runner) -> bool:

@@ -47,7 +47,7 @@ import torch
 
 from r1train.engines import cpu_kernels
 from r1train.engines.base import Completion, SamplingSettings
-from r1train.engines.cpu_sampler import install as install_cpu_sampler
+from r1train.engines.cpu_sampler import install_in_engine as install_cpu_sampler
 from r1train.engines.direct_sync import WEIGHTS_RELEASED, DirectWeightSync, learner_tensors
 from r1train.engines.weights import checkpoint_weights
 from r1train.heap import release_pages, return_free_memory
@@ -237,8 +237,7 @@ class VLLMEngine:
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
         # Whether tokens are drawn by r1train's inverse-CDF sampler (cpu_sampler.py).
-        self.samples_by_inverse_cdf = self.on_cpu and cpu_sampler and all(
-            self.llm.collective_rpc(lambda worker: install_cpu_sampler(worker.model_runner)))
+        self.samples_by_inverse_cdf = self.on_cpu and cpu_sampler and install_cpu_sampler(self.llm)
         self._sampling_params_cls = vllm.SamplingParams
         self._asleep = False
         self._kv_storage_bytes: list = []  # CPU sleep: (storage, size) of the freed KV cache
