@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from r1train.engines.cpu_sampler import BLOCK, draw_uniforms, install, sample_tokens
+from r1train.engines.cpu_sampler import BLOCK, draw_uniforms, install, plain_sampling, sample_tokens, sample_with_logprobs
 
 # Just under 1: the largest uniform torch.rand can return in float64.
 LAST_UNIFORM = 1.0 - 2.0 ** -53
@@ -113,10 +113,14 @@ def vllm_topk_topp_sampler():
 
 
 def runner_with(sampler):
-    """What `install` reads of a vLLM model runner: its sampler's top-k/top-p stage."""
+    """What `install` reads of a vLLM model runner: its sampler, with `sampler` as its top-k/top-p stage."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(sampler=SimpleNamespace(topk_topp_sampler=sampler))
+    from vllm.v1.sample.sampler import Sampler
+
+    whole = Sampler(sampler.logprobs_mode)
+    whole.topk_topp_sampler = sampler
+    return SimpleNamespace(sampler=whole)
 
 
 def test_install_takes_the_place_of_vllms_cpu_gumbel_sampler_only(vllm_topk_topp_sampler):
@@ -157,3 +161,95 @@ def test_a_row_without_a_finite_probability_still_gets_a_token_id_in_the_vocabul
     probs[1] = 1.0
     tokens = sample_tokens(probs, torch.tensor([0.5, 0.5], dtype=torch.float64))
     assert 0 <= int(tokens[0]) < 3000 and int(tokens[1]) == 1500
+
+
+def test_the_drawn_tokens_logprobs_and_ranks_are_those_of_the_whole_rows():
+    torch.manual_seed(5)
+    logits = (torch.randn(6, 3000) * 4).to(torch.bfloat16)  # bf16, as the engine's: many ties
+    logits[2, 1000:] = -math.inf
+    kept = logits.clone()
+    uniforms = torch.rand(6, dtype=torch.float64)
+    tokens, logprobs, ranks = sample_with_logprobs(logits, uniforms)
+
+    assert torch.equal(logits, kept)
+    weights = logits.float().softmax(-1)
+    assert torch.equal(tokens, sample_tokens(weights, uniforms))
+    expected = logits.float().log_softmax(-1)  # vLLM's raw log-probs and ranks
+    chosen = expected.gather(1, tokens[:, None])
+    torch.testing.assert_close(logprobs, chosen.squeeze(1), rtol=0, atol=2e-6)
+    assert torch.equal(ranks, (expected >= chosen).sum(-1))
+    assert sample_with_logprobs(logits, uniforms, ranked=False)[2] is None
+
+
+def sampling_metadata(rows: int, vocab: int, **changes):
+    """vLLM's metadata of a batch of `rows` requests that ask for a plain draw and its log-prob."""
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.metadata import SamplingMetadata
+
+    fields = dict(temperature=torch.ones(rows), all_greedy=False, all_random=True, top_p=None, top_k=None,
+                  generators={}, max_num_logprobs=0, no_penalties=True, prompt_token_ids=None,
+                  frequency_penalties=torch.zeros(rows), presence_penalties=torch.zeros(rows),
+                  repetition_penalties=torch.ones(rows), output_token_ids=[[] for _ in range(rows)],
+                  allowed_token_ids_mask=None, bad_words_token_ids={}, logitsprocs=LogitsProcessors())
+    return SamplingMetadata(**(fields | changes))
+
+
+@pytest.mark.parametrize("max_num_logprobs", [0, None])
+def test_a_plain_batch_gets_what_vllms_sampler_returns_for_the_same_draws(vllm_topk_topp_sampler, max_num_logprobs):
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM's CPU build samples with its Gumbel-max kernel; this vLLM is not one")
+    runner = runner_with(vllm_topk_topp_sampler())
+    vllm_forward = runner.sampler.forward
+    assert install(runner)
+    logits = (torch.randn(5, 3000) * 3).to(torch.bfloat16)
+    metadata = sampling_metadata(5, 3000, max_num_logprobs=max_num_logprobs)
+    assert plain_sampling(metadata, "raw_logprobs")
+
+    torch.manual_seed(8)
+    ours = runner.sampler(logits.clone(), metadata)
+    torch.manual_seed(8)  # the same uniforms, through vLLM's whole sampler with the inverse-CDF draw
+    theirs = vllm_forward(logits.clone(), metadata)
+    assert torch.equal(ours.sampled_token_ids, theirs.sampled_token_ids)
+    assert ours.sampled_token_ids.dtype == theirs.sampled_token_ids.dtype == torch.int32
+    if max_num_logprobs is None:
+        assert ours.logprobs_tensors is None and theirs.logprobs_tensors is None
+        return
+    assert torch.equal(ours.logprobs_tensors.logprob_token_ids, theirs.logprobs_tensors.logprob_token_ids)
+    torch.testing.assert_close(ours.logprobs_tensors.logprobs, theirs.logprobs_tensors.logprobs, rtol=0, atol=2e-6)
+    assert torch.equal(ours.logprobs_tensors.selected_token_ranks, theirs.logprobs_tensors.selected_token_ranks)
+
+
+@pytest.mark.parametrize("change", ["temperature", "greedy row", "top_k", "top_p", "more logprobs", "penalties",
+                                    "banned words", "processed logprobs"])
+def test_any_other_batch_goes_through_vllms_sampler(vllm_topk_topp_sampler, change):
+    rows, vocab = 4, 3000
+    changes, mode = {
+        "temperature": ({"temperature": torch.tensor([1.0, 0.7, 1.0, 1.0])}, "raw_logprobs"),
+        "greedy row": ({"all_random": False, "temperature": torch.tensor([1.0, 0.0, 1.0, 1.0])}, "raw_logprobs"),
+        "top_k": ({"top_k": torch.full((rows,), 5)}, "raw_logprobs"),
+        "top_p": ({"top_p": torch.full((rows,), 0.9)}, "raw_logprobs"),
+        "more logprobs": ({"max_num_logprobs": 5}, "raw_logprobs"),
+        "penalties": ({"no_penalties": False}, "raw_logprobs"),
+        "banned words": ({"bad_words_token_ids": {0: [[7]]}}, "raw_logprobs"),
+        "processed logprobs": ({}, "processed_logprobs"),
+    }[change]
+    assert plain_sampling(sampling_metadata(rows, vocab), "raw_logprobs")
+    assert not plain_sampling(sampling_metadata(rows, vocab, **changes), mode)
+
+
+def test_a_logit_processor_at_work_or_of_unknown_kind_sends_the_batch_to_vllms_sampler(vllm_topk_topp_sampler):
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.logits_processor.builtin import LogitBiasLogitsProcessor
+
+    bias = LogitBiasLogitsProcessor(None, torch.device("cpu"), False)
+    assert plain_sampling(sampling_metadata(4, 3000, logitsprocs=LogitsProcessors([bias])), "raw_logprobs")
+    bias.biases[0] = {5: 2.0}  # a request asked for a logit bias
+    assert not plain_sampling(sampling_metadata(4, 3000, logitsprocs=LogitsProcessors([bias])), "raw_logprobs")
+
+    class OwnProcessor(LogitBiasLogitsProcessor):
+        pass
+
+    unknown = LogitsProcessors([OwnProcessor(None, torch.device("cpu"), False)])
+    assert not plain_sampling(sampling_metadata(4, 3000, logitsprocs=unknown), "raw_logprobs")

@@ -89,6 +89,27 @@ def test_on_cpu_the_engine_draws_each_token_with_its_own_probability(engine, lea
         assert dof >= 5 and statistic < chi_square_bound(dof)
 
 
+def test_rollouts_at_temperature_1_take_the_samplers_short_way_with_logprobs_that_match_the_learner(
+        engine, learner, chat_prompts, score, monkeypatch):
+    """Rollouts as the trainer asks for them (temperature 1, the drawn tokens' log-probs): every
+    decoding step is drawn by `sample_with_logprobs` (cpu_sampler.py), whose log-probs are the learner's."""
+    from r1train.engines import cpu_sampler
+
+    assert engine.samples_by_inverse_cdf
+    decided = []
+    plain_sampling = cpu_sampler.plain_sampling
+
+    def recorded(*args, **kwargs):
+        decided.append(plain_sampling(*args, **kwargs))
+        return decided[-1]
+
+    monkeypatch.setattr(cpu_sampler, "plain_sampling", recorded)
+    completions = engine.generate(chat_prompts, n=3, sampling=SamplingSettings(max_new_tokens=12, temperature=1.0))
+    assert len(decided) >= 12 and all(decided)
+    assert all(len(c.logprobs) == len(c.token_ids) for c in completions)
+    assert diff_to_learner(learner, completions, score)["mean_abs_diff"] < SYNC_WARN_MEAN_ABS_DIFF
+
+
 def diff_to_learner(model, completions, score) -> dict[str, float]:
     # The learner side in the engine's precision: bf16 autocast against a bf16 engine, else fp32.
     learner = score(model, completions, autocast_dtype=torch.bfloat16 if ENGINE_DTYPE == torch.bfloat16 else None)
