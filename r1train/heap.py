@@ -25,7 +25,8 @@ All that freeing is paid in page faults when the memory is used again: 17.6-18.2
 faults in a 40-step run of the equal-work recipe, 30 s of system time in a 170 s run on 2 cores.
 `back_large_tensors_with_huge_pages` has torch place its CPU tensors of 2 MiB and more in
 transparent huge pages (its THP_MEM_ALLOC_ENABLE switch): a fault then maps 2 MiB instead of
-4 KiB. Same run: 7.0 million faults, 22 s of system time, 164 against 170-171 s, at a peak RSS
+4 KiB. Memory given to `release_pages` goes back to small pages, so that what is written into it
+bit by bit (the KV cache) stays resident only where written. Same run: 7.0 million faults, 22 s of system time, 164 against 170-171 s, at a peak RSS
 0.15-0.19 GiB higher (3.55 against 3.36-3.40 GiB; benchmarks/results/main_command_equal_work_lr20_2026-12-06.md).
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections.abc import Iterable
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 _MADV_DONTNEED = 4  # from Linux's mman-common.h
+_MADV_NOHUGEPAGE = 15
 LARGE_ALLOCATION_BYTES = 4 * 1024 * 1024
 
 
@@ -91,6 +93,10 @@ def release_pages(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         end = (address + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
         ok = (mappings is not None and start < end and _private_anonymous(mappings, start, end)
               and libc.madvise(start, end - start, _MADV_DONTNEED) == 0)
+        if ok:
+            # Small pages from here on: released memory is written back a little at a time (the KV
+            # cache, a block per sequence), and a huge page would make 2 MiB resident for each.
+            libc.madvise(start, end - start, _MADV_NOHUGEPAGE)
         released.append((start, end) if ok else (address, address))
     return released
 

@@ -30,6 +30,25 @@ def test_released_heap_memory_reads_as_zeros_and_leaves_the_resident_set():
     assert bool((data[: start - address] == 7).all()) and bool((data[end - address:] == 7).all())  # partial pages kept
 
 
+def vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping holding `address` (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            low, high = (int(bound, 16) for bound in line.split()[0].split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_released_memory_goes_back_to_small_pages():
+    """Written back a block at a time, a huge page would make 2 MiB resident for each block."""
+    data = torch.full((16 << 20,), 7, dtype=torch.uint8)
+    [(start, end)] = release_pages([(data.data_ptr(), data.numel())])
+    assert "nh" in vm_flags(start) and "nh" in vm_flags(end - 1)
+
+
 def test_memory_with_a_file_behind_it_is_left_alone(tmp_path):
     """A file's private mapping would read as the file again, not as zeros: nothing is released."""
     path = tmp_path / "weights.bin"
