@@ -23,11 +23,13 @@ Three tools help, each a no-op where the C library is not glibc:
 
 All that freeing is paid in page faults when the memory is used again: 17.6-18.2 million minor
 faults in a 40-step run of the equal-work recipe, 30 s of system time in a 170 s run on 2 cores.
-`back_large_tensors_with_huge_pages` has torch place its CPU tensors of 2 MiB and more in
-transparent huge pages (its THP_MEM_ALLOC_ENABLE switch): a fault then maps 2 MiB instead of
-4 KiB. Memory given to `release_pages` goes back to small pages, so that what is written into it
-bit by bit (the KV cache) stays resident only where written. Same run: 7.0 million faults, 22 s of system time, 164 against 170-171 s, at a peak RSS
-0.15-0.19 GiB higher (3.55 against 3.36-3.40 GiB; benchmarks/results/main_command_equal_work_lr20_2026-12-06.md).
+torch can place its CPU tensors of 2 MiB and more in transparent huge pages (THP_MEM_ALLOC_ENABLE=1
+in the environment, before torch starts), where a fault maps 2 MiB instead of 4 KiB: 7.0 million
+faults, 22 s of system time and 164 against 170-171 s in the same run, but a peak RSS 0.15-0.19
+GiB higher there and 0.10 GiB higher on bench_vs_trl.py's workload, so r1train leaves it to the
+user (benchmarks/results/main_command_equal_work_lr20_2026-12-06.md). Memory given to
+`release_pages` goes back to small pages either way, so that what is written into it bit by bit
+(the KV cache) stays resident only where written.
 """
 from __future__ import annotations
 
@@ -51,17 +53,6 @@ def _glibc():
         return libc
     except (OSError, AttributeError):
         return None
-
-
-def back_large_tensors_with_huge_pages() -> None:
-    """Set THP_MEM_ALLOC_ENABLE=1 for torch, unless the user set it (0 turns it off) or torch, which
-    reads it at its first allocation, is already imported. Linux only; a kernel whose transparent
-    huge pages are "never" ignores the request."""
-    import os
-    import sys
-
-    if "torch" not in sys.modules and "THP_MEM_ALLOC_ENABLE" not in os.environ and sys.platform == "linux":
-        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
 
 
 def map_large_allocations() -> bool:

@@ -1,11 +1,7 @@
-"""release_pages: memory zeroed by the OS, not written, so it does not become resident; and torch's
-large CPU tensors in transparent huge pages."""
+"""release_pages: memory zeroed by the OS, not written, so it does not become resident."""
 import mmap
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -63,29 +59,3 @@ def test_less_than_a_whole_page_releases_nothing():
     data = torch.full((100,), 7, dtype=torch.uint8)
     assert release_pages([(data.data_ptr(), data.numel())]) == [(data.data_ptr(), data.data_ptr())]
     assert bool((data == 7).all())
-
-
-def _huge_pages_of_a_large_tensor(env: dict) -> tuple[str | None, int]:
-    """In a fresh process importing r1train first: its THP_MEM_ALLOC_ENABLE, and the kB of
-    transparent huge pages the process holds after writing a 64 MiB tensor."""
-    script = ("import os, r1train, torch\n"
-              "x = torch.ones(16 * 2**20)\n"
-              "kb = next(int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages'))\n"
-              "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), kb)\n")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
-    setting, kb = out.split()
-    return (None if setting == "None" else setting), int(kb)
-
-
-@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists(), reason="no transparent huge pages")
-def test_large_tensors_get_huge_pages_unless_the_user_turns_them_off():
-    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    setting, kb = _huge_pages_of_a_large_tensor(env)
-    assert setting == "1"
-    if "[madvise]" in mode or "[always]" in mode:
-        assert kb >= 32 * 1024  # most of the 64 MiB
-    setting, kb = _huge_pages_of_a_large_tensor(env | {"THP_MEM_ALLOC_ENABLE": "0"})
-    assert setting == "0"
-    if "[madvise]" in mode:
-        assert kb < 32 * 1024
