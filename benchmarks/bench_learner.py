@@ -36,11 +36,6 @@ size 576), and oneDNN reaches less on them. So the run also times the model's ow
 both backward products, weighted by how often the model has each) and prints the learner's share
 of that ceiling as well: the part of the gap no scheduling of the same matmuls can close.
 `--op-table` runs one more learner step under torch.profiler and prints its operators by self time.
-Packed rows' attention, on a CPU with compiled layers, has its backward pass written out
-(`r1train/masked_attention.py`); the side `learner_compiled_checkpointing_flash_backward` keeps
-torch's flash-attention backward pass, for the comparison:
-    .venv/bin/python benchmarks/bench_learner.py --prompts 8 --prompt-tokens 95,105 --completion-tokens 12,30 \
-        --sides learner_compiled_checkpointing,learner_compiled_checkpointing_flash_backward --repeats 4
 
 On a CUDA GPU (`--device cuda`, the default where one is visible) the same comparison runs there;
 give it a GPU-sized batch, for example
@@ -70,9 +65,7 @@ from r1train.policy_loss import LossSettings
 SIDE_LABELS = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
                "learner_unpacked": "r1train, one row per sample", "learner_compiled": "r1train, compiled layers",
                "learner_keeping_mlp": "r1train, MLPs keeping everything",
-               "learner_compiled_checkpointing": "r1train, compiled layers, gradient checkpointing",
-               "learner_compiled_checkpointing_flash_backward":
-                   "r1train, compiled layers, gradient checkpointing, torch's flash-attention backward pass"}
+               "learner_compiled_checkpointing": "r1train, compiled layers, gradient checkpointing"}
 
 
 def load_model(name: str):
@@ -253,8 +246,7 @@ def main() -> None:
         learner = PolicyLearner(copy.deepcopy(model), lr=1e-6, micro_batch_tokens=args.micro_batch_tokens,
                                 bf16=args.bf16 != "off", share_prompts=side != "learner_unpacked",
                                 compile_layers=side.startswith("learner_compiled"),
-                                gradient_checkpointing="_checkpointing" in side,
-                                masked_attention=not side.endswith("_flash_backward"),
+                                gradient_checkpointing=side.endswith("_checkpointing"),
                                 recompute_mlp_products=side != "learner_keeping_mlp")
         if args.bf16 == "on":
             learner.use_bf16 = True

@@ -49,7 +49,6 @@ from r1train.learner_metrics import MetricTotals
 from r1train.logprobs import compute_token_logprobs
 from r1train import mlp_recompute
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
-from r1train.masked_attention import use_in as use_masked_attention
 from r1train.packing import (ROW_LENGTH_MULTIPLE, ScoringBatch, pack, pack_length, packing_supported,
                              padded_row_length, plan_packs)
 from r1train.policy_loss import LossSettings, compute_policy_loss
@@ -121,7 +120,6 @@ class PolicyLearner:
         optimizer_state_dtype: str = "float32",
         compile_layers: bool = False,
         recompute_mlp_products: bool = True,
-        masked_attention: bool = True,
     ):
         """Wrap `model` (an HF causal LM, fp32) for training.
 
@@ -138,9 +136,7 @@ class PolicyLearner:
         `compile_layers` compiles the decoder layers with torch.compile (`r1train/compiled_layers.py`;
         not with FSDP, whose sharded layers it leaves eager). `recompute_mlp_products` makes the
         gated MLPs keep fewer activations for the same gradients to float rounding
-        (`r1train/mlp_recompute.py`; not with FSDP or compiled layers). `masked_attention` gives
-        packed rows on a CPU, with compiled layers and bf16 autocast, attention whose backward pass
-        inductor fuses (`r1train/masked_attention.py`).
+        (`r1train/mlp_recompute.py`; not with FSDP or compiled layers).
         """
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -175,10 +171,6 @@ class PolicyLearner:
         self.device = next(model.parameters()).device
         self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
         self.micro_batch_tokens = micro_batch_token_budget(micro_batch_tokens, self.device, self.use_bf16)
-        # Packed rows' attention with its backward pass written out, for inductor to fuse: measured
-        # with compiled layers and bf16 autocast (eagerly it is slower than torch's kernel).
-        self.masked_attention = (masked_attention and compile_layers and self.use_bf16 and not self.sharded
-                                 and use_masked_attention(model))
         self.compiled = compile_layers and not self.sharded and compile_decoder_layers(model, self.device)
         # How many of the model's MLPs keep fewer activations (0: none has the form, or it is off).
         self.recomputed_mlps = (mlp_recompute.recompute_mlp_products(model)

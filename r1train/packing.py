@@ -28,10 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1train import masked_attention
-
-# transformers attention implementations given a 4-D mask (the third is r1train/masked_attention.py's)
-MASKED_ATTENTION = ("sdpa", "eager", masked_attention.NAME)
+MASKED_ATTENTION = ("sdpa", "eager")  # transformers attention implementations given a 4-D mask
 # The GRPO learner and the SFT stage pad their rows to a multiple of this many tokens: the CPU
 # attention kernel keeps state for every row length it meets, for the life of the process
 # (r1train/cpu_caches.py), and rounded lengths bound how many a run meets, for at most 31 padding
@@ -200,7 +197,7 @@ def _packed_mask(segment: torch.Tensor, attention: str) -> torch.Tensor:
     allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))
     allowed |= torch.eye(width, dtype=torch.bool)  # padding sees itself: no empty softmax
     allowed = allowed.unsqueeze(1)
-    if attention in ("sdpa", masked_attention.NAME):
+    if attention == "sdpa":
         return allowed
     if attention == "eager":
         return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)

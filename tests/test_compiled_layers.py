@@ -11,8 +11,7 @@ from torch._dynamo.utils import counters
 
 from r1train.compiled_layers import compile_decoder_layers, cpp_compiler_found, decoder_layers
 from r1train.config import ConfigError, recipe_from_dict
-from r1train.hardware import bf16_autocast_supported
-from r1train.learner import PolicyLearner, TrainBatch
+from r1train.learner import PolicyLearner
 from r1train.policy_loss import LossSettings
 from tests.test_learner import capture_gradients, tiny_model, toy_batch  # noqa: F401 (fixture)
 
@@ -86,26 +85,3 @@ def test_with_the_hf_backend_the_learner_runs_eagerly_and_says_why(capsys):
     learner = PolicyLearner.from_recipe(tiny_model(), recipe)
     assert not learner.compiled
     assert "runs eagerly with rollout.backend: hf" in capsys.readouterr().out
-
-
-@needs_compiler
-@pytest.mark.skipif(not bf16_autocast_supported(torch.device("cpu")), reason="the CPU has no native bf16")
-def test_with_bf16_the_compiled_learners_masked_attention_takes_sdpas_step(capture_gradients):
-    """Packed rows (groups sharing a prompt) in compiled layers under bf16 autocast: attention with
-    the backward pass written out (r1train/masked_attention.py) gives sdpa's gradients to bf16 rounding."""
-    g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(1, 256, (6,), generator=g).tolist() for _ in range(2)]
-    batch = TrainBatch([p for p in prompts for _ in range(3)],
-                       [torch.randint(1, 256, (int(n),), generator=g).tolist() for n in torch.randint(2, 9, (6,), generator=g)],
-                       torch.randn(6, generator=g, dtype=torch.float64))
-    gradients = {}
-    for masked in (False, True):
-        capture_gradients.clear()
-        torch._dynamo.reset()
-        learner = PolicyLearner(tiny_model(), lr=1e-3, micro_batch_tokens=256, bf16=True, compile_layers=True,
-                                masked_attention=masked)
-        assert learner.masked_attention == masked and learner.compiled
-        learner.train_on_batch(batch, LossSettings(max_completion_length=8))
-        gradients[masked] = capture_gradients[0]
-    for ours, theirs in zip(gradients[True], gradients[False]):
-        assert (ours - theirs).norm() <= 2e-2 * theirs.norm() + 1e-6

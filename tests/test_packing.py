@@ -3,7 +3,6 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from r1train import masked_attention
 from r1train.batching import collate
 from r1train.logprobs import compute_token_logprobs
 from r1train.packing import ScoringBatch, pack, pack_length, packing_supported, plan_packs
@@ -13,11 +12,8 @@ def tiny_model(attention="sdpa", dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True,
-                         attn_implementation="sdpa" if attention == masked_attention.NAME else attention)
-    model = LlamaForCausalLM(config).to(dtype)
-    if attention == masked_attention.NAME:
-        assert masked_attention.use_in(model)
-    return model
+                         attn_implementation=attention)
+    return LlamaForCausalLM(config).to(dtype)
 
 
 def grouped_samples(prompts=3, group_size=4, seed=1):
@@ -111,7 +107,7 @@ def test_pack_refuses_samples_with_another_prompt():
 
 
 def test_only_attention_that_takes_a_custom_mask_packs():
-    assert all(packing_supported(tiny_model(attention)) for attention in ("sdpa", "eager", masked_attention.NAME))
+    assert packing_supported(tiny_model("sdpa")) and packing_supported(tiny_model("eager"))
     model = tiny_model("sdpa")
     model.config._attn_implementation = "flash_attention_2"
     assert not packing_supported(model)
@@ -119,7 +115,7 @@ def test_only_attention_that_takes_a_custom_mask_packs():
 
 # ----------------------------------------------------------------------------- equal to plain rows
 @pytest.mark.parametrize("width_multiple", [1, 32])
-@pytest.mark.parametrize("attention", ["sdpa", "eager", masked_attention.NAME])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_logprobs_and_gradients_equal_plain_rows(attention, width_multiple):
     """Whole groups and a split group (uneven row lengths, so padded rows in a packed batch); with
     the rows' width rounded up (the learner's, for bounded kernel caches) all rows end in padding.
