@@ -26,8 +26,8 @@ faults in a 40-step run of the equal-work recipe, 30 s of system time in a 170 s
 torch can place its CPU tensors of 2 MiB and more in transparent huge pages (THP_MEM_ALLOC_ENABLE=1
 in the environment, before torch starts), where a fault maps 2 MiB instead of 4 KiB: 7.0 million
 faults, 22 s of system time and 164 against 170-171 s in the same run, but a peak RSS 0.15-0.19
-GiB higher there and 0.10 GiB higher on bench_vs_trl.py's workload, so r1train leaves it to the
-user (benchmarks/results/main_command_equal_work_lr20_2026-12-06.md). Memory given to
+GiB higher there (the evaluations set it), so r1train leaves it to the user
+(benchmarks/results/main_command_equal_work_lr20_2026-12-06.md). Memory given to
 `release_pages` goes back to small pages either way, so that what is written into it bit by bit
 (the KV cache) stays resident only where written.
 """
