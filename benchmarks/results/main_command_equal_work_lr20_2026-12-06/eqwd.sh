@@ -16,5 +16,7 @@ for side in "$@"; do
     prev) run /tmp/wt_prev /tmp/eqw_recipe40cgb_lr20.yaml prev_$R ;;
     new) run /tmp/wt_new /tmp/eqw_recipe40cgb_lr20.yaml new_$R ;;
     new2) run /tmp/wt_new2 /tmp/eqw_recipe40cgb_lr20.yaml new2_$R ;;
+    final) run /tmp/wt_final /tmp/eqw_recipe40cgb_lr20.yaml final_$R ;;
+    new2thp) export THP_MEM_ALLOC_ENABLE=1; run /tmp/wt_new2 /tmp/eqw_recipe40cgb_lr20.yaml new2thp_$R; unset THP_MEM_ALLOC_ENABLE ;;
   esac
 done
