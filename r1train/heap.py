@@ -21,12 +21,13 @@ Three tools help, each a no-op where the C library is not glibc:
   chunks; written with zeros, all of it (0.5 GiB in the main recipe) would be resident though a
   call's sequences fill only part of it.
 
-All that freeing is paid in page faults when the memory is used again: 17.6-18.2 million minor
-faults in a 40-step run of the equal-work recipe, 30 s of system time in a 170 s run on 2 cores.
+All that freeing is paid in page faults when the memory is used again: 17.4-17.6 million minor
+faults in a 40-step run of the equal-work recipe, 29-30 s of system time in a 169-172 s run on 2
+cores.
 torch can place its CPU tensors of 2 MiB and more in transparent huge pages (THP_MEM_ALLOC_ENABLE=1
 in the environment, before torch starts), where a fault maps 2 MiB instead of 4 KiB: 7.0 million
-faults, 22 s of system time and 164 against 170-171 s in the same run, but a peak RSS 0.15-0.19
-GiB higher there (the evaluations set it), so r1train leaves it to the user
+faults against 18.4, 22 against 30 s of system time and 164 against 170 s in one pair of runs, but
+a peak RSS 0.15 GiB higher (the evaluations set it), so r1train leaves it to the user
 (benchmarks/results/main_command_equal_work_lr20_2026-12-06.md). Memory given to
 `release_pages` goes back to small pages either way, so that what is written into it bit by bit
 (the KV cache) stays resident only where written.
