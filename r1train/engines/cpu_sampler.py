@@ -80,14 +80,20 @@ def sample_with_logprobs(logits: torch.Tensor, uniforms: torch.Tensor,
     """Draw a token from each row of `logits` [B, V] at temperature 1; the tokens [B] long, their
     log-probs [B] float32 (as vLLM's float32 log-softmax gives them) and, if `ranked`, their ranks
     [B] long (the entries at or above them, as vLLM counts). `logits` is left as it is."""
-    weights = logits.to(torch.float32, copy=True)
-    peak = weights.amax(dim=-1, keepdim=True)
-    weights.sub_(peak).exp_()  # unnormalised probabilities
+    weights, peak = _unnormalised_probs(logits, copy=True)
     tokens, totals = _sample_tokens_and_totals(weights, uniforms)
     chosen = logits.gather(1, tokens.unsqueeze(1))
     logprobs = ((chosen.float() - peak).squeeze(1).double() - totals.log()).float()
     ranks = _count_at_or_above(logits, chosen) if ranked else None
     return tokens, logprobs, ranks
+
+
+def _unnormalised_probs(logits: torch.Tensor, copy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(logits - row maximum) in float32, made in `logits` itself where it is float32 and not
+    `copy`; and the row maxima [B, 1]."""
+    weights = logits.to(torch.float32, copy=copy)
+    peak = weights.amax(dim=-1, keepdim=True)
+    return weights.sub_(peak).exp_(), peak
 
 
 def _count_at_or_above(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -124,8 +130,7 @@ def _forward(sampler, logits: torch.Tensor, generators: dict[int, torch.Generato
     elif sampler.logprobs_mode == "processed_logprobs":
         logits_to_return = logits.log_softmax(dim=-1, dtype=torch.float32)
     # Made in vLLM's logits buffer, which its sampler may overwrite; in a copy where it is returned.
-    weights = logits.to(torch.float32, copy=logits_to_return is logits)
-    weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()  # unnormalised probabilities
+    weights, _ = _unnormalised_probs(logits, copy=logits_to_return is logits)
     return sample_tokens(weights, draw_uniforms(logits.shape[0], generators)), logits_to_return
 
 
