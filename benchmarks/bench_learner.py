@@ -59,13 +59,16 @@ from r1train.batching import collate
 from r1train.hardware import bf16_autocast_supported
 from r1train.learner import PolicyLearner, TrainBatch
 from r1train.policy_loss import LossSettings
+from r1train.unpadded_rows import common_prefix_length
 
 
 # Each side the bench can run, with the label its result line gets.
 SIDE_LABELS = {"baseline": "baseline (fp32 HF, full logits)", "learner": "r1train PolicyLearner",
                "learner_unpacked": "r1train, one row per sample", "learner_compiled": "r1train, compiled layers",
                "learner_keeping_mlp": "r1train, MLPs keeping everything",
-               "learner_compiled_checkpointing": "r1train, compiled layers, gradient checkpointing"}
+               "learner_compiled_checkpointing": "r1train, compiled layers, gradient checkpointing",
+               "learner_padded_rows": "r1train, padded rows",
+               "learner_compiled_checkpointing_padded_rows": "r1train, compiled, checkpointing, padded rows"}
 
 
 def load_model(name: str):
@@ -89,10 +92,12 @@ def load_model(name: str):
 
 
 def make_batch(prompts: int, group_size: int, prompt_tokens: tuple[int, int], completion_tokens: tuple[int, int],
-               vocab: int, seed: int = 0) -> TrainBatch:
+               vocab: int, seed: int = 0, shared_prefix: int = 0) -> TrainBatch:
     """Prompts of a length drawn from `prompt_tokens` (default 90-150: the R1-Zero template around a
-    short question), completions from `completion_tokens`, about one in six truncated at its top."""
+    short question), the first `shared_prefix` tokens the same in all (a system prompt), completions
+    from `completion_tokens`, about one in six truncated at its top."""
     g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(10, vocab, (shared_prefix,), generator=g).tolist()
 
     def randint(low, high):
         return int(torch.randint(low, high, (1,), generator=g))
@@ -100,7 +105,8 @@ def make_batch(prompts: int, group_size: int, prompt_tokens: tuple[int, int], co
     prompt_ids, completion_ids = [], []
     shortest, longest = completion_tokens
     for _ in range(prompts):
-        prompt = torch.randint(10, vocab, (randint(prompt_tokens[0], prompt_tokens[1] + 1),), generator=g).tolist()
+        rest = randint(prompt_tokens[0], prompt_tokens[1] + 1) - shared_prefix
+        prompt = prefix + torch.randint(10, vocab, (rest,), generator=g).tolist()
         for _ in range(group_size):
             length = longest if randint(0, 6) == 0 else randint(shortest, longest)
             prompt_ids.append(prompt)
@@ -179,8 +185,11 @@ def step_flops(model, batch: TrainBatch, side: str) -> float:
     body = sum(p.numel() for p in model.parameters()) - head  # embedding lookup is no matmul
     # Useful work only: what gradient checkpointing computes again is not counted.
     if side.startswith("learner") and side != "learner_unpacked":
-        prompts = {id(p): len(p) for p in batch.prompt_ids}  # a group's completions share one prompt list
-        body_tokens = sum(prompts.values()) + sum(len(c) for c in batch.completion_ids)
+        prompts = {id(p): p for p in batch.prompt_ids}  # a group's completions share one prompt list
+        # Unpadded rows run the prompts' common start once (per micro-batch: counted once, a floor).
+        shared = 0 if side.endswith("_padded_rows") else common_prefix_length(list(prompts.values()))
+        body_tokens = (shared + sum(len(p) - shared for p in prompts.values())
+                       + sum(len(c) for c in batch.completion_ids))
         head_tokens = sum(len(c) for c in batch.completion_ids)
     else:
         body_tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
@@ -213,6 +222,8 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=_range, default=(90, 150), help="MIN,MAX prompt length")
     parser.add_argument("--completion-tokens", type=_range, default=(20, 256), help="MIN,MAX completion length")
+    parser.add_argument("--shared-prefix", type=int, default=0,
+                        help="tokens at the start of every prompt that are the same (a system prompt)")
     parser.add_argument("--micro-batch-tokens", type=int, default=4096, help="learner token budget")
     parser.add_argument("--baseline-micro-batch", type=int, default=8, help="baseline sequences per micro-batch")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
@@ -230,6 +241,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown side(s) {sorted(unknown)}; choose from {', '.join(SIDE_LABELS)}")
 
+    if not 0 <= args.shared_prefix < args.prompt_tokens[0]:
+        parser.error(f"--shared-prefix {args.shared_prefix}: must be at least 0 and shorter than the shortest "
+                     f"prompt ({args.prompt_tokens[0]} tokens)")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -238,7 +252,7 @@ def main() -> None:
     model, description = load_model(args.model)
     model.to(device).train()
     batch = make_batch(args.prompts, args.group_size, args.prompt_tokens, args.completion_tokens,
-                       model.config.vocab_size)
+                       model.config.vocab_size, shared_prefix=args.shared_prefix)
     tokens = sum(len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids))
     completion_tokens = sum(len(c) for c in batch.completion_ids)
 
@@ -246,8 +260,9 @@ def main() -> None:
         learner = PolicyLearner(copy.deepcopy(model), lr=1e-6, micro_batch_tokens=args.micro_batch_tokens,
                                 bf16=args.bf16 != "off", share_prompts=side != "learner_unpacked",
                                 compile_layers=side.startswith("learner_compiled"),
-                                gradient_checkpointing=side.endswith("_checkpointing"),
-                                recompute_mlp_products=side != "learner_keeping_mlp")
+                                gradient_checkpointing="_checkpointing" in side,
+                                recompute_mlp_products=side != "learner_keeping_mlp",
+                                unpadded_rows=not side.endswith("_padded_rows"))
         if args.bf16 == "on":
             learner.use_bf16 = True
         return learner

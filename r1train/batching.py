@@ -10,26 +10,31 @@ from __future__ import annotations
 import torch
 
 
-def plan_micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
-    """Group sample indices so that each group's padded size (count * longest) fits the budget.
+def plan_micro_batches(lengths: list[int], token_budget: int, padded: bool = True) -> list[list[int]]:
+    """Group sample indices so that each group's size fits the budget: its padded size (count *
+    longest), or with `padded=False` its token count (rows run unpadded, r1train/unpadded_rows.py).
 
     Samples are taken longest first; a sample longer than the budget gets a group of its own.
 
     Args:
         lengths: token count (prompt + completion) of each sample.
-        token_budget: most padded tokens per micro-batch.
+        token_budget: most (padded) tokens per micro-batch.
 
     Returns:
         lists of indices into `lengths`, every index exactly once.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     groups: list[list[int]] = []
+    size = 0  # of the open group
     for index in order:
         # Longest first: the group's first member sets its padded length.
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
+        grown = (len(groups[-1]) + 1) * lengths[groups[-1][0]] if padded and groups else size + lengths[index]
+        if groups and grown <= token_budget:
             groups[-1].append(index)
+            size = grown
         else:
             groups.append([index])
+            size = lengths[index]
     return groups
 
 

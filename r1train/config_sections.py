@@ -259,7 +259,8 @@ class TrainingConfig:
     threads: int | None = None  # torch intra-op threads; null: one per core the process may use (r1train/threads.py)
     fsdp: bool = False  # multi-process GRPO: shard weights, gradients and optimiser state (torch FSDP2)
     # GRPO learner: a prompt's completions share one row, the prompt computed once, where that saves
-    # work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored.
+    # work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored. With "sdpa" a
+    # micro-batch also runs unpadded, the start all its prompts share once (r1train/unpadded_rows.py).
     share_prompts: bool = True
     # CPU GRPO: allocations from 4 MiB get their own memory mappings, so freed activations leave the
     # process at once, and the vLLM engine trims the heap when it wakes up: a lower peak RSS for a

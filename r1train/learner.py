@@ -10,7 +10,8 @@ taken at once.
 
 Speed on CPU comes from not doing work: no logits for prompt positions and never a full
 [B, L, V] fp32 logits tensor (`r1train/logprobs.py`), a group's prompt run once for all of its
-completions where that saves work (`r1train/packing.py`), little padding (length-sorted micro-batches),
+completions where that saves work (`r1train/packing.py`), a micro-batch's tokens run as one
+sequence without padding and with the start all its prompts share run once (`r1train/unpadded_rows.py`),
 no forward pass at all for samples whose loss is identically zero (advantage 0 without KL or
 entropy terms; they still count in the normalisers), and bf16 autocast where the hardware has
 native bf16 (AMX or AVX512-BF16 on CPU; most GPUs). Master weights stay fp32. Memory: the gated
@@ -52,6 +53,7 @@ from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, tr
 from r1train.packing import (ROW_LENGTH_MULTIPLE, ScoringBatch, pack, pack_length, packing_supported,
                              padded_row_length, plan_packs)
 from r1train.policy_loss import LossSettings, compute_policy_loss
+from r1train.unpadded_rows import common_prefix_length, pack_unpadded, unpadded, use_unpadded_rows
 
 @dataclass
 class TrainBatch:
@@ -120,6 +122,7 @@ class PolicyLearner:
         optimizer_state_dtype: str = "float32",
         compile_layers: bool = False,
         recompute_mlp_products: bool = True,
+        unpadded_rows: bool = True,
     ):
         """Wrap `model` (an HF causal LM, fp32) for training.
 
@@ -136,10 +139,14 @@ class PolicyLearner:
         `compile_layers` compiles the decoder layers with torch.compile (`r1train/compiled_layers.py`;
         not with FSDP, whose sharded layers it leaves eager). `recompute_mlp_products` makes the
         gated MLPs keep fewer activations for the same gradients to float rounding
-        (`r1train/mlp_recompute.py`; not with FSDP or compiled layers).
+        (`r1train/mlp_recompute.py`; not with FSDP or compiled layers). `unpadded_rows` runs
+        each micro-batch as one sequence without padding, the prompts' common start once, where
+        packing applies and the model's attention is "sdpa" (`r1train/unpadded_rows.py`).
         """
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if unpadded_rows and share_prompts:  # before compiling: the layers read the implementation
+            use_unpadded_rows(model)
         if use_lora:
             model = with_lora(model, lora_r, lora_alpha, lora_dropout, lora_target_modules)
         self.model = model  # unwrapped: what engines generate with and checkpoints save
@@ -225,22 +232,31 @@ class PolicyLearner:
               model: torch.nn.Module | None = None) -> list[list[list[int]]]:
         """Micro-batches of the samples `indices`: each a list of packs (samples scored in one
         row, see `r1train/packing.py`; one sample per pack where `model`, default the policy,
-        cannot take packed rows), at most `micro_batch_tokens` padded tokens."""
+        cannot take packed rows), at most `micro_batch_tokens` tokens (padded ones for padded rows)."""
         scorer = self.model if model is None else model
         # Packing decides by the model's width (see `plan_packs`); None turns it off.
         hidden_size = scorer.config.hidden_size if self.share_prompts and packing_supported(scorer) else None
         packs = plan_packs([prompt_ids[i] for i in indices], [completion_ids[i] for i in indices],
                            self.micro_batch_tokens, hidden_size)
         packs = [[indices[j] for j in members] for members in packs]
-        lengths = [padded_row_length(pack_length(members, prompt_ids, completion_ids), ROW_LENGTH_MULTIPLE)
-                   for members in packs]
-        return [[packs[j] for j in group] for group in plan_micro_batches(lengths, self.micro_batch_tokens)]
+        if unpadded(scorer):  # budgeted by tokens; every micro-batch shares at least the whole batch's prefix
+            shared = common_prefix_length([prompt_ids[members[0]] for members in packs]) if len(packs) > 1 else 0
+            lengths = [pack_length(members, prompt_ids, completion_ids) - shared for members in packs]
+            plan = plan_micro_batches(lengths, self.micro_batch_tokens - shared, padded=False)
+        else:
+            lengths = [padded_row_length(pack_length(members, prompt_ids, completion_ids), ROW_LENGTH_MULTIPLE)
+                       for members in packs]
+            plan = plan_micro_batches(lengths, self.micro_batch_tokens)
+        return [[packs[j] for j in group] for group in plan]
 
     def _logprobs(self, prompt_ids, completion_ids, packs, with_entropy, model=None):
         """Logprobs (and entropies) of the samples in `packs`, rows in their flattened order."""
-        attention = (self.model if model is None else model).config._attn_implementation
-        batch = pack(prompt_ids, completion_ids, packs, self.pad_token_id, self.device, attention,
-                     width_multiple=ROW_LENGTH_MULTIPLE)
+        scorer = self.model if model is None else model
+        if unpadded(scorer):
+            batch = pack_unpadded(prompt_ids, completion_ids, packs, self.device, ROW_LENGTH_MULTIPLE)
+        else:
+            batch = pack(prompt_ids, completion_ids, packs, self.pad_token_id, self.device,
+                         scorer.config._attn_implementation, width_multiple=ROW_LENGTH_MULTIPLE)
         with self._autocast():
             return (self.policy if model is None else _TokenLogprobs(model))(
                 batch, chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,

@@ -41,7 +41,8 @@ def compute_token_logprobs(
     Args:
         model: a causal LM with `get_decoder()` and `get_output_embeddings()`.
         batch: the rows to run and where each scored token sits in them: plain padded rows
-            (`ScoringBatch.from_padded`) or packed ones (`r1train.packing.pack`).
+            (`ScoringBatch.from_padded`), packed ones (`r1train.packing.pack`) or one unpadded
+            sequence (`r1train.unpadded_rows.pack_unpadded`).
         chunk_size: positions per output-embedding chunk; bounds the logits held at once to
             chunk_size * V floats.
         with_entropy: also return the entropy of each predicted distribution.
@@ -61,7 +62,7 @@ def compute_token_logprobs(
     embeddings = lookup_embeddings(model, batch.input_ids) if tied_gradient_in_place else None
     inputs = dict(input_ids=batch.input_ids) if embeddings is None else dict(inputs_embeds=embeddings)
     hidden = model.get_decoder()(**inputs, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                                 use_cache=False).last_hidden_state
+                                 use_cache=False, **(batch.layout or {})).last_hidden_state
     hidden_at = hidden.flatten(0, 1)[batch.source]  # [K, H]
     targets = batch.target  # [K]
     head = model.get_output_embeddings()

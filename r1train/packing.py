@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 
 MASKED_ATTENTION = ("sdpa", "eager")  # transformers attention implementations given a 4-D mask
+# The learner's own implementation (r1train/unpadded_rows.py): packs of one unpadded sequence.
+UNPADDED_ATTENTION = "r1train_unpadded"
 # The GRPO learner and the SFT stage pad their rows to a multiple of this many tokens: the CPU
 # attention kernel keeps state for every row length it meets, for the life of the process
 # (r1train/cpu_caches.py), and rounded lengths bound how many a run meets, for at most 31 padding
@@ -54,6 +56,9 @@ class ScoringBatch:
     column: torch.Tensor  # [K] long
     samples: int  # N
     width: int  # longest completion: outputs are [N, width]
+    # An unpadded sequence's attention rows (r1train/unpadded_rows.py), passed to the decoder as
+    # keyword arguments; None for rows.
+    layout: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def from_padded(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -73,7 +78,7 @@ class ScoringBatch:
 def packing_supported(model: torch.nn.Module) -> bool:
     """Whether `model`'s attention implementation takes the custom masks of packed rows."""
     config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) in MASKED_ATTENTION
+    return getattr(config, "_attn_implementation", None) in MASKED_ATTENTION + (UNPADDED_ATTENTION,)
 
 
 def plan_packs(prompt_ids: list[list[int]], completion_ids: list[list[int]], token_budget: int,

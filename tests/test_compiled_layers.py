@@ -29,9 +29,9 @@ def two_steps(compile_layers: bool, **options) -> list[dict]:
 
 
 @needs_compiler
-@pytest.mark.parametrize("options", [{}, {"share_prompts": False}, {"gradient_checkpointing": True},
-                                     {"use_lora": True, "lora_r": 4}],
-                         ids=["packed", "unpacked", "checkpointing", "lora"])
+@pytest.mark.parametrize("options", [{}, {"unpadded_rows": False}, {"share_prompts": False},
+                                     {"gradient_checkpointing": True}, {"use_lora": True, "lora_r": 4}],
+                         ids=["unpadded", "padded", "unpacked", "checkpointing", "lora"])
 def test_compiled_layers_take_the_eager_steps_gradients(capture_gradients, options):
     eager = two_steps(False, **options)
     eager_gradients = list(capture_gradients)

@@ -146,11 +146,12 @@ def test_sample_mask_drops_samples(capture_gradients):
 
 # ----------------------------------------------------------------------------- shared prompts
 def grouped_batch(prompts=3, group_size=4, seed=5):
-    """GRPO-shaped: every prompt repeated over its group, so the learner can pack."""
+    """GRPO-shaped: every prompt repeated over its group, so the learner can pack, and every prompt
+    starting alike (a system prompt), which unpadded rows run once."""
     g = torch.Generator().manual_seed(seed)
     prompt_ids, completion_ids = [], []
     for _ in range(prompts):
-        prompt = torch.randint(1, 256, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        prompt = [2, 3, 4] + torch.randint(1, 256, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist()
         for _ in range(group_size):
             prompt_ids.append(prompt)
             completion_ids.append(torch.randint(1, 256, (int(torch.randint(1, 9, (1,), generator=g)),),
@@ -178,28 +179,30 @@ def test_shared_prompt_packing_changes_no_logprob_or_gradient(options, capture_g
     batch = grouped_batch()
     settings = LossSettings(beta=0.04, tis_cap=2.0, entropy_coef=0.01, epsilon_high=0.28)
     runs = {}
-    for share_prompts in (True, False):
+    for share_prompts, unpadded_rows in ((True, True), (True, False), (False, True)):
         model = tiny_model(torch.float64)
         decoder_tokens = []
         model.get_decoder().register_forward_pre_hook(
             lambda module, args, kwargs: decoder_tokens.append(decoder_input_tokens(kwargs)), with_kwargs=True)
         learner = PolicyLearner(model, lr=1e-2, micro_batch_tokens=64, bf16=False, mini_batches=2,
-                                updates_per_batch=2, share_prompts=share_prompts, **options)
+                                updates_per_batch=2, share_prompts=share_prompts, unpadded_rows=unpadded_rows,
+                                **options)
         learner.train_on_batch(batch, settings)
         logprobs = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids)
         reference = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids,
                                              disable_adapters=learner.use_lora)
-        runs[share_prompts] = (list(capture_gradients), logprobs, reference, sum(decoder_tokens))
+        runs[share_prompts, unpadded_rows] = (list(capture_gradients), logprobs, reference, sum(decoder_tokens))
         capture_gradients.clear()
-    (packed_grads, packed_lp, packed_ref, packed_tokens), (plain_grads, plain_lp, plain_ref, plain_tokens) = (
-        runs[True], runs[False])
-    assert packed_tokens < 0.8 * plain_tokens
-    assert len(packed_grads) == len(plain_grads) == 4
-    for packed_step, plain_step in zip(packed_grads, plain_grads):
-        for got, want in zip(packed_step, plain_step):
-            assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
-    for got, want in zip(packed_lp + packed_ref, plain_lp + plain_ref):
-        assert torch.allclose(got, want, atol=1e-6)
+    plain_grads, plain_lp, plain_ref, plain_tokens = runs[False, True]
+    packed_tokens, unpadded_tokens = runs[True, False][3], runs[True, True][3]
+    assert unpadded_tokens < packed_tokens < 0.8 * plain_tokens  # padding and the shared prompt start once
+    for packed_grads, packed_lp, packed_ref, _ in (runs[True, False], runs[True, True]):
+        assert len(packed_grads) == len(plain_grads) == 4
+        for packed_step, plain_step in zip(packed_grads, plain_grads):
+            for got, want in zip(packed_step, plain_step):
+                assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+        for got, want in zip(packed_lp + packed_ref, plain_lp + plain_ref):
+            assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_mlps_that_keep_fewer_activations_take_the_same_steps(capture_gradients):

@@ -40,6 +40,16 @@ def scored(model, batch, weights):
     return logprobs.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]
 
 
+def assert_scored_alike(got, want, order):
+    """`scored` results of the same samples, `got`'s in `order` of `want`'s, equal to fp32 rounding."""
+    (got_lp, got_ent, got_grads), (want_lp, want_ent, want_grads) = got, want
+    assert torch.allclose(got_lp, want_lp[order], atol=1e-6)
+    assert torch.allclose(got_ent, want_ent[order], atol=1e-6)
+    for got_grad, want_grad in zip(got_grads, want_grads):
+        assert torch.isfinite(got_grad).all()
+        assert torch.allclose(got_grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- the plan
 def test_plan_groups_samples_by_prompt_within_the_budget():
     prompt_ids, completion_ids = grouped_samples(prompts=3, group_size=4)
@@ -131,10 +141,4 @@ def test_packed_logprobs_and_gradients_equal_plain_rows(attention, width_multipl
     assert packed.input_ids.shape[1] % width_multiple == 0
     weights = torch.randn(12, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
-    want_lp, want_ent, want_grads = scored(model, plain, weights)
-    got_lp, got_ent, got_grads = scored(model, packed, weights[order])
-    assert torch.allclose(got_lp, want_lp[order], atol=1e-6)
-    assert torch.allclose(got_ent, want_ent[order], atol=1e-6)
-    for got, want in zip(got_grads, want_grads):
-        assert torch.isfinite(got).all()
-        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_scored_alike(scored(model, packed, weights[order]), scored(model, plain, weights), order)

@@ -1,0 +1,148 @@
+"""Unpadded learner passes: the sequence and its attention rows, logprobs and gradients equal to
+plain rows, and a model switched to them that behaves and saves as a plain sdpa model elsewhere."""
+import json
+
+import pytest
+import torch
+
+from r1train.batching import collate, plan_micro_batches
+from r1train.logprobs import compute_token_logprobs
+from r1train.packing import ScoringBatch, pack, plan_packs
+from r1train.unpadded_rows import NAME, common_prefix_length, pack_unpadded, unpadded, use_unpadded_rows
+from tests.test_packing import assert_scored_alike, scored, tiny_model
+
+CPU = torch.device("cpu")
+
+
+def system_prompted_samples(questions=3, group_size=3, seed=1, system=(3, 4, 5, 6)):
+    """GRPO-shaped samples whose prompts share a start (a system prompt), then differ; completions
+    of 0-7 tokens (an empty one included)."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_ids, completion_ids = [], []
+    for question in range(questions):
+        prompt = list(system) + torch.randint(7, 256, (question + 1,), generator=g).tolist()
+        for _ in range(group_size):
+            prompt_ids.append(prompt)
+            completion_ids.append(torch.randint(1, 256, (int(torch.randint(1, 8, (1,), generator=g)),),
+                                                generator=g).tolist())
+    completion_ids[group_size + 1] = []
+    return prompt_ids, completion_ids
+
+
+# ----------------------------------------------------------------------------- the layout
+def test_common_prefix_length():
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2]]) == 2
+    assert common_prefix_length([[5], [1, 2]]) == 0
+
+
+def test_sequence_holds_every_token_once_with_the_shared_prefix_first():
+    prompt_ids = [[1, 2, 3], [1, 2, 3], [1, 2, 4, 5]]
+    completion_ids = [[7, 8], [9], [6]]
+    batch = pack_unpadded(prompt_ids, completion_ids, [[0, 1], [2]], CPU)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 7, 8, 9, 4, 5, 6]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 2, 3, 4]]  # each token at its own sample's position
+    # Completion tokens and the tokens predicting them: a completion's first from its prompt's last.
+    assert batch.target.tolist() == [7, 8, 9, 6]
+    assert batch.source.tolist() == [2, 3, 2, 7]
+    assert batch.sample.tolist() == [0, 0, 1, 2] and batch.column.tolist() == [0, 1, 0, 0]
+    layout = batch.layout
+    # Rows: the prefix [1, 2]; pack 1 (its prompt's rest, both completions); pack 2.
+    assert layout["row_queries"][:, :4].tolist() == [[0, 1, 0, 0], [2, 3, 4, 5], [6, 7, 8, 0]]
+    assert layout["row_keys"].tolist() == [[0, 1] + row for row in layout["row_queries"].tolist()]
+    assert layout["token_slots"].tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10]  # row * 4 + column
+    allowed = batch.attention_mask[:, 0].int()
+    assert allowed[0, :2].tolist() == [[0, 0, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0]]  # the prefix: causal on itself
+    assert allowed[1].tolist() == [[1, 1, 1, 0, 0, 0],  # prompt rest: the prefix and itself
+                                   [1, 1, 1, 1, 0, 0],  # completion 1
+                                   [1, 1, 1, 1, 1, 0],
+                                   [1, 1, 1, 0, 0, 1]]  # completion 2: not completion 1
+    assert allowed[2, 3].tolist() == [0, 0, 0, 0, 0, 1]  # a padding query sees its own slot only
+
+
+def test_one_pack_or_nothing_shared_leaves_no_prefix_row():
+    alone = pack_unpadded([[1, 2, 3], [1, 2, 3]], [[7], [8]], [[0, 1]], CPU)
+    assert alone.input_ids.tolist() == [[1, 2, 3, 7, 8]] and alone.layout["row_queries"].shape[0] == 1
+    apart = pack_unpadded([[1, 2], [3, 4]], [[7], [8]], [[0], [1]], CPU, width_multiple=4)
+    assert apart.layout["row_queries"].shape == (2, 4) and apart.layout["row_keys"].shape == (2, 4)
+
+
+def test_identical_prompts_predict_from_the_prefix():
+    """All prompts equal: the packs have no rest of the prompt, and a completion's first token is
+    predicted by the prefix's last."""
+    batch = pack_unpadded([[1, 2], [1, 2], [1, 2]], [[7], [8], [9]], [[0, 1], [2]], CPU)
+    assert batch.input_ids.tolist() == [[1, 2, 7, 8, 9]]
+    assert batch.source.tolist() == [1, 1, 1]
+
+
+def test_pack_unpadded_refuses_samples_with_another_prompt():
+    with pytest.raises(ValueError, match="does not share its pack's prompt"):
+        pack_unpadded([[1, 2], [1, 3]], [[7], [8]], [[0, 1]], CPU)
+
+
+def test_unpadded_micro_batches_are_budgeted_by_tokens():
+    lengths = [10, 9, 3, 3]
+    assert plan_micro_batches(lengths, 20) == [[0, 1], [2, 3]]  # padded: 2 x 10, then 2 x 3
+    assert plan_micro_batches(lengths, 22, padded=False) == [[0, 1, 2], [3]]  # 10 + 9 + 3, then 3
+
+
+# ----------------------------------------------------------------------------- equal to plain rows
+@pytest.mark.parametrize("width_multiple", [1, 32])
+@pytest.mark.parametrize("packs", [
+    [[0, 1, 2], [3, 4, 5], [6, 7, 8]],  # whole groups
+    [[0, 1], [2], [3, 4, 5], [6], [7, 8]],  # split groups: rows of uneven length
+    [[i] for i in range(9)],  # one sample a row, the prefix still shared
+], ids=["groups", "split", "single"])
+def test_logprobs_and_gradients_equal_plain_rows(packs, width_multiple):
+    """Llama's RMSNorm computes in fp32 even in a float64 model, and the shared prefix changes the
+    order in which gradient contributions are summed, so agreement is to fp32 rounding."""
+    prompt_ids, completion_ids = system_prompted_samples()
+    order = [i for members in packs for i in members]
+    plain = ScoringBatch.from_padded(*collate(prompt_ids, completion_ids, 0, CPU))
+    weights = torch.randn(9, plain.width, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    want = scored(tiny_model("sdpa"), plain, weights)
+
+    model = tiny_model("sdpa")
+    assert use_unpadded_rows(model)
+    batch = pack_unpadded(prompt_ids, completion_ids, packs, CPU, width_multiple)
+    # Every token once: the 4 shared ones, each pack's rest of its prompt, every completion.
+    rests = sum(len(prompt_ids[members[0]]) - 4 for members in packs)
+    assert batch.input_ids.shape == (1, 4 + rests + sum(len(c) for c in completion_ids))
+    assert_scored_alike(scored(model, batch, weights[order]), want, order)
+
+
+def test_under_bf16_autocast_it_scores_as_packed_rows_do():
+    """bf16 rounds differently along each path; both stay as close to the float32 values."""
+    prompt_ids, completion_ids = system_prompted_samples(questions=4, group_size=4)
+    packs = plan_packs(prompt_ids, completion_ids, 4096, 4096)
+    padded_model, model = tiny_model("sdpa", torch.float32), tiny_model("sdpa", torch.float32)
+    use_unpadded_rows(model)
+    exact, _ = compute_token_logprobs(padded_model, pack(prompt_ids, completion_ids, packs, 0, CPU))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed, _ = compute_token_logprobs(padded_model, pack(prompt_ids, completion_ids, packs, 0, CPU))
+        flat, _ = compute_token_logprobs(model, pack_unpadded(prompt_ids, completion_ids, packs, CPU, 32))
+    packed_error, flat_error = (packed - exact).abs().max(), (flat - exact).abs().max()
+    assert flat_error < 2 * packed_error + 1e-3
+
+
+# ----------------------------------------------------------------------------- the switched model
+def test_only_sdpa_models_switch():
+    assert use_unpadded_rows(tiny_model("sdpa")) and not use_unpadded_rows(tiny_model("eager"))
+    assert not unpadded(tiny_model("sdpa"))
+
+
+def test_calls_without_a_layout_are_plain_sdpa(tmp_path):
+    """Generation, evaluation or another stage's passes through a switched model get sdpa's
+    outputs, and a saved model carries no trace of the switch."""
+    reference, model = tiny_model("sdpa"), tiny_model("sdpa")
+    use_unpadded_rows(model)
+    input_ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    want = reference(input_ids=input_ids, attention_mask=attention_mask).logits
+    got = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert torch.equal(got, want)
+    assert torch.equal(model.generate(input_ids[:1], max_new_tokens=4, do_sample=False),
+                       reference.generate(input_ids[:1], max_new_tokens=4, do_sample=False))
+    model.save_pretrained(tmp_path)
+    assert NAME not in (tmp_path / "config.json").read_text()
+    assert json.loads((tmp_path / "config.json").read_text()).get("_attn_implementation") in (None, "sdpa")
