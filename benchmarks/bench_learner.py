@@ -12,13 +12,17 @@ autocast where the CPU or GPU has native bf16 (see `bf16_autocast_supported`). T
 `learner_compiled` is the learner with its decoder layers compiled (`training.compile`,
 `r1train/compiled_layers.py`; its warm-up pass includes the compile); `learner_keeping_mlp` is the
 learner with `recompute_mlp_products=False`, its MLPs keeping all four intermediate tensors for
-the backward pass (`r1train/mlp_recompute.py`): the time that recomputing two of them costs.
+the backward pass (`r1train/mlp_recompute.py`): the time that recomputing two of them costs;
+sides ending `_padded_rows` run the packed rows padded, as the learner did before unpadded
+micro-batches (`r1train/unpadded_rows.py`). `--shared-prefix N` starts every prompt with the same
+N tokens, as a system prompt and chat template do (62 of the R1-Zero toy recipe's 77-79).
 
     .venv/bin/python benchmarks/bench_learner.py            # real default model when installed
     .venv/bin/python benchmarks/bench_learner.py --model config --repeats 1
-    # the R1-Zero toy recipe's shape: 8 x 8 samples, 51-token prompts, completions up to 64
-    .venv/bin/python benchmarks/bench_learner.py --prompts 8 --prompt-tokens 51,51 \
-        --completion-tokens 12,64 --sides learner,learner_unpacked
+    # the R1-Zero toy recipe's shape: 16 x 8 samples, 77-79-token prompts sharing their first 62,
+    # completions of 12-30 tokens; its learner (compiled, checkpointed) unpadded and padded
+    .venv/bin/python benchmarks/bench_learner.py --prompts 16 --prompt-tokens 77,79 --shared-prefix 62 \
+        --completion-tokens 12,30 --sides learner_compiled_checkpointing,learner_compiled_checkpointing_padded_rows
 
 Tokens per second counts the real (unpadded) prompt and completion tokens of the batch. Runs
 alternate between the two sides and the median is reported, since the machine is shared.
@@ -26,7 +30,8 @@ alternate between the two sides and the median is reported, since the machine is
 The same run measures the machine's matmul peak (the best of a few square matmuls in the dtype the
 learner computes in: bf16 with native bf16, else fp32) and prints each side's share of it. A side's
 FLOPs are its matmuls' forward and backward (6 per weight per token) over the tokens it computes
-(a group's shared prompt once for `learner`), plus the output layer at the positions it scores
+(a group's shared prompt once for the learner sides; the start all prompts share once in all
+unless the side pads its rows), plus the output layer at the positions it scores
 (every position for the baseline, completion positions for the learner); attention scores,
 gradient-checkpointing recomputation and the optimiser are not counted, so the share is a floor.
 
