@@ -253,7 +253,8 @@ class PolicyLearner:
         """Logprobs (and entropies) of the samples in `packs`, rows in their flattened order."""
         scorer = self.model if model is None else model
         if unpadded(scorer):
-            batch = pack_unpadded(prompt_ids, completion_ids, packs, self.device, ROW_LENGTH_MULTIPLE)
+            batch = pack_unpadded(prompt_ids, completion_ids, packs, self.pad_token_id, self.device,
+                                  ROW_LENGTH_MULTIPLE)
         else:
             batch = pack(prompt_ids, completion_ids, packs, self.pad_token_id, self.device,
                          scorer.config._attn_implementation, width_multiple=ROW_LENGTH_MULTIPLE)

@@ -97,13 +97,15 @@ def common_prefix_length(prompts: list[list[int]]) -> int:
 
 
 def pack_unpadded(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: list[list[int]],
-                  device: torch.device, width_multiple: int = 1) -> ScoringBatch:
+                  pad_token_id: int, device: torch.device, width_multiple: int = 1) -> ScoringBatch:
     """The samples of `packs` (lists of indices sharing a prompt, see `plan_packs`) as one unpadded
     sequence with its row layout; sample n of the result is the n-th index of `packs`, flattened.
 
     With several packs, their prompts' common prefix is held once, as the first row; each pack is
     a row of its prompt's rest and its completions. Rows are padded (for attention only) to the
-    longest rounded up to a multiple of `width_multiple`.
+    longest rounded up to a multiple of `width_multiple`, and the sequence ends in padding up to
+    a multiple of it: oneDNN keeps a kernel per matmul shape in a bounded cache
+    (r1train/cpu_caches.py), and a token count that takes a new value every pass would never hit it.
     """
     prefix_length = common_prefix_length([prompt_ids[m[0]] for m in packs]) if len(packs) > 1 else 0
     first_prompt = prompt_ids[packs[0][0]]
@@ -138,6 +140,11 @@ def pack_unpadded(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
             column.extend(range(len(completion)))
             sample_number += 1
         rows.append((indices, segments, True))
+    padding = padded_row_length(len(tokens), width_multiple) - len(tokens)
+    if padding:  # a row of its own, each padding token attending to itself only
+        rows.append((list(range(len(tokens), len(tokens) + padding)), [-1] * padding, False))
+        tokens.extend([pad_token_id] * padding)
+        positions.extend([0] * padding)
     mask, layout = _row_layout(rows, prefix_length, width_multiple)
 
     def long(values):

@@ -7,7 +7,7 @@ import torch
 
 from r1train.batching import collate, plan_micro_batches
 from r1train.logprobs import compute_token_logprobs
-from r1train.packing import ScoringBatch, pack, plan_packs
+from r1train.packing import ScoringBatch, pack, padded_row_length, plan_packs
 from r1train.unpadded_rows import NAME, common_prefix_length, pack_unpadded, unpadded, use_unpadded_rows
 from tests.test_packing import assert_scored_alike, scored, tiny_model
 
@@ -39,7 +39,7 @@ def test_common_prefix_length():
 def test_sequence_holds_every_token_once_with_the_shared_prefix_first():
     prompt_ids = [[1, 2, 3], [1, 2, 3], [1, 2, 4, 5]]
     completion_ids = [[7, 8], [9], [6]]
-    batch = pack_unpadded(prompt_ids, completion_ids, [[0, 1], [2]], CPU)
+    batch = pack_unpadded(prompt_ids, completion_ids, [[0, 1], [2]], 0, CPU)
     assert batch.input_ids.tolist() == [[1, 2, 3, 7, 8, 9, 4, 5, 6]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 2, 3, 4]]  # each token at its own sample's position
     # Completion tokens and the tokens predicting them: a completion's first from its prompt's last.
@@ -61,23 +61,34 @@ def test_sequence_holds_every_token_once_with_the_shared_prefix_first():
 
 
 def test_one_pack_or_nothing_shared_leaves_no_prefix_row():
-    alone = pack_unpadded([[1, 2, 3], [1, 2, 3]], [[7], [8]], [[0, 1]], CPU)
+    alone = pack_unpadded([[1, 2, 3], [1, 2, 3]], [[7], [8]], [[0, 1]], 0, CPU)
     assert alone.input_ids.tolist() == [[1, 2, 3, 7, 8]] and alone.layout["row_queries"].shape[0] == 1
-    apart = pack_unpadded([[1, 2], [3, 4]], [[7], [8]], [[0], [1]], CPU, width_multiple=4)
-    assert apart.layout["row_queries"].shape == (2, 4) and apart.layout["row_keys"].shape == (2, 4)
+    apart = pack_unpadded([[1, 2], [3, 4]], [[7], [8]], [[0], [1]], 0, CPU, width_multiple=4)
+    # No prefix row: two packs, and a row for the sequence's padding (6 tokens to 8).
+    assert apart.layout["row_queries"].shape == (3, 4) and apart.layout["row_keys"].shape == (3, 4)
+
+
+def test_the_sequence_ends_in_padding_up_to_the_multiple_in_a_row_of_its_own():
+    batch = pack_unpadded([[1, 2], [1, 3]], [[7, 8], [9]], [[0], [1]], 0, CPU, width_multiple=4)
+    assert batch.input_ids.tolist() == [[1, 2, 7, 8, 3, 9, 0, 0]]  # 6 tokens, 2 of padding
+    assert batch.position_ids[0, 6:].tolist() == [0, 0]
+    queries = batch.layout["row_queries"]
+    assert queries.shape == (4, 4) and queries[3, :2].tolist() == [6, 7]  # prefix, 2 packs, padding
+    assert batch.attention_mask[3, 0, :2].int().tolist() == [[0, 1, 0, 0, 0], [0, 0, 1, 0, 0]]  # itself only
+    assert batch.target.tolist() == [7, 8, 9] and batch.source.tolist() == [1, 2, 4]
 
 
 def test_identical_prompts_predict_from_the_prefix():
     """All prompts equal: the packs have no rest of the prompt, and a completion's first token is
     predicted by the prefix's last."""
-    batch = pack_unpadded([[1, 2], [1, 2], [1, 2]], [[7], [8], [9]], [[0, 1], [2]], CPU)
+    batch = pack_unpadded([[1, 2], [1, 2], [1, 2]], [[7], [8], [9]], [[0, 1], [2]], 0, CPU)
     assert batch.input_ids.tolist() == [[1, 2, 7, 8, 9]]
     assert batch.source.tolist() == [1, 1, 1]
 
 
 def test_pack_unpadded_refuses_samples_with_another_prompt():
     with pytest.raises(ValueError, match="does not share its pack's prompt"):
-        pack_unpadded([[1, 2], [1, 3]], [[7], [8]], [[0, 1]], CPU)
+        pack_unpadded([[1, 2], [1, 3]], [[7], [8]], [[0, 1]], 0, CPU)
 
 
 def test_unpadded_micro_batches_are_budgeted_by_tokens():
@@ -104,10 +115,12 @@ def test_logprobs_and_gradients_equal_plain_rows(packs, width_multiple):
 
     model = tiny_model("sdpa")
     assert use_unpadded_rows(model)
-    batch = pack_unpadded(prompt_ids, completion_ids, packs, CPU, width_multiple)
-    # Every token once: the 4 shared ones, each pack's rest of its prompt, every completion.
+    batch = pack_unpadded(prompt_ids, completion_ids, packs, 0, CPU, width_multiple)
+    # Every token once: the 4 shared ones, each pack's rest of its prompt, every completion; then
+    # padding up to the multiple.
     rests = sum(len(prompt_ids[members[0]]) - 4 for members in packs)
-    assert batch.input_ids.shape == (1, 4 + rests + sum(len(c) for c in completion_ids))
+    tokens = 4 + rests + sum(len(c) for c in completion_ids)
+    assert batch.input_ids.shape == (1, padded_row_length(tokens, width_multiple))
     assert_scored_alike(scored(model, batch, weights[order]), want, order)
 
 
@@ -120,7 +133,7 @@ def test_under_bf16_autocast_it_scores_as_packed_rows_do():
     exact, _ = compute_token_logprobs(padded_model, pack(prompt_ids, completion_ids, packs, 0, CPU))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         packed, _ = compute_token_logprobs(padded_model, pack(prompt_ids, completion_ids, packs, 0, CPU))
-        flat, _ = compute_token_logprobs(model, pack_unpadded(prompt_ids, completion_ids, packs, CPU, 32))
+        flat, _ = compute_token_logprobs(model, pack_unpadded(prompt_ids, completion_ids, packs, 0, CPU, 32))
     packed_error, flat_error = (packed - exact).abs().max(), (flat - exact).abs().max()
     assert flat_error < 2 * packed_error + 1e-3
 
