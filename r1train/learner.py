@@ -283,6 +283,10 @@ class PolicyLearner:
         scorer.eval()
         results: list[torch.Tensor | None] = [None] * len(prompt_ids)
         groups = self._plan(prompt_ids, completion_ids, list(range(len(prompt_ids))), model)
+        # Sharded passes gather weights collectively: a process with fewer passes runs empty ones
+        # too, counted before any pass runs (a count taken after them would meet another
+        # process's weight gathering instead).
+        padding_passes = all_reduce_max(len(groups)) - len(groups) if self.sharded and model is None else 0
         try:
             for packs in groups:
                 adapters_off = (self.model if model is None else model).disable_adapter() if disable_adapters else None
@@ -290,9 +294,8 @@ class PolicyLearner:
                     logprobs, _ = self._logprobs(prompt_ids, completion_ids, packs, False, model)
                 for row, index in enumerate(i for members in packs for i in members):
                     results[index] = logprobs[row, : len(completion_ids[index])].cpu()
-            if self.sharded and model is None:  # keep in step with processes that have more passes
-                for _ in range(all_reduce_max(len(groups)) - len(groups)):
-                    self._zero_loss()
+            for _ in range(padding_passes):
+                self._zero_loss()
         finally:
             scorer.train(was_training)
         return results
