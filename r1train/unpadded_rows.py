@@ -32,7 +32,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from r1train.packing import UNPADDED_ATTENTION as NAME
-from r1train.packing import ScoringBatch, padded_row_length
+from r1train.packing import ScoringBatch, packed_mask, padded_row_length
 
 # The row layout's tensors, passed to the decoder as keyword arguments, which transformers hands
 # through every layer to the attention function.
@@ -176,10 +176,7 @@ def _row_layout(rows: list[tuple[list[int], list[int], bool]], prefix_length: in
         sees_prefix[row] = prefix
         slots[flat] = row * width + torch.arange(len(indices))
     keys = torch.cat([torch.arange(prefix_length).expand(count, prefix_length), queries], dim=1)
-    query_segment, key_segment = segment.unsqueeze(2), segment.unsqueeze(1)  # [R, Lq, 1], [R, 1, Lq]
-    own = torch.ones(width, width, dtype=torch.bool).tril() & (query_segment >= 0) & (key_segment >= 0) & (
-        (key_segment == 0) | (key_segment == query_segment))
-    own |= torch.eye(width, dtype=torch.bool)  # a padding query sees itself: no empty softmax
-    prefix = (sees_prefix.view(count, 1, 1) & (query_segment >= 0)).expand(count, width, prefix_length)
-    mask = torch.cat([prefix, own], dim=2).unsqueeze(1)
-    return mask, (queries, keys, slots)
+    own = packed_mask(segment, "sdpa")  # [R, 1, Lq, Lq]: a packed row's own mask, padding seeing itself
+    prefix = (sees_prefix.view(count, 1, 1, 1) & (segment >= 0).view(count, 1, width, 1)).expand(
+        count, 1, width, prefix_length)
+    return torch.cat([prefix, own], dim=3), (queries, keys, slots)
