@@ -183,7 +183,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: li
 
     shared = any(len(members) > 1 for members in packs)
     if shared:
-        attention_mask = packed_mask(segment, attention).to(device)
+        attention_mask = _packed_mask(segment, attention).to(device)
         positions = position_ids.to(device)
     else:
         attention_mask = (segment >= 0).long().to(device)
@@ -193,7 +193,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: li
                         long(sample), long(column), sample_number, longest)
 
 
-def packed_mask(segment: torch.Tensor, attention: str) -> torch.Tensor:
+def _packed_mask(segment: torch.Tensor, attention: str) -> torch.Tensor:
     """[R, 1, L, L] mask of packed rows from each position's segment (-1 pad, 0 prompt, j > 0
     completion j): a query sees earlier-or-same keys of the prompt and of its own segment."""
     width = segment.shape[1]

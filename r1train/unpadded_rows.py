@@ -9,12 +9,19 @@ run on padding and on repeats: about a third of the tokens of the toy recipe's l
 Here the decoder takes the micro-batch as one sequence [1, T] holding every token once: the common
 prefix of all its prompts, then each pack's rest of the prompt and its completions, each token at
 its position in its own sample. Only attention needs rows. The attention function registered here
-gathers each row's queries, and as its keys the shared prefix's and its own, into padded
-[R, heads, L, D] tensors, runs transformers' sdpa on them with the row's mask (a completion sees
+gathers each row's queries, and as its keys the shared prefix's and the row's own, into padded
+[R, heads, L, D] tensors, runs transformers' sdpa on them with the rows' mask (a completion sees
 the prefix, its prompt's rest and its own earlier tokens, as in a packed row), and gathers the
 outputs back to their tokens. The gathers move a few vectors per token; the padding and the
-repeats now cost attention only. The first row is the prefix itself, attending causally to itself;
-every other row attends to all of it, so its gradient collects every row's share.
+repeats now cost attention only.
+
+Rows are not packs. A pack's completions in one row see each other's positions masked out, pairs
+the kernel computes all the same: a pack of 8 completions of 59 tokens spends about 7/8 of its pairs
+there. So rows have a width of their own, the same for all: the prefix, each pack's rest and its
+completions (a longer one in chunks) are placed first-fit in rows of at most that many queries,
+each row keyed by the prefix, its pack's rest and its completions up to their chunks' ends, and
+the width is the one whose rows cost least by a fitted estimate of the CPU kernel's time (a cost
+per row, per query slot and per query-key pair; `attention_rows`).
 
 Every scored token sees the context it had in a row of its own, so logprobs and gradients are
 those of plain rows up to floating-point summation order (tests/test_unpadded_rows.py, float64).
@@ -32,7 +39,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from r1train.packing import UNPADDED_ATTENTION as NAME
-from r1train.packing import ScoringBatch, packed_mask, padded_row_length
+from r1train.packing import ScoringBatch, padded_row_length
 
 # The row layout's tensors, passed to the decoder as keyword arguments, which transformers hands
 # through every layer to the attention function.
@@ -97,23 +104,23 @@ def common_prefix_length(prompts: list[list[int]]) -> int:
 
 
 def pack_unpadded(prompt_ids: list[list[int]], completion_ids: list[list[int]], packs: list[list[int]],
-                  pad_token_id: int, device: torch.device, width_multiple: int = 1) -> ScoringBatch:
+                  pad_token_id: int, device: torch.device, width_multiple: int = 1,
+                  row_width: int | None = None) -> ScoringBatch:
     """The samples of `packs` (lists of indices sharing a prompt, see `plan_packs`) as one unpadded
-    sequence with its row layout; sample n of the result is the n-th index of `packs`, flattened.
+    sequence with its attention rows; sample n of the result is the n-th index of `packs`, flattened.
 
-    With several packs, their prompts' common prefix is held once, as the first row; each pack is
-    a row of its prompt's rest and its completions. Rows are padded (for attention only) to the
-    longest rounded up to a multiple of `width_multiple`, and the sequence ends in padding up to
-    a multiple of it: oneDNN keeps a kernel per matmul shape in a bounded cache
+    With several packs, their prompts' common prefix is held once, at the start; then each pack's
+    rest of the prompt and its completions. The sequence ends in padding up to a multiple of
+    `width_multiple`: oneDNN keeps a kernel per matmul shape in a bounded cache
     (r1train/cpu_caches.py), and a token count that takes a new value every pass would never hit it.
+    Attention rows are `row_width` queries wide (a multiple of `width_multiple`), by default the
+    width `attention_rows` finds cheapest.
     """
     prefix_length = common_prefix_length([prompt_ids[m[0]] for m in packs]) if len(packs) > 1 else 0
     first_prompt = prompt_ids[packs[0][0]]
     tokens: list[int] = list(first_prompt[:prefix_length])
     positions: list[int] = list(range(prefix_length))
-    rows: list[tuple[list[int], list[int], bool]] = []  # (flat indices, segments, sees the prefix)
-    if prefix_length:
-        rows.append((list(range(prefix_length)), [0] * prefix_length, False))
+    pieces: list[tuple[list[int], list[list[int]]]] = []  # each pack's (rest of the prompt, completions) as indices
     source, target, sample, column = [], [], [], []
     sample_number = 0
     for members in packs:
@@ -122,30 +129,32 @@ def pack_unpadded(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
         rest = prompt[prefix_length:]
         tokens.extend(rest)
         positions.extend(range(prefix_length, len(prompt)))
-        indices, segments = list(range(start, len(tokens))), [0] * len(rest)
+        completions = []
         # The token predicting a completion's first one: its prompt's last, in the rest or the prefix.
         prompt_end = len(tokens) - 1 if rest else prefix_length - 1
-        for number, index in enumerate(members, start=1):
+        for index in members:
             if prompt_ids[index] != prompt:
                 raise ValueError(f"sample {index} does not share its pack's prompt")
             completion = completion_ids[index]
             first = len(tokens)
             tokens.extend(completion)
             positions.extend(range(len(prompt), len(prompt) + len(completion)))
-            indices.extend(range(first, len(tokens)))
-            segments.extend([number] * len(completion))
+            completions.append(list(range(first, len(tokens))))
             source.extend([prompt_end] + list(range(first, len(tokens) - 1)) if completion else [])
             target.extend(completion)
             sample.extend([sample_number] * len(completion))
             column.extend(range(len(completion)))
             sample_number += 1
-        rows.append((indices, segments, True))
-    padding = padded_row_length(len(tokens), width_multiple) - len(tokens)
-    if padding:  # a row of its own, each padding token attending to itself only
-        rows.append((list(range(len(tokens), len(tokens) + padding)), [-1] * padding, False))
-        tokens.extend([pad_token_id] * padding)
-        positions.extend([0] * padding)
-    mask, layout = _row_layout(rows, prefix_length, width_multiple)
+        pieces.append((list(range(start, start + len(rest))), completions))
+    real_tokens = len(tokens)
+    padding = list(range(real_tokens, padded_row_length(real_tokens, width_multiple)))
+    tokens.extend([pad_token_id] * len(padding))
+    positions.extend([0] * len(padding))
+    if row_width is None:
+        rows, width = attention_rows(prefix_length, pieces, padding, width_multiple)
+    else:
+        rows, width = _rows(prefix_length, pieces, padding, row_width), row_width
+    mask, layout = _row_layout(rows, prefix_length, width, len(tokens))
 
     def long(values):
         return torch.tensor(values, dtype=torch.long, device=device)
@@ -156,27 +165,100 @@ def pack_unpadded(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
                         layout={name: tensor.to(device) for name, tensor in zip(LAYOUT_KEYS, layout)})
 
 
-def _row_layout(rows: list[tuple[list[int], list[int], bool]], prefix_length: int, width_multiple: int
+# An attention row: its queries and, besides the shared prefix that every row sees, its keys, as
+# token indices with their segments (0: prefix, a prompt's rest, padding; j: the pack's completion j).
+Row = tuple[list[int], list[int], list[int], list[int]]
+
+# What an attention row costs torch's CPU flash-attention kernel, in units of one query-key pair
+# (fitted to forward twice and backward once, as a checkpointed learner runs them, over 17 row
+# shapes of the 135M model in bf16 on the 2-core Zen 4 machine, within 16%): a fixed cost per row,
+# mostly the backward pass's per-row buffers, and one per query slot.
+ROW_COST_PAIRS = 4240
+QUERY_COST_PAIRS = 139
+# Widths tried, in multiples of the sequence's width multiple.
+_WIDTH_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+def attention_rows(prefix_length: int, pieces: list[tuple[list[int], list[list[int]]]], padding: list[int],
+                   width_multiple: int) -> tuple[list[Row], int]:
+    """The rows and their width (queries per row, a multiple of `width_multiple`) of least
+    estimated cost among the widths tried, the width of the widest pack among them."""
+    widest = max([prefix_length, len(padding)] + [len(rest) + sum(map(len, completions))
+                                                   for rest, completions in pieces])
+    widest = padded_row_length(max(widest, 1), width_multiple)
+    widths = sorted({step * width_multiple for step in _WIDTH_STEPS if step * width_multiple < widest} | {widest})
+    best = None
+    for width in widths:
+        rows = _rows(prefix_length, pieces, padding, width)
+        keys = prefix_length + max(len(row[2]) for row in rows)
+        cost = len(rows) * (ROW_COST_PAIRS + width * (QUERY_COST_PAIRS + keys))
+        if best is None or cost < best[0]:
+            best = (cost, rows, width)
+    return best[1], best[2]
+
+
+def _rows(prefix_length: int, pieces: list[tuple[list[int], list[list[int]]]], padding: list[int],
+          width: int) -> list[Row]:
+    """Rows of at most `width` queries: the prefix and the padding in chunks; each pack's rest of
+    the prompt and its completions (a longer one in chunks) placed first-fit in rows of their own
+    pack, each row keyed by the pack's rest and its completions up to their chunks' ends."""
+    rows: list[Row] = []
+    for start in range(0, prefix_length, width):  # keys: the prefix every row sees
+        chunk = list(range(start, min(start + width, prefix_length)))
+        rows.append((chunk, [0] * len(chunk), [], []))
+    for rest, completions in pieces:
+        # (queries, segment, keys besides the rest): the rest in chunks, then each completion's.
+        parts = [(rest[start:start + width], 0, []) for start in range(0, len(rest), width)]
+        for number, completion in enumerate(completions, start=1):
+            for start in range(0, len(completion), width):
+                end = min(start + width, len(completion))
+                parts.append((completion[start:end], number, completion[:end]))
+        pack_rows: list[Row] = []
+        for queries, segment, keys in parts:
+            row = next((r for r in pack_rows if len(r[0]) + len(queries) <= width), None)
+            if row is None:
+                row = ([], [], list(rest), [0] * len(rest))
+                pack_rows.append(row)
+            row[0].extend(queries)
+            row[1].extend([segment] * len(queries))
+            if segment:
+                row[2].extend(keys)
+                row[3].extend([segment] * len(keys))
+        rows.extend(pack_rows)
+    for start in range(0, len(padding), width):
+        chunk = padding[start:start + width]
+        rows.append((chunk, [0] * len(chunk), chunk, [0] * len(chunk)))
+    return rows
+
+
+def _row_layout(rows: list[Row], prefix_length: int, width: int, tokens: int
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The attention rows of an unpadded sequence: mask [R, 1, Lq, Lk] and (row_queries [R, Lq],
-    row_keys [R, Lk], token_slots [T]). Row r's keys are the prefix's P tokens, then its own
-    queries; `rows` gives each row's tokens (flat indices, in order), their segments (0 prompt,
-    j completion j) and whether the row sees the prefix."""
-    width = padded_row_length(max(len(indices) for indices, _, _ in rows), width_multiple)
-    count = len(rows)
-    queries = torch.zeros(count, width, dtype=torch.long)  # padding points at token 0, masked out
-    segment = torch.full((count, width), -1, dtype=torch.long)  # -1: padding
-    sees_prefix = torch.zeros(count, dtype=torch.bool)
-    total = sum(len(indices) for indices, _, _ in rows)
-    slots = torch.empty(total, dtype=torch.long)
-    for row, (indices, segments, prefix) in enumerate(rows):
-        flat = torch.tensor(indices, dtype=torch.long)
-        queries[row, :len(indices)] = flat
-        segment[row, :len(indices)] = torch.tensor(segments, dtype=torch.long)
-        sees_prefix[row] = prefix
-        slots[flat] = row * width + torch.arange(len(indices))
-    keys = torch.cat([torch.arange(prefix_length).expand(count, prefix_length), queries], dim=1)
-    own = packed_mask(segment, "sdpa")  # [R, 1, Lq, Lq]: a packed row's own mask, padding seeing itself
-    prefix = (sees_prefix.view(count, 1, 1, 1) & (segment >= 0).view(count, 1, width, 1)).expand(
-        count, 1, width, prefix_length)
-    return torch.cat([prefix, own], dim=3), (queries, keys, slots)
+    """Tensors of `rows`: mask [R, 1, width, P + K] and (row_queries [R, width], row_keys
+    [R, P + K], token_slots [T]). Row r's keys are the prefix's P tokens, then its own K (padded).
+    A query sees a key of its row that is no later in the sequence and is either shared context
+    (segment 0) or its own completion's; a padding slot sees every real key of its row (no empty
+    softmax; its output is never read)."""
+    count, own = len(rows), max(len(row[2]) for row in rows)
+    queries = torch.zeros(count, width, dtype=torch.long)  # padding slots point at token 0
+    query_order = torch.full((count, width), tokens, dtype=torch.long)
+    query_segment = torch.zeros(count, width, dtype=torch.long)
+    keys = torch.zeros(count, own, dtype=torch.long)
+    key_order = torch.full((count, own), tokens, dtype=torch.long)  # later than every query: unseen
+    key_segment = torch.zeros(count, own, dtype=torch.long)
+    slots = torch.empty(tokens, dtype=torch.long)
+    for number, (row_queries, row_segments, row_keys, row_key_segments) in enumerate(rows):
+        flat = torch.tensor(row_queries, dtype=torch.long)
+        queries[number, :len(flat)] = query_order[number, :len(flat)] = flat
+        query_segment[number, :len(flat)] = torch.tensor(row_segments, dtype=torch.long)
+        keys[number, :len(row_keys)] = key_order[number, :len(row_keys)] = torch.tensor(row_keys, dtype=torch.long)
+        key_segment[number, :len(row_keys)] = torch.tensor(row_key_segments, dtype=torch.long)
+        slots[flat] = number * width + torch.arange(len(flat))
+    prefix = torch.arange(prefix_length).expand(count, prefix_length)
+    keys, key_order = torch.cat([prefix, keys], dim=1), torch.cat([prefix, key_order], dim=1)
+    key_segment = torch.cat([torch.zeros(count, prefix_length, dtype=torch.long), key_segment], dim=1)
+    earlier = key_order.unsqueeze(1) <= query_order.unsqueeze(2)  # [R, width, P + K]
+    related = (key_segment.unsqueeze(1) == 0) | (key_segment.unsqueeze(1) == query_segment.unsqueeze(2))
+    real_key = (key_order < tokens).unsqueeze(1)
+    padding_slot = (query_order == tokens).unsqueeze(2)
+    allowed = real_key & (padding_slot | (earlier & related))
+    return allowed.unsqueeze(1), (queries, keys, slots)

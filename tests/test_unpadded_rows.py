@@ -8,7 +8,8 @@ import torch
 from r1train.batching import collate, plan_micro_batches
 from r1train.logprobs import compute_token_logprobs
 from r1train.packing import ScoringBatch, pack, padded_row_length, plan_packs
-from r1train.unpadded_rows import NAME, common_prefix_length, pack_unpadded, unpadded, use_unpadded_rows
+from r1train.unpadded_rows import (NAME, QUERY_COST_PAIRS, ROW_COST_PAIRS, common_prefix_length, pack_unpadded,
+                                   unpadded, use_unpadded_rows)
 from tests.test_packing import assert_scored_alike, scored, tiny_model
 
 CPU = torch.device("cpu")
@@ -39,7 +40,7 @@ def test_common_prefix_length():
 def test_sequence_holds_every_token_once_with_the_shared_prefix_first():
     prompt_ids = [[1, 2, 3], [1, 2, 3], [1, 2, 4, 5]]
     completion_ids = [[7, 8], [9], [6]]
-    batch = pack_unpadded(prompt_ids, completion_ids, [[0, 1], [2]], 0, CPU)
+    batch = pack_unpadded(prompt_ids, completion_ids, [[0, 1], [2]], 0, CPU, row_width=4)
     assert batch.input_ids.tolist() == [[1, 2, 3, 7, 8, 9, 4, 5, 6]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 2, 3, 4]]  # each token at its own sample's position
     # Completion tokens and the tokens predicting them: a completion's first from its prompt's last.
@@ -47,34 +48,99 @@ def test_sequence_holds_every_token_once_with_the_shared_prefix_first():
     assert batch.source.tolist() == [2, 3, 2, 7]
     assert batch.sample.tolist() == [0, 0, 1, 2] and batch.column.tolist() == [0, 1, 0, 0]
     layout = batch.layout
-    # Rows: the prefix [1, 2]; pack 1 (its prompt's rest, both completions); pack 2.
-    assert layout["row_queries"][:, :4].tolist() == [[0, 1, 0, 0], [2, 3, 4, 5], [6, 7, 8, 0]]
-    assert layout["row_keys"].tolist() == [[0, 1] + row for row in layout["row_queries"].tolist()]
+    # Rows 4 wide: the prefix [1, 2]; pack 1 (its prompt's rest, both completions); pack 2.
+    assert layout["row_queries"].tolist() == [[0, 1, 0, 0], [2, 3, 4, 5], [6, 7, 8, 0]]
+    # Keys: the prefix, then the row's own (the pack's rest and completions), padded with token 0.
+    assert layout["row_keys"].tolist() == [[0, 1, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5], [0, 1, 6, 7, 8, 0]]
     assert layout["token_slots"].tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10]  # row * 4 + column
     allowed = batch.attention_mask[:, 0].int()
-    assert allowed[0, :2].tolist() == [[0, 0, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0]]  # the prefix: causal on itself
+    assert allowed[0].tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],  # the prefix: causal on itself
+                                   [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]]  # padding slots: every real key
     assert allowed[1].tolist() == [[1, 1, 1, 0, 0, 0],  # prompt rest: the prefix and itself
                                    [1, 1, 1, 1, 0, 0],  # completion 1
                                    [1, 1, 1, 1, 1, 0],
                                    [1, 1, 1, 0, 0, 1]]  # completion 2: not completion 1
-    assert allowed[2, 3].tolist() == [0, 0, 0, 0, 0, 1]  # a padding query sees its own slot only
+    assert allowed[2, 3].tolist() == [1, 1, 1, 1, 1, 0]
 
 
-def test_one_pack_or_nothing_shared_leaves_no_prefix_row():
-    alone = pack_unpadded([[1, 2, 3], [1, 2, 3]], [[7], [8]], [[0, 1]], 0, CPU)
+def visible(batch: ScoringBatch) -> dict[int, set[int]]:
+    """For every token of an unpadded batch, the tokens its attention rows let it see."""
+    layout, mask = batch.layout, batch.attention_mask[:, 0]
+    width = layout["row_queries"].shape[1]
+    seen = {}
+    for token, slot in enumerate(layout["token_slots"].tolist()):
+        row, column = divmod(slot, width)
+        assert layout["row_queries"][row, column] == token
+        seen[token] = set(layout["row_keys"][row][mask[row, column]].tolist())
+    return seen
+
+
+def expected_visible(prompt_ids, completion_ids, packs, prefix):
+    """What each real token of `pack_unpadded`'s sequence may see: the shared prefix, its own
+    prompt's rest and its own completion, up to itself."""
+    want, start = {t: set(range(t + 1)) for t in range(prefix)}, prefix
+    for members in packs:
+        rest = list(range(start, start + len(prompt_ids[members[0]]) - prefix))
+        want.update({t: set(range(prefix)) | set(rest[:i + 1]) for i, t in enumerate(rest)})
+        start += len(rest)
+        for index in members:
+            completion = list(range(start, start + len(completion_ids[index])))
+            want.update({t: set(range(prefix)) | set(rest) | set(completion[:i + 1]) for i, t in enumerate(completion)})
+            start += len(completion)
+    return want
+
+
+@pytest.mark.parametrize("row_width", [1, 2, 3, 5, 8, 64, None])
+def test_every_token_sees_exactly_its_own_context_whatever_the_row_width(row_width):
+    """Narrow rows split a pack across rows and a long completion into chunks, each keyed by its
+    pack's rest and its completion so far; every token still sees what it would in a row of its own."""
+    prompt_ids, completion_ids = system_prompted_samples(questions=3, group_size=3)
+    packs = [[0, 1, 2], [3, 4], [5], [6, 7, 8]]
+    batch = pack_unpadded(prompt_ids, completion_ids, packs, 0, CPU, width_multiple=1, row_width=row_width)
+    want = expected_visible(prompt_ids, completion_ids, packs, 4)
+    seen = visible(batch)
+    assert {t: seen[t] for t in want} == want
+    assert set(seen) == set(range(batch.input_ids.shape[1]))  # every token, padding included, in one slot
+    if row_width:
+        assert batch.layout["row_queries"].shape[1] == row_width
+
+
+def test_rows_are_as_wide_as_the_estimated_cost_is_least():
+    """Long completions in a pack cost attention quadratically in one row; the chosen rows are
+    narrower than the pack and never cost more, by the estimate, than one row per pack."""
+    prompt_ids = [[1, 2, 3, 4, question] for question in range(4) for _ in range(8)]
+    completion_ids = [[5] * (50 + sample % 20) for sample in range(32)]
+    packs = [list(range(g * 8, g * 8 + 8)) for g in range(4)]
+    chosen = pack_unpadded(prompt_ids, completion_ids, packs, 0, CPU, width_multiple=32)
+    whole = pack_unpadded(prompt_ids, completion_ids, packs, 0, CPU, width_multiple=32, row_width=512)
+
+    def estimate(batch):
+        rows, width = batch.layout["row_queries"].shape
+        return rows * (ROW_COST_PAIRS + width * (QUERY_COST_PAIRS + batch.layout["row_keys"].shape[1]))
+
+    assert chosen.layout["row_queries"].shape[1] < 512
+    assert estimate(chosen) < estimate(whole) / 2
+    assert visible(chosen) == visible(whole)
+
+
+def test_one_pack_or_nothing_shared_leaves_no_prefix_keys():
+    alone = pack_unpadded([[1, 2, 3], [1, 2, 3]], [[7], [8]], [[0, 1]], 0, CPU, row_width=5)
     assert alone.input_ids.tolist() == [[1, 2, 3, 7, 8]] and alone.layout["row_queries"].shape[0] == 1
-    apart = pack_unpadded([[1, 2], [3, 4]], [[7], [8]], [[0], [1]], 0, CPU, width_multiple=4)
-    # No prefix row: two packs, and a row for the sequence's padding (6 tokens to 8).
-    assert apart.layout["row_queries"].shape == (3, 4) and apart.layout["row_keys"].shape == (3, 4)
+    assert alone.layout["row_keys"].tolist() == [[0, 1, 2, 3, 4]]
+    apart = pack_unpadded([[1, 2], [3, 4]], [[7], [8]], [[0], [1]], 0, CPU, width_multiple=4, row_width=4)
+    # No prefix: two packs of 3 own keys each, and a row for the sequence's padding (6 tokens to 8).
+    assert apart.layout["row_queries"].shape == (3, 4) and apart.layout["row_keys"].shape == (3, 3)
 
 
 def test_the_sequence_ends_in_padding_up_to_the_multiple_in_a_row_of_its_own():
-    batch = pack_unpadded([[1, 2], [1, 3]], [[7, 8], [9]], [[0], [1]], 0, CPU, width_multiple=4)
+    batch = pack_unpadded([[1, 2], [1, 3]], [[7, 8], [9]], [[0], [1]], 0, CPU, width_multiple=4, row_width=4)
     assert batch.input_ids.tolist() == [[1, 2, 7, 8, 3, 9, 0, 0]]  # 6 tokens, 2 of padding
     assert batch.position_ids[0, 6:].tolist() == [0, 0]
     queries = batch.layout["row_queries"]
     assert queries.shape == (4, 4) and queries[3, :2].tolist() == [6, 7]  # prefix, 2 packs, padding
-    assert batch.attention_mask[3, 0, :2].int().tolist() == [[0, 1, 0, 0, 0], [0, 0, 1, 0, 0]]  # itself only
+    assert batch.layout["row_keys"][3].tolist() == [0, 6, 7, 0]
+    # Padding sees the prefix and earlier padding: never read, it only has to stay finite.
+    assert batch.attention_mask[3, 0, :2].int().tolist() == [[1, 1, 0, 0], [1, 1, 1, 0]]
     assert batch.target.tolist() == [7, 8, 9] and batch.source.tolist() == [1, 2, 4]
 
 
@@ -98,13 +164,14 @@ def test_unpadded_micro_batches_are_budgeted_by_tokens():
 
 
 # ----------------------------------------------------------------------------- equal to plain rows
-@pytest.mark.parametrize("width_multiple", [1, 32])
+@pytest.mark.parametrize("width_multiple, row_width", [(1, None), (32, None), (1, 2), (1, 5)],
+                         ids=["cheapest", "cheapest-32", "rows-of-2", "rows-of-5"])
 @pytest.mark.parametrize("packs", [
     [[0, 1, 2], [3, 4, 5], [6, 7, 8]],  # whole groups
     [[0, 1], [2], [3, 4, 5], [6], [7, 8]],  # split groups: rows of uneven length
     [[i] for i in range(9)],  # one sample a row, the prefix still shared
 ], ids=["groups", "split", "single"])
-def test_logprobs_and_gradients_equal_plain_rows(packs, width_multiple):
+def test_logprobs_and_gradients_equal_plain_rows(packs, width_multiple, row_width):
     """Llama's RMSNorm computes in fp32 even in a float64 model, and the shared prefix changes the
     order in which gradient contributions are summed, so agreement is to fp32 rounding."""
     prompt_ids, completion_ids = system_prompted_samples()
@@ -115,7 +182,7 @@ def test_logprobs_and_gradients_equal_plain_rows(packs, width_multiple):
 
     model = tiny_model("sdpa")
     assert use_unpadded_rows(model)
-    batch = pack_unpadded(prompt_ids, completion_ids, packs, 0, CPU, width_multiple)
+    batch = pack_unpadded(prompt_ids, completion_ids, packs, 0, CPU, width_multiple, row_width)
     # Every token once: the 4 shared ones, each pack's rest of its prompt, every completion; then
     # padding up to the multiple.
     rests = sum(len(prompt_ids[members[0]]) - 4 for members in packs)
