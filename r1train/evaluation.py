@@ -112,16 +112,20 @@ class Evaluator:
     def run(self, engine, details: list | None = None) -> dict[str, float]:
         """Evaluate `engine`'s current weights; returns metrics prefixed `eval/`."""
         t0 = time.perf_counter()
-        prompts = self._prompts(no_think=False)
         k = self.samples
-        # Greedy and sampled requests in one engine call where the engine can batch them together
-        # (vLLM then decodes them in the same steps), a chunk of prompts at a time for the progress bar.
-        requests = [(k, self.sampling)] + ([(1, _greedy(self.sampling))] if self.greedy else [])
-        bar = _progress_bar(len(prompts) * sum(n for n, _ in requests), self.progress, self.leave_progress)
+        # Sampled and greedy requests, with the thinking and (`no_think`) without, in as few engine
+        # calls as the engine allows (`_generate`): vLLM then decodes them all in the same steps.
+        kinds = [(k, self.sampling)] + ([(1, _greedy(self.sampling))] if self.greedy else [])
+        requests = [(self._prompts(no_think=False), n, sampling) for n, sampling in kinds]
+        if self.no_think:
+            requests += [(self._prompts(no_think=True), n, sampling) for n, sampling in kinds]
+        bar = _progress_bar(len(self.rows) * sum(n for _, n, _ in requests), self.progress, self.leave_progress)
         try:
-            sampled, *greedy = _generate_in_chunks(engine, prompts, requests, bar)
+            results = iter(_generate(engine, requests, bar))
         finally:
             bar.close()
+        sampled = next(results)
+        greedy = [next(results)] if self.greedy else []
         texts, correct, answers, lengths = self._judge(sampled, prefill(self.template))
         problems = [
             {"correct": correct[i * k:(i + 1) * k], "answers": answers[i * k:(i + 1) * k]} for i in range(len(self.rows))
@@ -146,7 +150,7 @@ class Evaluator:
                                                       [p["correct"] for p in problems], greedy_correct)
             out.update(eval_metrics.breakdown_metrics(self.by, self.breakdown))
         if self.no_think:
-            out.update(self._without_thinking(engine, out))
+            out.update(self._without_thinking(next(results), next(results) if self.greedy else None, out))
         out["time/eval"] = time.perf_counter() - t0
         if details is not None:
             for i, row in enumerate(self.rows):
@@ -158,16 +162,16 @@ class Evaluator:
         return [encode_prompt(self.tokenizer, r[self.question_column], self.template, self.system_prompt, no_think)
                 for r in self.rows]
 
-    def _without_thinking(self, engine, with_thinking: dict[str, float]) -> dict[str, float]:
-        """The same questions with the thinking forced empty: `no_think_accuracy` (sampled, pass@1),
-        `no_think_greedy_accuracy`, and `thinking_gain`, the sampled accuracy the thinking adds."""
-        prompts = self._prompts(no_think=True)
+    def _without_thinking(self, sampled, greedy, with_thinking: dict[str, float]) -> dict[str, float]:
+        """The completions of the same questions with the thinking forced empty: `no_think_accuracy`
+        (sampled, pass@1), `no_think_greedy_accuracy`, and `thinking_gain`, the sampled accuracy
+        the thinking adds."""
         head = prefill(self.template, no_think=True)
-        _, correct, _, _ = self._judge(engine.generate(prompts, self.samples, self.sampling), head)
+        _, correct, _, _ = self._judge(sampled, head)
         out = {"eval/no_think_accuracy": sum(correct) / len(correct)}
         out["eval/thinking_gain"] = with_thinking["eval/accuracy"] - out["eval/no_think_accuracy"]
-        if self.greedy:
-            _, greedy_correct, _, _ = self._judge(engine.generate(prompts, 1, _greedy(self.sampling)), head)
+        if greedy is not None:
+            _, greedy_correct, _, _ = self._judge(greedy, head)
             out["eval/no_think_greedy_accuracy"] = sum(greedy_correct) / len(greedy_correct)
         return out
 
@@ -188,9 +192,8 @@ class Evaluator:
         return texts, correct, answers, [len(c.token_ids) for c in completions]
 
 
-# Completions per engine call while evaluating, so that the progress bar moves: two of the HF
-# engine's batches of 64 (nothing lost there). vLLM batches whatever one call gives it, so the
-# split may cost it some throughput; how much is not measured yet.
+# Completions per engine call while evaluating with an engine that cannot report its progress
+# within a call, so that the progress bar moves: two of the HF engine's batches of 64.
 EVAL_CHUNK_COMPLETIONS = 128
 
 
@@ -201,24 +204,34 @@ def _progress_bar(total: int, enabled: bool, leave: bool):
                 file=sys.stderr)
 
 
-def _generate_in_chunks(engine, prompts: list[list[int]], requests: list[tuple[int, SamplingSettings]],
-                        bar) -> list[list]:
-    """`generate_many` of (prompts, n, sampling) for each request, a chunk of prompts at a time.
+def _generate(engine, requests: list[tuple[list[list[int]], int, SamplingSettings]], bar) -> list[list]:
+    """`generate_many` of `requests` (prompts, n, sampling; the same number of prompts in each),
+    `bar` advancing as completions are done: in one call where the engine reports them as they
+    finish (vLLM: one continuous batch, so one tail of long completions where chunks would each
+    have theirs), else a chunk of prompts at a time (`_generate_in_chunks`)."""
+    if getattr(engine, "reports_progress", False):
+        results = engine.generate_many(requests, progress=bar.update)
+        engine.release_idle_memory()
+        return results
+    return _generate_in_chunks(engine, requests, bar)
+
+
+def _generate_in_chunks(engine, requests: list[tuple[list[list[int]], int, SamplingSettings]], bar) -> list[list]:
+    """`generate_many` of `requests`, a chunk of their prompts at a time.
 
     Returns one completion list per request, grouped by prompt, with `prompt_index` counted over
-    all of `prompts`; `bar` advances by the completions of each chunk.
+    all of the request's prompts; `bar` advances by the completions of each chunk.
     """
-    per_call = max(1, EVAL_CHUNK_COMPLETIONS // sum(n for n, _ in requests))
+    per_call = max(1, EVAL_CHUNK_COMPLETIONS // sum(n for _, n, _ in requests))
     results: list[list] = [[] for _ in requests]
-    for start in range(0, len(prompts), per_call):
-        chunk = prompts[start:start + per_call]
-        for result, completions in zip(results, generate_many(engine, [(chunk, n, s) for n, s in requests])):
+    for start in range(0, len(requests[0][0]), per_call):
+        chunk = [(prompts[start:start + per_call], n, sampling) for prompts, n, sampling in requests]
+        for result, completions in zip(results, generate_many(engine, chunk)):
             result += [dataclasses.replace(c, prompt_index=c.prompt_index + start) for c in completions]
             bar.update(len(completions))
         # A training step's generation is followed by the engine's sleep, which trims the heap; chunks
         # follow each other, and what each freed piled up: the main recipe's evaluations rose 0.36-0.44
-        # GiB above their start, 0.27-0.32 with a trim after each (AMX machine, 2026-12-05). The CPU
-        # vLLM engine also gives back its KV cache's pages, which chunk after chunk would all touch.
+        # GiB above their start, 0.27-0.32 with a trim after each (AMX machine, 2026-12-05).
         engine.release_idle_memory()
     return results
 

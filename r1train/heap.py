@@ -14,11 +14,11 @@ Three tools help, each a no-op where the C library is not glibc:
   up with `training.cpu_low_memory` or `model.gradient_checkpointing`, where the learner's own
   peak is low enough that the regrown KV cache and weights on top of what the learner freed
   would set the run's peak (the pages it gives back there are faulted in again); and the engines'
-  `release_idle_memory`, which evaluation calls after each chunk of its generation, since no sleep
-  follows (r1train/evaluation.py).
+  `release_idle_memory`, which evaluation calls after its generation (after each chunk of it with
+  engines that take it in chunks), since no sleep follows (r1train/evaluation.py).
 - `release_pages` (madvise MADV_DONTNEED): zeroes memory without making it resident. The CPU
-  engine's KV cache comes back zeroed after every sleep, and is zeroed between an evaluation's
-  chunks; written with zeros, all of it (0.5 GiB in the main recipe) would be resident though a
+  engine's KV cache comes back zeroed after every sleep, and is zeroed after an evaluation's
+  generation; written with zeros, all of it (0.5 GiB in the main recipe) would be resident though a
   call's sequences fill only part of it.
 
 All that freeing is paid in page faults when the memory is used again: 17.4-17.6 million minor

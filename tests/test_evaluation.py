@@ -103,6 +103,45 @@ def test_no_think_evaluation_prefills_an_empty_think_and_reports_the_gain(tokeni
     assert len(engine.prompts_seen) == 4 and len(forced) == 2
 
 
+class AnsweringInOneCall(AnswersOnlyWithoutThinking):
+    """The same answers from an engine that takes every request in one call and reports each
+    prompt's completions as they are done, as the vLLM engine does."""
+
+    reports_progress = True
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.calls = []
+
+    def generate_many(self, requests, progress=None):
+        self.calls.append([(len(prompts), n) for prompts, n, _ in requests])
+        results = []
+        for prompts, n, sampling in requests:
+            results.append(self.generate(prompts, n, sampling))
+            for _ in prompts:
+                progress(n)
+        return results
+
+
+def test_an_engine_that_reports_progress_gets_every_request_in_one_call(tokenizer):
+    from r1train.engines.base import SamplingSettings
+    from r1train.evaluation import Evaluator
+
+    rows = [{"question": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(60)]
+    evaluator = Evaluator(rows=rows, tokenizer=tokenizer, template="r1_zero", system_prompt=None,
+                          question_column="question", answer_column="answer", samples=2,
+                          sampling=SamplingSettings(stop=["</answer>"]), greedy=True, no_think=True)
+    engine, chunked = AnsweringInOneCall(tokenizer), AnswersOnlyWithoutThinking(tokenizer)
+    metrics, by_chunks = evaluator.run(engine), evaluator.run(chunked)
+    # One call for 60 questions x (2 sampled + 1 greedy) with and without thinking: 360 completions,
+    # where an engine without progress reports takes chunks of 42 questions (126 completions).
+    assert engine.calls == [[(60, 2), (60, 1), (60, 2), (60, 1)]]
+    assert len(chunked.prompts_seen) == 60 * 4
+    metrics.pop("time/eval"), by_chunks.pop("time/eval")
+    assert metrics == by_chunks
+    assert metrics["eval/accuracy"] == metrics["eval/no_think_accuracy"] == pytest.approx(1 / 60)  # "7", "2"
+
+
 def test_eval_no_think_flag_adds_the_measurement(tiny_model_dir, questions, tmp_path, capsys):
     out = tmp_path / "scores.json"
     code = main(["eval", "--model", str(tiny_model_dir), "--data", str(questions), "--samples", "2",
@@ -157,8 +196,8 @@ def test_chunked_generation_numbers_prompts_as_one_call_would(tiny_model_dir, mo
             self.n += count
 
     bar = Bar()
-    sampled, greedy = _generate_in_chunks(engine, prompts, [(2, SamplingSettings(max_new_tokens=2, temperature=1.0)),
-                                                            (1, SamplingSettings(max_new_tokens=2, temperature=0.0))], bar)
+    sampled, greedy = _generate_in_chunks(engine, [(prompts, 2, SamplingSettings(max_new_tokens=2, temperature=1.0)),
+                                                   (prompts, 1, SamplingSettings(max_new_tokens=2, temperature=0.0))], bar)
     assert bar.n == len(sampled) + len(greedy) == 21
     assert [c.prompt_index for c in sampled] == [i for i in range(7) for _ in range(2)]
     assert [c.prompt_index for c in greedy] == list(range(7))

@@ -40,8 +40,11 @@ Things that are easy to get wrong, handled here:
 """
 from __future__ import annotations
 
+import functools
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -257,9 +260,14 @@ class VLLMEngine:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
         return self.generate_many([(prompts, n, sampling)])[0]
 
-    def generate_many(self, requests: list[tuple[list[list[int]], int, SamplingSettings]]) -> list[list[Completion]]:
+    # generate_many reports each prompt's completions as they finish (see `_progress_bar`).
+    reports_progress = True
+
+    def generate_many(self, requests: list[tuple[list[list[int]], int, SamplingSettings]],
+                      progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
         """Several generate() calls' requests in one engine call, so they share its batches (and
-        the prefix cache); returns each request's completions as generate() would."""
+        the prefix cache); returns each request's completions as generate() would. `progress`, if
+        given, is called with the number of completions of each prompt when they are done."""
         if self._weights_released:
             raise RuntimeError(WEIGHTS_RELEASED)
         self.wake_up()
@@ -269,7 +277,8 @@ class VLLMEngine:
                 raise ValueError(f"n must be at least 1, got {n}")
             inputs += [{"prompt_token_ids": list(p)} for p in prompts]
             params += [self._sampling_params(n, sampling)] * len(prompts)
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        report = functools.partial(_progress_bar, progress) if progress is not None else False
+        outputs = self.llm.generate(inputs, params, use_tqdm=report)
         results, start = [], 0
         for prompts, _, sampling in requests:
             results.append(self._completions(prompts, outputs[start:start + len(prompts)], sampling))
@@ -388,8 +397,7 @@ class VLLMEngine:
     def release_idle_memory(self) -> None:
         """Between generate calls, on CPU: hand the KV cache's pages back to the OS (they read as
         zeros, and only what the next call writes becomes resident again) and trim the heap.
-        Evaluation calls it after each chunk of its generation: the engine stays awake between
-        chunks, whose blocks would otherwise end up touching the whole cache."""
+        Evaluation calls it after its generation, which no sleep follows."""
         if self.on_cpu and not self._asleep:
             self._forget_cached_blocks()  # first: vLLM refuses while a request still uses the cache
             zero_storages(self._kv_cache_storages())
@@ -428,3 +436,31 @@ class VLLMEngine:
             _KEPT_UNTIL_EXIT.append(self.llm)
         del self.llm
 
+
+def _progress_bar(report: Callable[[int], None], iterable=None, **_):
+    """What vLLM's offline calls take as `use_tqdm`, a tqdm factory: for the requests' progress a
+    `_FinishedPrompts`; the prompts it renders first (an iterable to wrap) go through unwatched."""
+    return iterable if iterable is not None else _FinishedPrompts(report)
+
+
+class _FinishedPrompts:
+    """The progress bar vLLM's offline loop drives, passing each finished prompt's completion
+    count to `report`: what the loop touches and nothing more."""
+
+    def __init__(self, report: Callable[[int], None]):
+        self.report, self.n, self.postfix = report, 0, ""
+        self._start = time.perf_counter()
+
+    @property
+    def format_dict(self) -> dict[str, float]:  # the loop divides tokens by the elapsed time
+        return {"elapsed": max(time.perf_counter() - self._start, 1e-9)}
+
+    def update(self, count: int) -> None:
+        self.n += count
+        self.report(count)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -230,6 +230,9 @@ def test_requests_generated_together_come_back_as_separate_calls_give_them(engin
     sampled = SamplingSettings(max_new_tokens=6, temperature=1.0)
     together_sampled, together_greedy = generate_many(engine, [(chat_prompts, 3, sampled), (chat_prompts[:2], 1, greedy)])
     assert [c.prompt_index for c in together_sampled] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    reports = []  # each prompt's completions as they finish, for a progress bar
+    engine.generate_many([(chat_prompts, 3, sampled), (chat_prompts[:2], 1, greedy)], progress=reports.append)
+    assert sorted(reports) == [1, 1, 3, 3, 3]
     assert all(len(c.token_ids) == 6 for c in together_sampled)
     alone = engine.generate(chat_prompts[:2], 1, greedy)
     assert [c.token_ids for c in together_greedy] == [c.token_ids for c in alone]
