@@ -192,8 +192,11 @@ class Evaluator:
         return texts, correct, answers, [len(c.token_ids) for c in completions]
 
 
-# Completions per engine call while evaluating with an engine that cannot report its progress
-# within a call, so that the progress bar moves: two of the HF engine's batches of 64.
+# Completions decoded at once while evaluating: a call's worth with an engine that cannot report
+# its progress within a call (so that the progress bar moves: two of the HF engine's batches of
+# 64), the sequences running at once in one call with one that can. vLLM's own cap on CPU is 256:
+# with it, evaluations held more of the KV cache resident, and the equal-work run's peak RSS rose
+# by 0.31 GiB (benchmarks/results/attention_rows_zen4_2026-12-06/).
 EVAL_CHUNK_COMPLETIONS = 128
 
 
@@ -207,10 +210,11 @@ def _progress_bar(total: int, enabled: bool, leave: bool):
 def _generate(engine, requests: list[tuple[list[list[int]], int, SamplingSettings]], bar) -> list[list]:
     """`generate_many` of `requests` (prompts, n, sampling; the same number of prompts in each),
     `bar` advancing as completions are done: in one call where the engine reports them as they
-    finish (vLLM: one continuous batch, so one tail of long completions where chunks would each
-    have theirs), else a chunk of prompts at a time (`_generate_in_chunks`)."""
+    finish (vLLM: one continuous batch of at most EVAL_CHUNK_COMPLETIONS sequences, refilled as
+    they end, so one tail of long completions where chunks would each have theirs), else a chunk
+    of prompts at a time (`_generate_in_chunks`)."""
     if getattr(engine, "reports_progress", False):
-        results = engine.generate_many(requests, progress=bar.update)
+        results = engine.generate_many(requests, progress=bar.update, max_running=EVAL_CHUNK_COMPLETIONS)
         engine.release_idle_memory()
         return results
     return _generate_in_chunks(engine, requests, bar)

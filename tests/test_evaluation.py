@@ -113,8 +113,9 @@ class AnsweringInOneCall(AnswersOnlyWithoutThinking):
         super().__init__(tokenizer)
         self.calls = []
 
-    def generate_many(self, requests, progress=None):
+    def generate_many(self, requests, progress=None, max_running=None):
         self.calls.append([(len(prompts), n) for prompts, n, _ in requests])
+        self.max_running = max_running
         results = []
         for prompts, n, sampling in requests:
             results.append(self.generate(prompts, n, sampling))
@@ -124,6 +125,7 @@ class AnsweringInOneCall(AnswersOnlyWithoutThinking):
 
 
 def test_an_engine_that_reports_progress_gets_every_request_in_one_call(tokenizer):
+    from r1train import evaluation
     from r1train.engines.base import SamplingSettings
     from r1train.evaluation import Evaluator
 
@@ -136,6 +138,7 @@ def test_an_engine_that_reports_progress_gets_every_request_in_one_call(tokenize
     # One call for 60 questions x (2 sampled + 1 greedy) with and without thinking: 360 completions,
     # where an engine without progress reports takes chunks of 42 questions (126 completions).
     assert engine.calls == [[(60, 2), (60, 1), (60, 2), (60, 1)]]
+    assert engine.max_running == evaluation.EVAL_CHUNK_COMPLETIONS  # as many at once as a chunk held
     assert len(chunked.prompts_seen) == 60 * 4
     metrics.pop("time/eval"), by_chunks.pop("time/eval")
     assert metrics == by_chunks

@@ -40,6 +40,7 @@ Things that are easy to get wrong, handled here:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -260,14 +261,20 @@ class VLLMEngine:
         """Sample `n` completions per prompt; returns len(prompts) * n completions, grouped by prompt."""
         return self.generate_many([(prompts, n, sampling)])[0]
 
-    # generate_many reports each prompt's completions as they finish (see `_progress_bar`).
-    reports_progress = True
+    @property
+    def reports_progress(self) -> bool:
+        """Whether generate_many takes `progress` and `max_running`: where vLLM's scheduler runs
+        in this process, which caps the sequences it runs at once (`_running_at_most`)."""
+        return self._scheduler() is not None
 
     def generate_many(self, requests: list[tuple[list[list[int]], int, SamplingSettings]],
-                      progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
+                      progress: Callable[[int], None] | None = None,
+                      max_running: int | None = None) -> list[list[Completion]]:
         """Several generate() calls' requests in one engine call, so they share its batches (and
         the prefix cache); returns each request's completions as generate() would. `progress`, if
-        given, is called with the number of completions of each prompt when they are done."""
+        given, is called with the number of completions of each prompt when they are done;
+        `max_running` caps the sequences decoded at once (each holds KV cache blocks; the rest
+        wait their turn), else vLLM's max_num_seqs does."""
         if self._weights_released:
             raise RuntimeError(WEIGHTS_RELEASED)
         self.wake_up()
@@ -278,12 +285,33 @@ class VLLMEngine:
             inputs += [{"prompt_token_ids": list(p)} for p in prompts]
             params += [self._sampling_params(n, sampling)] * len(prompts)
         report = functools.partial(_progress_bar, progress) if progress is not None else False
-        outputs = self.llm.generate(inputs, params, use_tqdm=report)
+        with self._running_at_most(max_running):
+            outputs = self.llm.generate(inputs, params, use_tqdm=report)
         results, start = [], 0
         for prompts, _, sampling in requests:
             results.append(self._completions(prompts, outputs[start:start + len(prompts)], sampling))
             start += len(prompts)
         return results
+
+    def _scheduler(self):
+        """vLLM's scheduler where its engine core runs in this process (colocated), else None."""
+        core = getattr(getattr(self.llm.llm_engine, "engine_core", None), "engine_core", None)
+        scheduler = getattr(core, "scheduler", None)
+        return scheduler if hasattr(scheduler, "max_num_active_reqs") else None
+
+    @contextlib.contextmanager
+    def _running_at_most(self, sequences: int | None):
+        """Within the block, the scheduler admits at most `sequences` sequences to run at once."""
+        scheduler = self._scheduler() if sequences is not None else None
+        if scheduler is None:
+            yield
+            return
+        admitted = scheduler.max_num_active_reqs
+        scheduler.max_num_active_reqs = min(admitted, sequences)
+        try:
+            yield
+        finally:
+            scheduler.max_num_active_reqs = admitted
 
     def _sampling_params(self, n: int, sampling: SamplingSettings):
         return self._sampling_params_cls(

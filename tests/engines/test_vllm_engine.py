@@ -230,13 +230,22 @@ def test_requests_generated_together_come_back_as_separate_calls_give_them(engin
     sampled = SamplingSettings(max_new_tokens=6, temperature=1.0)
     together_sampled, together_greedy = generate_many(engine, [(chat_prompts, 3, sampled), (chat_prompts[:2], 1, greedy)])
     assert [c.prompt_index for c in together_sampled] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    reports = []  # each prompt's completions as they finish, for a progress bar
-    engine.generate_many([(chat_prompts, 3, sampled), (chat_prompts[:2], 1, greedy)], progress=reports.append)
-    assert sorted(reports) == [1, 1, 3, 3, 3]
     assert all(len(c.token_ids) == 6 for c in together_sampled)
     alone = engine.generate(chat_prompts[:2], 1, greedy)
     assert [c.token_ids for c in together_greedy] == [c.token_ids for c in alone]
     assert [c.prompt_index for c in together_greedy] == [0, 1]
+    reports, running = [], []  # each prompt's completions as they finish, for a progress bar
+    scheduler = engine._scheduler()
+
+    def report(count):
+        reports.append(count)
+        running.append(len(scheduler.running))
+
+    capped = engine.generate_many([(chat_prompts, 3, sampled), (chat_prompts[:2], 1, greedy)], progress=report,
+                                  max_running=2)
+    assert sorted(reports) == [1, 1, 3, 3, 3] and max(running) <= 2  # 11 sequences, at most 2 at a time
+    assert [c.token_ids for c in capped[1]] == [c.token_ids for c in alone]
+    assert scheduler.max_num_active_reqs > 2  # vLLM's own cap again after the call
 
 
 def test_requests_of_one_call_share_the_kv_blocks_of_their_prompt(engine, learner, long_chat_prompts):
