@@ -121,11 +121,10 @@ class Evaluator:
             requests += [(self._prompts(no_think=True), n, sampling) for n, sampling in kinds]
         bar = _progress_bar(len(self.rows) * sum(n for _, n, _ in requests), self.progress, self.leave_progress)
         try:
-            results = iter(_generate(engine, requests, bar))
+            results = _generate(engine, requests, bar)
         finally:
             bar.close()
-        sampled = next(results)
-        greedy = [next(results)] if self.greedy else []
+        (sampled, *greedy), without_thinking = results[:len(kinds)], results[len(kinds):]
         texts, correct, answers, lengths = self._judge(sampled, prefill(self.template))
         problems = [
             {"correct": correct[i * k:(i + 1) * k], "answers": answers[i * k:(i + 1) * k]} for i in range(len(self.rows))
@@ -150,7 +149,7 @@ class Evaluator:
                                                       [p["correct"] for p in problems], greedy_correct)
             out.update(eval_metrics.breakdown_metrics(self.by, self.breakdown))
         if self.no_think:
-            out.update(self._without_thinking(next(results), next(results) if self.greedy else None, out))
+            out.update(self._without_thinking(out, *without_thinking))
         out["time/eval"] = time.perf_counter() - t0
         if details is not None:
             for i, row in enumerate(self.rows):
@@ -162,7 +161,7 @@ class Evaluator:
         return [encode_prompt(self.tokenizer, r[self.question_column], self.template, self.system_prompt, no_think)
                 for r in self.rows]
 
-    def _without_thinking(self, sampled, greedy, with_thinking: dict[str, float]) -> dict[str, float]:
+    def _without_thinking(self, with_thinking: dict[str, float], sampled, greedy=None) -> dict[str, float]:
         """The completions of the same questions with the thinking forced empty: `no_think_accuracy`
         (sampled, pass@1), `no_think_greedy_accuracy`, and `thinking_gain`, the sampled accuracy
         the thinking adds."""
