@@ -10,9 +10,11 @@ Here the decoder takes the micro-batch as one sequence [1, T] holding every toke
 prefix of all its prompts, then each pack's rest of the prompt and its completions, each token at
 its position in its own sample. Only attention needs rows. The attention function registered here
 gathers each row's queries, and as its keys the shared prefix's and the row's own, into padded
-[R, heads, L, D] tensors, runs transformers' sdpa on them with the rows' mask (a completion sees
-the prefix, its prompt's rest and its own earlier tokens, as in a packed row), and gathers the
-outputs back to their tokens. The gathers move a few vectors per token; the padding and the
+[R, heads, L, D] tensors, runs attention on them with the rows' mask (a completion sees the
+prefix, its prompt's rest and its own earlier tokens, as in a packed row), and gathers the outputs
+back to their tokens. On a CPU that attention is two batched matmuls and a softmax
+(`attention_in_matmuls`): at rows this short torch's flash kernel spends most of its time on
+per-row overhead; elsewhere it is transformers' sdpa. The gathers move a few vectors per token; the padding and the
 repeats now cost attention only.
 
 Rows are not packs. A pack's completions in one row see each other's positions masked out, pairs
@@ -61,9 +63,44 @@ def unpadded_attention(module, query, key, value, attention_mask, scaling=None, 
     queries = query[0].transpose(0, 1).to(dtype)[row_queries].transpose(1, 2)  # [R, H, Lq, D]
     keys = key[0].transpose(0, 1).to(dtype)[row_keys].transpose(1, 2)  # [R, KV, Lk, D]
     values = value[0].transpose(0, 1).to(dtype)[row_keys].transpose(1, 2)
-    output, _ = sdpa_attention_forward(module, queries, keys, values, attention_mask, scaling=scaling,
-                                       dropout=dropout)  # [R, Lq, H, D]
+    if query.device.type == "cpu":
+        output = attention_in_matmuls(queries, keys, values, attention_mask, scaling, dropout)
+    else:
+        output, _ = sdpa_attention_forward(module, queries, keys, values, attention_mask, scaling=scaling,
+                                           dropout=dropout)  # [R, Lq, H, D]
     return output.flatten(0, 1)[token_slots].unsqueeze(0), None
+
+
+def attention_in_matmuls(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                         scaling: float | None = None, dropout: float = 0.0) -> torch.Tensor:
+    """Masked attention of rows as two batched matmuls and a softmax: queries [R, H, Lq, D], keys
+    and values [R, KV, Lk, D] (H a multiple of KV), `mask` [R, 1, Lq, Lk] bool (True: may attend;
+    every query sees at least one key). Returns [R, Lq, H, D], as transformers' sdpa does.
+
+    On a CPU this takes 0.45-0.75x the time of torch's flash-attention kernel, forward and backward,
+    at the rows the learner builds (tens of rows of 32-128 queries and 80-170 keys, 9 heads of 64;
+    benchmarks/bench_attention_rows.py): its time per row and per query slot is mostly overhead
+    there, and rows this short gain nothing from its tiling. Scores and softmax are float32 at least,
+    as in the kernel; only the probabilities are rounded to the values' dtype for the second matmul.
+    Each key-value head's query heads go in one matmul, so grouped keys are never repeated.
+    Autocast is off inside: it would run the score matmul in bfloat16."""
+    with torch.autocast(queries.device.type, enabled=False):
+        return _attention_in_matmuls(queries, keys, values, mask, scaling, dropout)
+
+
+def _attention_in_matmuls(queries, keys, values, mask, scaling, dropout):
+    rows, heads, width, dim = queries.shape
+    key_heads, length = keys.shape[1], keys.shape[2]
+    groups = heads // key_heads
+    grouped = queries.reshape(rows, key_heads, groups * width, dim)
+    wide = torch.promote_types(queries.dtype, torch.float32)  # float64 stays float64
+    scores = torch.matmul(grouped.to(wide), keys.to(wide).transpose(-1, -2))  # [R, KV, G * Lq, Lk]
+    scores = scores.view(rows, key_heads, groups, width, length) * (dim ** -0.5 if scaling is None else scaling)
+    probabilities = scores.masked_fill(~mask.unsqueeze(1), float("-inf")).softmax(dim=-1).to(values.dtype)
+    if dropout:
+        probabilities = torch.nn.functional.dropout(probabilities, dropout)
+    output = torch.matmul(probabilities.view(rows, key_heads, groups * width, length), values)
+    return output.view(rows, heads, width, dim).transpose(1, 2)
 
 
 def _compute_dtype(query: torch.Tensor) -> torch.dtype:
@@ -169,12 +206,14 @@ def pack_unpadded(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
 # token indices with their segments (0: prefix, a prompt's rest, padding; j: the pack's completion j).
 Row = tuple[list[int], list[int], list[int], list[int]]
 
-# What an attention row costs torch's CPU flash-attention kernel, in units of one query-key pair
-# (fitted to forward twice and backward once, as a checkpointed learner runs them, over 17 row
-# shapes of the 135M model in bf16 on the 2-core Zen 4 machine, within 16%): a fixed cost per row,
-# mostly the backward pass's per-row buffers, and one per query slot.
-ROW_COST_PAIRS = 4240
-QUERY_COST_PAIRS = 139
+# What an attention row costs, in units of one query-key pair: a fixed cost per row and one per
+# query slot. Chosen by the learner's attention time at the equal-work recipe's shape on the 2-core
+# Zen 4 machine (bench_learner.py --op-table: matmuls and fused graphs), `attention_in_matmuls` in
+# compiled layers, among (row, query slot) = (700, 20), (1500, 40), (4240, 139), (10000, 300): this
+# was lowest, the others within 6%. A fit to the function alone (benchmarks/bench_attention_rows.py)
+# says about 470 and 0; torch's flash kernel, which rows took before, about 4,240 and 139.
+ROW_COST_PAIRS = 1500
+QUERY_COST_PAIRS = 40
 # Widths tried, in multiples of the sequence's width multiple.
 _WIDTH_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 

@@ -8,8 +8,8 @@ import torch
 from r1train.batching import collate, plan_micro_batches
 from r1train.logprobs import compute_token_logprobs
 from r1train.packing import ScoringBatch, pack, padded_row_length, plan_packs
-from r1train.unpadded_rows import (NAME, QUERY_COST_PAIRS, ROW_COST_PAIRS, common_prefix_length, pack_unpadded,
-                                   unpadded, use_unpadded_rows)
+from r1train.unpadded_rows import (NAME, QUERY_COST_PAIRS, ROW_COST_PAIRS, attention_in_matmuls, common_prefix_length,
+                                   pack_unpadded, unpadded, use_unpadded_rows)
 from tests.test_packing import assert_scored_alike, scored, tiny_model
 
 CPU = torch.device("cpu")
@@ -203,6 +203,50 @@ def test_under_bf16_autocast_it_scores_as_packed_rows_do():
         flat, _ = compute_token_logprobs(model, pack_unpadded(prompt_ids, completion_ids, packs, 0, CPU, 32))
     packed_error, flat_error = (packed - exact).abs().max(), (flat - exact).abs().max()
     assert flat_error < 2 * packed_error + 1e-3
+
+
+# ----------------------------------------------------------------------------- the CPU attention
+def attention_inputs(dtype, rows=5, heads=6, key_heads=2, queries=7, keys=11, seed=3):
+    """Rows of grouped-query attention and a mask in which every query sees at least one key."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(rows, h, n, 8, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+               for h, n in ((heads, queries), (key_heads, keys), (key_heads, keys)))
+    mask = torch.rand(rows, 1, queries, keys, generator=g) < 0.5
+    mask[..., 0] = True
+    return q, k, v, mask
+
+
+def sdpa_rows(q, k, v, mask, scaling=None):
+    """torch's sdpa with the key-value heads repeated, as transformers calls it: [R, Lq, H, D]."""
+    groups = q.shape[1] // k.shape[1]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask, scale=scaling
+    ).transpose(1, 2)
+
+
+@pytest.mark.parametrize("scaling", [None, 0.3])
+def test_matmul_attention_equals_sdpa_in_float64(scaling):
+    q, k, v, mask = attention_inputs(torch.float64)
+    weights = torch.randn(5, 7, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    got = attention_in_matmuls(q, k, v, mask, scaling)
+    want = sdpa_rows(q, k, v, mask, scaling)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    want_grads = torch.autograd.grad((want * weights).sum(), (q, k, v))
+    for got_grad, want_grad in zip(got_grads, want_grads):
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_matmul_attention_in_bf16_is_as_close_as_sdpa_under_autocast():
+    """Scores and softmax stay float32 (autocast would make the score matmul bf16); only the
+    probabilities are rounded, so the error stays near the kernel's own."""
+    q, k, v, mask = attention_inputs(torch.bfloat16, queries=32, keys=64)
+    exact = sdpa_rows(q.double(), k.double(), v.double(), mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = attention_in_matmuls(q, k, v, mask)
+    kernel = sdpa_rows(q, k, v, mask)
+    assert ours.dtype == torch.bfloat16
+    assert (ours.double() - exact).abs().mean() < 2 * (kernel.double() - exact).abs().mean()
 
 
 # ----------------------------------------------------------------------------- the switched model
