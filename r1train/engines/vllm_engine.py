@@ -40,10 +40,7 @@ Things that are easy to get wrong, handled here:
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +50,7 @@ from r1train.engines import cpu_kernels
 from r1train.engines.base import Completion, SamplingSettings
 from r1train.engines.cpu_sampler import install_in_engine as install_cpu_sampler
 from r1train.engines.direct_sync import WEIGHTS_RELEASED, DirectWeightSync, learner_tensors
+from r1train.engines.offline_call import in_process_scheduler, progress_reporter, running_at_most
 from r1train.engines.weights import checkpoint_weights
 from r1train.heap import release_pages, return_free_memory
 from r1train.hardware import bf16_autocast_supported
@@ -264,7 +262,7 @@ class VLLMEngine:
     @property
     def reports_progress(self) -> bool:
         """Whether generate_many takes `progress` and `max_running`: where vLLM's scheduler runs
-        in this process, which caps the sequences it runs at once (`_running_at_most`)."""
+        in this process, which caps the sequences it runs at once (`offline_call.py`)."""
         return self._scheduler() is not None
 
     def generate_many(self, requests: list[tuple[list[list[int]], int, SamplingSettings]],
@@ -284,8 +282,8 @@ class VLLMEngine:
                 raise ValueError(f"n must be at least 1, got {n}")
             inputs += [{"prompt_token_ids": list(p)} for p in prompts]
             params += [self._sampling_params(n, sampling)] * len(prompts)
-        report = functools.partial(_progress_bar, progress) if progress is not None else False
-        with self._running_at_most(max_running):
+        report = progress_reporter(progress) if progress is not None else False
+        with running_at_most(self._scheduler(), max_running):
             outputs = self.llm.generate(inputs, params, use_tqdm=report)
         results, start = [], 0
         for prompts, _, sampling in requests:
@@ -294,24 +292,7 @@ class VLLMEngine:
         return results
 
     def _scheduler(self):
-        """vLLM's scheduler where its engine core runs in this process (colocated), else None."""
-        core = getattr(getattr(self.llm.llm_engine, "engine_core", None), "engine_core", None)
-        scheduler = getattr(core, "scheduler", None)
-        return scheduler if hasattr(scheduler, "max_num_active_reqs") else None
-
-    @contextlib.contextmanager
-    def _running_at_most(self, sequences: int | None):
-        """Within the block, the scheduler admits at most `sequences` sequences to run at once."""
-        scheduler = self._scheduler() if sequences is not None else None
-        if scheduler is None:
-            yield
-            return
-        admitted = scheduler.max_num_active_reqs
-        scheduler.max_num_active_reqs = min(admitted, sequences)
-        try:
-            yield
-        finally:
-            scheduler.max_num_active_reqs = admitted
+        return in_process_scheduler(self.llm)
 
     def _sampling_params(self, n: int, sampling: SamplingSettings):
         return self._sampling_params_cls(
@@ -464,31 +445,3 @@ class VLLMEngine:
             _KEPT_UNTIL_EXIT.append(self.llm)
         del self.llm
 
-
-def _progress_bar(report: Callable[[int], None], iterable=None, **_):
-    """What vLLM's offline calls take as `use_tqdm`, a tqdm factory: for the requests' progress a
-    `_FinishedPrompts`; the prompts it renders first (an iterable to wrap) go through unwatched."""
-    return iterable if iterable is not None else _FinishedPrompts(report)
-
-
-class _FinishedPrompts:
-    """The progress bar vLLM's offline loop drives, passing each finished prompt's completion
-    count to `report`: what the loop touches and nothing more."""
-
-    def __init__(self, report: Callable[[int], None]):
-        self.report, self.n, self.postfix = report, 0, ""
-        self._start = time.perf_counter()
-
-    @property
-    def format_dict(self) -> dict[str, float]:  # the loop divides tokens by the elapsed time
-        return {"elapsed": max(time.perf_counter() - self._start, 1e-9)}
-
-    def update(self, count: int) -> None:
-        self.n += count
-        self.report(count)
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
