@@ -210,8 +210,8 @@ Row = tuple[list[int], list[int], list[int], list[int]]
 # query slot. Chosen by the learner's attention time at the equal-work recipe's shape on the 2-core
 # Zen 4 machine (bench_learner.py --op-table: matmuls and fused graphs), `attention_in_matmuls` in
 # compiled layers, among (row, query slot) = (700, 20), (1500, 40), (4240, 139), (10000, 300): this
-# was lowest, the others within 6%. A fit to the function alone (benchmarks/bench_attention_rows.py)
-# says about 470 and 0; torch's flash kernel, which rows took before, about 4,240 and 139.
+# was lowest, the others within 6%. Fits to the function alone (benchmarks/bench_attention_rows.py)
+# say 470-1,020 and about 0; torch's flash kernel, which rows took before, about 4,240 and 139.
 ROW_COST_PAIRS = 1500
 QUERY_COST_PAIRS = 40
 # Widths tried, in multiples of the sequence's width multiple.
