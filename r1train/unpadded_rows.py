@@ -77,9 +77,9 @@ def attention_in_matmuls(queries: torch.Tensor, keys: torch.Tensor, values: torc
     and values [R, KV, Lk, D] (H a multiple of KV), `mask` [R, 1, Lq, Lk] bool (True: may attend;
     every query sees at least one key). Returns [R, Lq, H, D], as transformers' sdpa does.
 
-    On a CPU this takes 0.45-0.75x the time of torch's flash-attention kernel, forward and backward,
-    at the rows the learner builds (tens of rows of 32-128 queries and 80-170 keys, 9 heads of 64;
-    benchmarks/bench_attention_rows.py): its time per row and per query slot is mostly overhead
+    On a CPU this takes 0.33-0.80x the time of torch's flash-attention kernel, forward and backward,
+    at the rows the learner builds (tens of rows of 16-128 queries and 67-170 keys, 9 heads of 64;
+    two runs of benchmarks/bench_attention_rows.py on the 2-core Zen 4 machine): its time per row and per query slot is mostly overhead
     there, and rows this short gain nothing from its tiling. Scores and softmax are float32 at least,
     as in the kernel; only the probabilities are rounded to the values' dtype for the second matmul.
     Each key-value head's query heads go in one matmul, so grouped keys are never repeated.
