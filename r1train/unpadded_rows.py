@@ -13,9 +13,9 @@ gathers each row's queries, and as its keys the shared prefix's and the row's ow
 [R, heads, L, D] tensors, runs attention on them with the rows' mask (a completion sees the
 prefix, its prompt's rest and its own earlier tokens, as in a packed row), and gathers the outputs
 back to their tokens. On a CPU that attention is two batched matmuls and a softmax
-(`attention_in_matmuls`): at rows this short torch's flash kernel spends most of its time on
-per-row overhead; elsewhere it is transformers' sdpa. The gathers move a few vectors per token; the padding and the
-repeats now cost attention only.
+(`attention_in_matmuls`): at the short rows described below, torch's flash kernel spends most of
+its time on per-row overhead; elsewhere it is transformers' sdpa. The gathers move a few vectors
+per token; the padding and the repeats now cost attention only.
 
 Rows are not packs. A pack's completions in one row see each other's positions masked out, pairs
 the kernel computes all the same: a pack of 8 completions of 59 tokens spends about 7/8 of its pairs
@@ -79,9 +79,10 @@ def attention_in_matmuls(queries: torch.Tensor, keys: torch.Tensor, values: torc
 
     On a CPU this takes 0.33-0.80x the time of torch's flash-attention kernel, forward and backward,
     at the rows the learner builds (tens of rows of 16-128 queries and 67-170 keys, 9 heads of 64;
-    two runs of benchmarks/bench_attention_rows.py on the 2-core Zen 4 machine): its time per row and per query slot is mostly overhead
-    there, and rows this short gain nothing from its tiling. Scores and softmax are float32 at least,
-    as in the kernel; only the probabilities are rounded to the values' dtype for the second matmul.
+    two runs of benchmarks/bench_attention_rows.py on the 2-core Zen 4 machine): the kernel's time
+    per row and per query slot is mostly overhead there, and rows this short gain nothing from its
+    tiling. Scores and softmax are float32 at least, as in the kernel; only the probabilities are
+    rounded to the values' dtype for the second matmul.
     Each key-value head's query heads go in one matmul, so grouped keys are never repeated.
     Autocast is off inside: it would run the score matmul in bfloat16."""
     with torch.autocast(queries.device.type, enabled=False):
