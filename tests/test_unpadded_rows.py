@@ -9,7 +9,7 @@ from r1train.batching import collate, plan_micro_batches
 from r1train.logprobs import compute_token_logprobs
 from r1train.packing import ScoringBatch, pack, padded_row_length, plan_packs
 from r1train.unpadded_rows import (NAME, QUERY_COST_PAIRS, ROW_COST_PAIRS, attention_in_matmuls, common_prefix_length,
-                                   pack_unpadded, unpadded, use_unpadded_rows)
+                                   gather_tokens, pack_unpadded, unpadded, use_unpadded_rows)
 from tests.test_packing import assert_scored_alike, scored, tiny_model
 
 CPU = torch.device("cpu")
@@ -54,6 +54,8 @@ def test_sequence_holds_every_token_once_with_the_shared_prefix_first():
     assert layout["row_keys"].tolist() == [[0, 1, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5], [0, 1, 6, 7, 8, 0]]
     assert layout["token_slots"].tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10]  # row * 4 + column
     allowed = batch.attention_mask[:, 0].int()
+    # The same mask as an additive bias, for the CPU's matmul attention.
+    assert torch.equal(layout["score_bias"], torch.where(batch.attention_mask, 0.0, float("-inf")))
     assert allowed[0].tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],  # the prefix: causal on itself
                                    [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]]  # padding slots: every real key
     assert allowed[1].tolist() == [[1, 1, 1, 0, 0, 0],  # prompt rest: the prefix and itself
@@ -237,6 +239,13 @@ def test_matmul_attention_equals_sdpa_in_float64(scaling):
         torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12)
 
 
+def test_a_float_bias_attends_as_its_bool_mask():
+    q, k, v, mask = attention_inputs(torch.float64)
+    bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
+    torch.testing.assert_close(attention_in_matmuls(q, k, v, bias), attention_in_matmuls(q, k, v, mask),
+                               rtol=0, atol=0)
+
+
 def test_matmul_attention_in_bf16_is_as_close_as_sdpa_under_autocast():
     """Scores and softmax stay float32 (autocast would make the score matmul bf16); only the
     probabilities are rounded, so the error stays near the kernel's own."""
@@ -247,6 +256,54 @@ def test_matmul_attention_in_bf16_is_as_close_as_sdpa_under_autocast():
     kernel = sdpa_rows(q, k, v, mask)
     assert ours.dtype == torch.bfloat16
     assert (ours.double() - exact).abs().mean() < 2 * (kernel.double() - exact).abs().mean()
+
+
+# ----------------------------------------------------------------------------- the gathers
+def test_gathered_tokens_sum_their_slots_gradients_in_float32():
+    """A prefix token is a key in every row: its gradient is the sum of all of them. Summed in
+    bfloat16, 300 slots would lose two to three digits; the sum stays float32, returned in the
+    tokens' dtype."""
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randn(4, 3, requires_grad=True)
+    index = torch.randint(0, 4, (20, 15), generator=g)
+    rows = gather_tokens(tokens, index, torch.bfloat16)
+    assert rows.dtype == torch.bfloat16 and rows.shape == (20, 15, 3)
+    upstream = torch.randn(20, 15, 3, generator=g).to(torch.bfloat16)
+    (got,) = torch.autograd.grad(rows, tokens, upstream)
+    want = torch.zeros(4, 3, dtype=torch.float64).index_add_(0, index.flatten(), upstream.double().flatten(0, 1))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_gather_with_its_inverse_takes_each_tokens_gradient_from_its_own_slot():
+    """Queries: every token sits in one slot; the other slots (row padding pointing at token 0)
+    receive no gradient, so reading each token's own slot is the whole sum."""
+    tokens = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([[3, 0, 1], [4, 2, 0]])  # slot 5 is padding
+    slots = torch.tensor([1, 2, 4, 0, 3])
+    upstream = torch.randn(2, 3, 2, dtype=torch.float64)
+    upstream[1, 2] = 0
+    (got,) = torch.autograd.grad(gather_tokens(tokens, index, torch.float64, slots), tokens, upstream)
+    (want,) = torch.autograd.grad(tokens[index], tokens, upstream)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_compiled_gathers_give_eager_gradients():
+    """Inside a compiled layer: the gathers fuse into inductor's kernels, the sum stays aten's."""
+    def attend(tokens, keys_index, query_index, slots):
+        keys = gather_tokens(tokens, keys_index, torch.float32)
+        queries = gather_tokens(tokens, query_index, torch.float32, slots)
+        return (queries.unsqueeze(2) * keys.unsqueeze(1)).sum(-1).tanh()
+
+    g = torch.Generator().manual_seed(6)
+    tokens = torch.randn(6, 4, generator=g, requires_grad=True)
+    keys_index = torch.randint(0, 6, (3, 5), generator=g)
+    query_index, slots = torch.tensor([[0, 1], [2, 3], [4, 5]]), torch.arange(6)
+    upstream = torch.randn(3, 2, 5, generator=g)
+    want = torch.autograd.grad(attend(tokens, keys_index, query_index, slots), tokens, upstream)
+    compiled = torch.compile(attend, backend="inductor", fullgraph=True)
+    got = torch.autograd.grad(compiled(tokens, keys_index, query_index, slots), tokens, upstream)
+    torch.testing.assert_close(got, want)
 
 
 # ----------------------------------------------------------------------------- the switched model
