@@ -137,9 +137,10 @@ class PolicyLearner:
         prompt computed once, where the model's attention takes the custom mask this needs and
         where it saves work (`r1train/packing.py`). `optimizer_state_dtype`: see `Optimiser`.
         `compile_layers` compiles the decoder layers with torch.compile (`r1train/compiled_layers.py`;
-        not with FSDP, whose sharded layers it leaves eager). `recompute_mlp_products` makes the
-        gated MLPs keep fewer activations for the same gradients to float rounding
-        (`r1train/mlp_recompute.py`; not with FSDP or compiled layers). `unpadded_rows` runs
+        not with FSDP, whose sharded layers it leaves eager), and the output layer's elementwise work
+        (`r1train/fused_head.py`). `recompute_mlp_products` makes the gated MLPs keep fewer
+        activations for the same gradients to float rounding (`r1train/mlp_recompute.py`; not
+        with FSDP or compiled layers). `unpadded_rows` runs
         each micro-batch as one sequence without padding, the prompts' common start once, where
         packing applies and the model's attention is "sdpa" (`r1train/unpadded_rows.py`).
         """
@@ -262,6 +263,7 @@ class PolicyLearner:
             return (self.policy if model is None else _TokenLogprobs(model))(
                 batch, chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,
                 tied_gradient_in_place=self.world_size == 1,  # .backward() losses, no data-parallel hooks
+                compiled_head=self.compiled,
             )
 
     @torch.no_grad()

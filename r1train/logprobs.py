@@ -31,6 +31,7 @@ def compute_token_logprobs(
     with_entropy: bool = False,
     temperature: float = 1.0,
     tied_gradient_in_place: bool = False,
+    compiled_head: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (and optionally entropies) of the completion tokens of a batch.
 
@@ -53,6 +54,8 @@ def compute_token_logprobs(
             pass instead of two. Only for a loss taken with `.backward()` (`torch.autograd.grad`
             would return the output layer's part of that weight's gradient alone) and outside
             data-parallel wrappers (their reduction hooks would miss the added rows).
+        compiled_head: the plain output layer's elementwise work in compiled kernels
+            (`r1train/fused_head.py`); where torch.compile works, as for compiled decoder layers.
 
     Returns:
         logprobs: [N, T] float32 (float64 for a float64 model), N = batch.samples, T = batch.width;
@@ -83,7 +86,8 @@ def compute_token_logprobs(
         return logprobs, entropy
 
     if fused:
-        logprobs, entropy = head_logprobs(hidden_at, head.weight, targets, temperature, with_entropy, chunk_size)
+        logprobs, entropy = head_logprobs(hidden_at, head.weight, targets, temperature, with_entropy, chunk_size,
+                                          compiled=compiled_head)
         flat = [logprobs, entropy] if with_entropy else [logprobs]
     else:
         flat = _checkpointed_chunks(chunk_logprobs, hidden_at, targets, chunk_size, 2 if with_entropy else 1)

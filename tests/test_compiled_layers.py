@@ -39,8 +39,9 @@ def test_compiled_layers_take_the_eager_steps_gradients(capture_gradients, optio
     torch._dynamo.reset()  # compile afresh: graphs cached by an earlier test would not be counted
     counters.clear()
     compiled = two_steps(True, **options)
-    # The layers ran as compiled graphs, a handful for every layer and batch shape (not one per shape).
-    assert 1 <= counters["stats"]["unique_graphs"] <= 4
+    # The layers ran as compiled graphs, a handful for every layer and batch shape (not one per
+    # shape), and so did the output layer's chunks (statistics with and without entropies, gradient).
+    assert 1 <= counters["stats"]["unique_graphs"] <= 4 + 3
     assert len(capture_gradients) == len(eager_gradients) == 2
     for compiled_step, eager_step in zip(capture_gradients, eager_gradients):
         for with_compile, without in zip(compiled_step, eager_step):

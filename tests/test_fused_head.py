@@ -1,4 +1,5 @@
-"""The output layer's hand-written backward pass against autograd on full logits."""
+"""The output layer's hand-written backward pass against autograd on full logits, with its
+elementwise work in aten's operators and compiled."""
 import pytest
 import torch
 
@@ -19,19 +20,23 @@ def autograd_reference(h, w, y, temperature):
     return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["aten", "compiled"])
 @pytest.mark.parametrize("temperature,chunk_size", [(1.0, 1024), (0.7, 2)])
-def test_gradcheck_of_logprobs_and_entropy(temperature, chunk_size):
+def test_gradcheck_of_logprobs_and_entropy(temperature, chunk_size, compiled):
     h, w, y = inputs()
-    assert torch.autograd.gradcheck(lambda h, w: head_logprobs(h, w, y, temperature, True, chunk_size), (h, w))
-    assert torch.autograd.gradcheck(lambda h, w: head_logprobs(h, w, y, temperature, False, chunk_size)[0], (h, w))
+    assert torch.autograd.gradcheck(lambda h, w: head_logprobs(h, w, y, temperature, True, chunk_size, compiled),
+                                    (h, w))
+    assert torch.autograd.gradcheck(
+        lambda h, w: head_logprobs(h, w, y, temperature, False, chunk_size, compiled)[0], (h, w))
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["aten", "compiled"])
 @pytest.mark.parametrize("use", ["logprobs", "entropy", "both"])
-def test_values_and_gradients_equal_autograd(use):
+def test_values_and_gradients_equal_autograd(use, compiled):
     h, w, y = inputs()
     weights = torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     got, want = [], []
-    for fn, out in ((lambda: head_logprobs(h, w, y, 0.7, True, chunk_size=3), got),
+    for fn, out in ((lambda: head_logprobs(h, w, y, 0.7, True, chunk_size=3, compiled=compiled), got),
                     (lambda: autograd_reference(h, w, y, 0.7), want)):
         logprobs, entropy = fn()
         loss = {"logprobs": (weights[0] * logprobs).sum(), "entropy": (weights[1] * entropy).sum(),
@@ -49,10 +54,11 @@ def test_frozen_output_layer_gets_no_gradient():
     assert h.grad is not None and w.grad is None
 
 
-def test_bf16_autocast_computes_the_logits_in_bf16_and_the_normaliser_in_fp32():
+@pytest.mark.parametrize("compiled", [False, True], ids=["aten", "compiled"])
+def test_bf16_autocast_computes_the_logits_in_bf16_and_the_normaliser_in_fp32(compiled):
     h, w, y = inputs(torch.float32, rows=6, hidden=32, vocab=50)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logprobs, entropy = head_logprobs(h, w, y, 1.0, True)
+        logprobs, entropy = head_logprobs(h, w, y, 1.0, True, compiled=compiled)
         want, want_entropy = autograd_reference(h.bfloat16(), w.bfloat16(), y, 1.0)
     assert logprobs.dtype == entropy.dtype == torch.float32
     assert torch.allclose(logprobs, want, atol=1e-5) and torch.allclose(entropy, want_entropy, atol=1e-5)
@@ -77,9 +83,9 @@ def test_a_pass_with_entropies_and_the_backward_pass_take_half_the_rows(monkeypa
     buffer_rows = []
     logits_class = fused_head._Logits
 
-    def recording(weight, temperature, compute_dtype, rows):
+    def recording(weight, temperature, compute_dtype, rows, compiled):
         buffer_rows.append(rows)
-        return logits_class(weight, temperature, compute_dtype, rows)
+        return logits_class(weight, temperature, compute_dtype, rows, compiled)
 
     monkeypatch.setattr(fused_head, "_Logits", recording)
     h, w, y = inputs(rows=8)
