@@ -7,6 +7,7 @@ import torch
 
 from r1train.batching import collate, plan_micro_batches
 from r1train.logprobs import compute_token_logprobs
+from r1train import unpadded_rows
 from r1train.packing import ScoringBatch, pack, padded_row_length, plan_packs
 from r1train.unpadded_rows import (NAME, QUERY_COST_PAIRS, ROW_COST_PAIRS, attention_in_matmuls, common_prefix_length,
                                    gather_tokens, pack_unpadded, unpadded, use_unpadded_rows)
@@ -259,10 +260,11 @@ def test_matmul_attention_in_bf16_is_as_close_as_sdpa_under_autocast():
 
 
 # ----------------------------------------------------------------------------- the gathers
-def test_gathered_tokens_sum_their_slots_gradients_in_float32():
+def test_gathered_tokens_sum_their_slots_gradients_in_float32(monkeypatch):
     """A prefix token is a key in every row: its gradient is the sum of all of them. Summed in
-    bfloat16, 300 slots would lose two to three digits; the sum stays float32, returned in the
-    tokens' dtype."""
+    bfloat16, 300 slots would lose two to three digits; the sum stays float32 (cast a part of the
+    slots at a time), returned in the tokens' dtype."""
+    monkeypatch.setattr(unpadded_rows, "SLOTS_PER_SUM", 7)
     g = torch.Generator().manual_seed(5)
     tokens = torch.randn(4, 3, requires_grad=True)
     index = torch.randint(0, 4, (20, 15), generator=g)
