@@ -18,10 +18,11 @@ Only the hidden states, the targets and two numbers per row are kept between the
 logits are computed in the precision autocast would use, and the normaliser always in fp32; the
 backward pass uses the same precision for its matmuls, as autocast's own backward would.
 
-With `compiled`, the elementwise work of a chunk is one torch.compile'd function: its reductions
-read the matmul's output where it lies (bf16 under autocast) and the logits' gradient is written
-straight in the matmul's precision, where aten's operators make an fp32 copy of the logits and
-pass over it five or six times. No fp32 [C, V] buffer is then held at all.
+With `compiled`, the elementwise work of a chunk is two torch.compile'd functions: the forward's
+reductions read the matmul's output where it lies (bf16 under autocast), and the backward writes
+the logits' gradient straight in the matmul's precision, where aten's operators make an fp32 copy
+of the logits and pass over it five or six times. No fp32 [C, V] buffer is then held at all, so a
+forward pass with entropies needs no fewer rows per chunk.
 """
 from __future__ import annotations
 
