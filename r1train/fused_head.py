@@ -140,20 +140,16 @@ class _HeadLogprobs(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=logits_of.dtype, device=weight.device) if want_weight else None
         for start in range(0, count, chunk_rows):
             end = min(start + chunk_rows, count)
+            h = hidden[start:end].to(logits_of.weight.dtype)  # cast once: the logits' matmul and the weight's gradient
+            g_lp = None if grad_logprobs is None else grad_logprobs[start:end]
+            g_h = None if grad_entropy is None else grad_entropy[start:end]
             if ctx.compiled:
                 grad_logits = gradients[:end - start]
-                _chunk_logit_gradient(
-                    grad_logits, logits_of.raw(hidden[start:end]), targets[start:end], log_normaliser[start:end],
-                    None if grad_logprobs is None else grad_logprobs[start:end],
-                    None if grad_entropy is None else grad_entropy[start:end],
-                    None if grad_entropy is None else mean_logit[start:end], ctx.temperature)
+                _chunk_logit_gradient(grad_logits, logits_of.raw(h), targets[start:end], log_normaliser[start:end],
+                                      g_lp, g_h, None if g_h is None else mean_logit[start:end], ctx.temperature)
             else:
-                grad_logits = _logit_gradient(logits_of, probs, hidden[start:end], targets[start:end],
-                                              log_normaliser[start:end], mean_logit[start:end],
-                                              None if grad_logprobs is None else grad_logprobs[start:end],
-                                              None if grad_entropy is None else grad_entropy[start:end],
-                                              ctx.temperature)
-            h = hidden[start:end].to(logits_of.weight.dtype)
+                grad_logits = _logit_gradient(logits_of, probs, h, targets[start:end], log_normaliser[start:end],
+                                              mean_logit[start:end], g_lp, g_h, ctx.temperature)
             if want_hidden:
                 grad_hidden[start:end] = grad_logits @ logits_of.weight
             if want_weight:
