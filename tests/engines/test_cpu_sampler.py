@@ -106,7 +106,11 @@ def test_a_seeded_request_draws_from_its_own_generator():
 @pytest.fixture
 def vllm_topk_topp_sampler():
     pytest.importorskip("vllm")
-    import vllm._C  # noqa: F401 (registers the CPU build's kernels, the Gumbel-max one among them)
+    from vllm.platforms import current_platform
+
+    # The CPU build's kernels, the Gumbel-max one among them, from the library this CPU runs
+    # (`import vllm._C` loads the AVX-512 one, which aborts on an AVX2-only CPU).
+    current_platform.import_kernels()
     from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler
 
     return TopKTopPSampler
