@@ -8,14 +8,12 @@ accumulates gradients over micro-batches sized by a token budget. The loss maths
 counts of the whole mini-batch, so accumulating them gives exactly the gradient of the mini-batch
 taken at once.
 
-Speed on CPU comes from not doing work: no logits for prompt positions and never a full
-[B, L, V] fp32 logits tensor (`r1train/logprobs.py`), a group's prompt run once for all of its
-completions where that saves work (`r1train/packing.py`), a micro-batch's tokens run as one
-sequence without padding and with the start all its prompts share run once (`r1train/unpadded_rows.py`),
-no forward pass at all for samples whose loss is identically zero (advantage 0 without KL or
-entropy terms; they still count in the normalisers), and bf16 autocast where the hardware has
-native bf16 (AMX or AVX512-BF16 on CPU; most GPUs). Master weights stay fp32. Memory: the gated
-MLPs keep two of their four intermediate tensors for the backward pass (`r1train/mlp_recompute.py`).
+Speed on CPU comes from not doing work. Scoring (`r1train/policy_scoring.py`) runs no logits for
+prompt positions, a group's prompt once for all of its completions and bf16 autocast where the
+hardware has it; the learner adds no forward pass at all for samples whose loss is identically zero
+(advantage 0 without KL or entropy terms; they still count in the normalisers). Master weights stay
+fp32. Memory: the gated MLPs keep two of their four intermediate tensors for the backward pass
+(`r1train/mlp_recompute.py`).
 
 Data parallelism: given an `accelerate.Accelerator` from a multi-process launch, each process
 holds its own share of the batch; the model and optimiser go through `accelerator.prepare` (DDP
@@ -41,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1train.batching import pad_token_values, plan_micro_batches, split_evenly
+from r1train.batching import pad_token_values, split_evenly
 from r1train.compiled_layers import compile_decoder_layers
 from r1train import fsdp as fsdp_sharding
 from r1train.distributed import all_reduce_max, all_reduce_sum
@@ -49,11 +47,10 @@ from r1train.hardware import bf16_autocast_supported, micro_batch_token_budget
 from r1train.learner_metrics import MetricTotals
 from r1train.logprobs import compute_token_logprobs
 from r1train import mlp_recompute
-from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
-from r1train.packing import (ROW_LENGTH_MULTIPLE, ScoringBatch, pack, pack_length, packing_supported,
-                             padded_row_length, plan_packs)
+from r1train.optimiser import Optimiser, load_trainable_state, trainable_state, with_lora
 from r1train.policy_loss import LossSettings, compute_policy_loss
-from r1train.unpadded_rows import common_prefix_length, pack_unpadded, unpadded, use_unpadded_rows
+from r1train.policy_scoring import PolicyScorer, TokenLogprobsModule
+from r1train.unpadded_rows import use_unpadded_rows
 
 @dataclass
 class TrainBatch:
@@ -68,26 +65,6 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
-
-
-class _TokenLogprobs(torch.nn.Module):
-    """The policy with `compute_token_logprobs` as its forward pass.
-
-    Data-parallel wrappers (DDP, FSDP, DeepSpeed) hook a module's `forward`; the learner's pass
-    reaches the decoder and output embedding directly, so it is made the forward of this module,
-    which is what gets wrapped.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: ScoringBatch, **options):
-        # A sharded model carries the pass as a registered method that gathers its root weights.
-        score = getattr(self.model, fsdp_sharding.TOKEN_LOGPROBS, None)
-        if score is not None:
-            return score(batch, **options)
-        return compute_token_logprobs(self.model, batch, **options)
 
 
 class PolicyLearner:
@@ -155,20 +132,17 @@ class PolicyLearner:
         self.max_grad_norm = max_grad_norm
         self.mini_batches = mini_batches
         self.updates_per_batch = updates_per_batch
-        self.temperature = temperature
-        self.logprob_chunk_size = logprob_chunk_size
-        self.pad_token_id = pad_token_id
-        self.share_prompts = share_prompts
         self.accelerator = accelerator
         self.world_size = accelerator.num_processes if accelerator is not None else 1
         self.sharded = fsdp and accelerator is not None and self.world_size > 1
         if self.sharded:  # before the optimiser: sharding replaces the parameters
             fsdp_sharding.shard_model(model, accelerator.device, compute_token_logprobs)
         # Every forward pass of the policy goes through this module (wrapped when data-parallel).
-        self.policy = _TokenLogprobs(model)
+        policy = TokenLogprobsModule(model)
 
         def prepare(optimizer):  # data-parallel: the policy and the optimiser are wrapped together
-            self.policy, optimizer = accelerator.prepare(self.policy, optimizer)
+            nonlocal policy
+            policy, optimizer = accelerator.prepare(policy, optimizer)
             return optimizer
 
         self.optimiser = Optimiser(
@@ -183,6 +157,10 @@ class PolicyLearner:
         # How many of the model's MLPs keep fewer activations (0: none has the form, or it is off).
         self.recomputed_mlps = (mlp_recompute.recompute_mlp_products(model)
                                 if recompute_mlp_products and not self.sharded and not self.compiled else 0)
+        self.scorer = PolicyScorer(
+            model, policy, device=self.device, use_bf16=self.use_bf16, micro_batch_tokens=self.micro_batch_tokens,
+            share_prompts=share_prompts, chunk_size=logprob_chunk_size, temperature=temperature,
+            pad_token_id=pad_token_id, world_size=self.world_size, sharded=self.sharded, compiled=self.compiled)
         # Per sample of the last batch: its logprobs under the weights the batch was sampled with
         # (None where no forward pass ran). The trainer compares them with the engine's logprobs
         # to verify the last weight sync without an extra forward pass.
@@ -225,82 +203,17 @@ class PolicyLearner:
         run at its limit."""
         return self.optimiser.consecutive_nan_steps
 
-    # ----------------------------------------------------------------------------- logprobs
-    def _autocast(self):
-        return bf16_autocast(self.device, self.use_bf16)
+    # ----------------------------------------------------------------------------- scoring
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The module every forward pass goes through: the model's scoring pass, wrapped when
+        data-parallel."""
+        return self.scorer.policy
 
-    def _plan(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], indices: list[int],
-              model: torch.nn.Module | None = None) -> list[list[list[int]]]:
-        """Micro-batches of the samples `indices`: each a list of packs (samples scored in one
-        row, see `r1train/packing.py`; one sample per pack where `model`, default the policy,
-        cannot take packed rows), at most `micro_batch_tokens` tokens (padded ones for padded rows)."""
-        scorer = self.model if model is None else model
-        # Packing decides by the model's width (see `plan_packs`); None turns it off.
-        hidden_size = scorer.config.hidden_size if self.share_prompts and packing_supported(scorer) else None
-        packs = plan_packs([prompt_ids[i] for i in indices], [completion_ids[i] for i in indices],
-                           self.micro_batch_tokens, hidden_size)
-        packs = [[indices[j] for j in members] for members in packs]
-        if unpadded(scorer):  # budgeted by tokens; every micro-batch shares at least the whole batch's prefix
-            shared = common_prefix_length([prompt_ids[members[0]] for members in packs]) if len(packs) > 1 else 0
-            lengths = [pack_length(members, prompt_ids, completion_ids) - shared for members in packs]
-            plan = plan_micro_batches(lengths, self.micro_batch_tokens - shared, padded=False)
-        else:
-            lengths = [padded_row_length(pack_length(members, prompt_ids, completion_ids), ROW_LENGTH_MULTIPLE)
-                       for members in packs]
-            plan = plan_micro_batches(lengths, self.micro_batch_tokens)
-        return [[packs[j] for j in group] for group in plan]
-
-    def _logprobs(self, prompt_ids, completion_ids, packs, with_entropy, model=None):
-        """Logprobs (and entropies) of the samples in `packs`, rows in their flattened order."""
-        scorer = self.model if model is None else model
-        if unpadded(scorer):
-            batch = pack_unpadded(prompt_ids, completion_ids, packs, self.pad_token_id, self.device,
-                                  ROW_LENGTH_MULTIPLE)
-        else:
-            batch = pack(prompt_ids, completion_ids, packs, self.pad_token_id, self.device,
-                         scorer.config._attn_implementation, width_multiple=ROW_LENGTH_MULTIPLE)
-        with self._autocast():
-            return (self.policy if model is None else _TokenLogprobs(model))(
-                batch, chunk_size=self.logprob_chunk_size, with_entropy=with_entropy, temperature=self.temperature,
-                tied_gradient_in_place=self.world_size == 1,  # .backward() losses, no data-parallel hooks
-                compiled_head=self.compiled,
-            )
-
-    @torch.no_grad()
-    def compute_logprobs(
-        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], disable_adapters: bool = False,
-        model: torch.nn.Module | None = None,
-    ) -> list[torch.Tensor]:
-        """Per-token logprobs of each completion under the current weights, without gradient.
-
-        With LoRA, `disable_adapters=True` scores under the base model: that is the frozen
-        reference policy, with no second copy of the model in memory. `model` scores under another
-        model instead (a separately loaded frozen reference), with the learner's batching and dtype.
-
-        Returns:
-            N CPU tensors (float32; float64 for a float64 model), each [len(completion_ids[i])].
-        """
-        scorer = self.policy if model is None else model
-        was_training = scorer.training
-        scorer.eval()
-        results: list[torch.Tensor | None] = [None] * len(prompt_ids)
-        groups = self._plan(prompt_ids, completion_ids, list(range(len(prompt_ids))), model)
-        # Sharded passes gather weights collectively: a process with fewer passes runs empty ones
-        # too, counted before any pass runs (a count taken after them would meet another
-        # process's weight gathering instead).
-        padding_passes = all_reduce_max(len(groups)) - len(groups) if self.sharded and model is None else 0
-        try:
-            for packs in groups:
-                adapters_off = (self.model if model is None else model).disable_adapter() if disable_adapters else None
-                with adapters_off or contextlib.nullcontext():
-                    logprobs, _ = self._logprobs(prompt_ids, completion_ids, packs, False, model)
-                for row, index in enumerate(i for members in packs for i in members):
-                    results[index] = logprobs[row, : len(completion_ids[index])].cpu()
-            for _ in range(padding_passes):
-                self._zero_loss()
-        finally:
-            scorer.train(was_training)
-        return results
+    def compute_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                         disable_adapters: bool = False, model: torch.nn.Module | None = None) -> list[torch.Tensor]:
+        """Per-token logprobs under the current weights, without gradient: `PolicyScorer.compute_logprobs`."""
+        return self.scorer.compute_logprobs(prompt_ids, completion_ids, disable_adapters, model)
 
     # ----------------------------------------------------------------------------- training
     def train_on_batch(self, batch: TrainBatch, loss_settings: LossSettings) -> dict[str, float]:
@@ -348,7 +261,7 @@ class PolicyLearner:
         if self.world_size > 1:
             batch_sequences, batch_tokens, any_work = (int(v) for v in all_reduce_sum(
                 [batch_sequences, batch_tokens, len(work)]))
-        micro_batches = self._plan(batch.prompt_ids, batch.completion_ids, work)
+        micro_batches = self.scorer.plan(batch.prompt_ids, batch.completion_ids, work)
         # Passes this process runs: its micro-batches, padded with zero-loss passes where another
         # process has more (sharded weights are gathered per pass) or where it has none but
         # another has some (its gradient exchange needs every process).
@@ -364,7 +277,7 @@ class PolicyLearner:
                     step_loss += self._micro_batch_backward(batch, micro_batches[number], old_logprobs, settings,
                                                             batch_sequences, batch_tokens, totals)
                 else:
-                    self._backward(self._zero_loss())
+                    self._backward(self.scorer.zero_loss())
         grad_norm = self._clip_gradients()
         if self.world_size > 1:  # the loss is the sum over processes; skipping is decided alike
             step_loss = all_reduce_sum([step_loss])[0]
@@ -379,7 +292,7 @@ class PolicyLearner:
                               totals) -> float:
         samples = [i for members in packs for i in members]
         completions = [batch.completion_ids[i] for i in samples]
-        logprobs, entropy = self._logprobs(batch.prompt_ids, batch.completion_ids, packs, True)
+        logprobs, entropy = self.scorer.logprobs(batch.prompt_ids, batch.completion_ids, packs, True)
         width = logprobs.shape[1]
         lengths = torch.tensor([len(c) for c in completions], device=self.device)
         mask = torch.arange(width, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)  # [b, T]
@@ -422,12 +335,6 @@ class PolicyLearner:
             # The wrappers average gradients over processes; the loss is already normalised by the
             # counts of all processes, so the sum is what makes the whole batch's gradient.
             self.accelerator.backward(loss * self.world_size)
-
-    def _zero_loss(self) -> torch.Tensor:
-        """A zero loss that reaches every parameter: one pad token scored after another."""
-        tokens = [[self.pad_token_id]]
-        logprobs, _ = self._logprobs(tokens, tokens, [[0]], False)
-        return logprobs.sum() * 0.0
 
     def _clip_gradients(self) -> float:
         """Clip to `max_grad_norm`; returns the norm before clipping (of the summed gradients)."""

@@ -236,7 +236,7 @@ def test_a_separate_reference_model_is_packed_for_its_own_attention():
     for attention in ("eager", "flash_attention_2"):
         reference = tiny_model(torch.float64, seed=1)
         reference.config._attn_implementation = attention
-        packs = learner._plan(batch.prompt_ids, batch.completion_ids, list(range(len(batch))), reference)
+        packs = learner.scorer.plan(batch.prompt_ids, batch.completion_ids, list(range(len(batch))), reference)
         assert max(len(members) for group in packs for members in group) == (4 if attention == "eager" else 1)
         if attention == "eager":
             got = learner.compute_logprobs(batch.prompt_ids, batch.completion_ids, model=reference)
