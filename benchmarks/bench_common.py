@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: run a command as a measured child process, and summarise.
+"""Helpers shared by the benchmarks: run a command as a measured child process, summarise, and
+find the model a benchmark workload names.
 
 Peak memory is measured two ways, because a trainer may spread over several processes (vLLM can
 run its engine in a child): `peak_tree_rss` samples the summed resident memory of the child and
@@ -73,3 +74,10 @@ def median(values: list[float]) -> float | None:
 
 def gib(n_bytes: float | None) -> float | None:
     return None if n_bytes is None else n_bytes / _GIB
+
+
+def workload_model_dir(workload: dict) -> str:
+    """The local folder of the model a benchmark workload's recipe names (the default model if none)."""
+    from r1train.models import resolve_model_dir
+
+    return resolve_model_dir(workload["recipe"].get("model", {}).get("name", "smollm2-135m-instruct"))
