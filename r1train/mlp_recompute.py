@@ -5,7 +5,7 @@ Autograd keeps every input its backward pass needs: the gate projection `g` (for
 and the up projection `u` (for the product), and the product itself (for `down_proj`'s weight
 gradient): four tensors of the intermediate width, which is 2.7x the hidden width in the 135M
 model. They are more than half of what a learner pass keeps for its backward pass, and those
-activations are the largest part of the learner's peak memory (the README's memory account).
+activations are the largest part of the learner's peak memory (the memory account in `docs/PERFORMANCE.md`).
 
 Here the MLP keeps `g` and `u` only. `silu(g)` and the product are computed again from them when
 the backward pass reaches them: the same elementwise operators on the same inputs, so the same

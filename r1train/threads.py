@@ -10,7 +10,7 @@ process on a 2-core machine the main recipe's step took 9.2x its time alone. Pas
 (`OMP_WAIT_POLICY=PASSIVE`) removes most of that (1.2x) but costs a futex wake-up per parallel
 region on an idle machine (+24% per step). r1train sets `GOMP_SPINCOUNT=10000` unless the user set
 `GOMP_SPINCOUNT` or `OMP_WAIT_POLICY`: 2.4x under that load, and no slower alone than libgomp's
-default (shorter spins, 5000 or 3000, were 8-10% slower alone). The README's Performance section
+default (shorter spins, 5000 or 3000, were 8-10% slower alone). `docs/PERFORMANCE.md`
 ("On an idle machine") has the measurements. It must be in the environment before torch loads
 libgomp, so a program that imports torch before r1train keeps libgomp's default.
 

@@ -1,8 +1,8 @@
 """Weight sync at memory speed for the colocated vLLM engine: copy the learner's tensors straight
 into the engine's own parameters, with the dtype cast fused into the copy.
 
-vLLM's `reload_weights` path is general but slow for a per-step push (the README's Performance
-section has the measured sync times): every sync it moves each layer to the meta device and back,
+vLLM's `reload_weights` path is general but slow for a per-step push (`docs/PERFORMANCE.md`
+has the measured sync times): every sync it moves each layer to the meta device and back,
 wraps every weight loader, binds arguments, and runs the loaders one tensor at a time on tensors
 the caller first cast into new memory.
 
