@@ -269,7 +269,7 @@ def main() -> None:
                                 recompute_mlp_products=side != "learner_keeping_mlp",
                                 unpadded_rows=not side.endswith("_padded_rows"))
         if args.bf16 == "on":
-            learner.use_bf16 = True
+            learner.scorer.use_bf16 = True  # autocast where the hardware has no native bf16 too
         return learner
 
     settings = LossSettings(max_completion_length=args.completion_tokens[1])

@@ -151,16 +151,18 @@ class PolicyLearner:
             prepare=prepare if accelerator is not None and not self.sharded else None,
             state_dtype=optimizer_state_dtype)
         self.device = next(model.parameters()).device
-        self.use_bf16 = bf16 and bf16_autocast_supported(self.device)
-        self.micro_batch_tokens = micro_batch_token_budget(micro_batch_tokens, self.device, self.use_bf16)
-        self.compiled = compile_layers and not self.sharded and compile_decoder_layers(model, self.device)
+        use_bf16 = bf16 and bf16_autocast_supported(self.device)
+        compiled = compile_layers and not self.sharded and compile_decoder_layers(model, self.device)
         # How many of the model's MLPs keep fewer activations (0: none has the form, or it is off).
         self.recomputed_mlps = (mlp_recompute.recompute_mlp_products(model)
-                                if recompute_mlp_products and not self.sharded and not self.compiled else 0)
+                                if recompute_mlp_products and not self.sharded and not compiled else 0)
+        # The scorer holds the passes' settings (autocast, token budget, compiled head); the
+        # properties below read them from there, so each is kept in one place.
         self.scorer = PolicyScorer(
-            model, policy, device=self.device, use_bf16=self.use_bf16, micro_batch_tokens=self.micro_batch_tokens,
+            model, policy, device=self.device, use_bf16=use_bf16,
+            micro_batch_tokens=micro_batch_token_budget(micro_batch_tokens, self.device, use_bf16),
             share_prompts=share_prompts, chunk_size=logprob_chunk_size, temperature=temperature,
-            pad_token_id=pad_token_id, world_size=self.world_size, sharded=self.sharded, compiled=self.compiled)
+            pad_token_id=pad_token_id, world_size=self.world_size, sharded=self.sharded, compiled=compiled)
         # Per sample of the last batch: its logprobs under the weights the batch was sampled with
         # (None where no forward pass ran). The trainer compares them with the engine's logprobs
         # to verify the last weight sync without an extra forward pass.
@@ -204,6 +206,21 @@ class PolicyLearner:
         return self.optimiser.consecutive_nan_steps
 
     # ----------------------------------------------------------------------------- scoring
+    @property
+    def use_bf16(self) -> bool:
+        """Whether the passes run under bf16 autocast."""
+        return self.scorer.use_bf16
+
+    @property
+    def micro_batch_tokens(self) -> int:
+        """The token budget of one micro-batch."""
+        return self.scorer.micro_batch_tokens
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the decoder layers (and the output layer's elementwise work) run compiled."""
+        return self.scorer.compiled
+
     @property
     def policy(self) -> torch.nn.Module:
         """The module every forward pass goes through: the model's scoring pass, wrapped when
