@@ -7,7 +7,9 @@ everything) and calls its steps directly. The resident memory is read at phase b
 the libraries are imported, after the learner's model is loaded, after the engine is built, and
 around each step's phases (generate, engine sleep, learn, sync). Each phase's own peak is the
 kernel's exact high-water mark (VmHWM), reset before the phase through /proc/self/clear_refs, so
-no short spike is missed between samples.
+no short spike is missed between samples. Each phase also gets its minor page faults and system
+time (getrusage): memory handed back to the OS between phases, or mapped afresh for one large
+tensor, is paid there when it is touched again.
 
 The account of the run's peak puts next to those measurements the sizes computed from the model
 and the config: fp32 master weights, gradients (the learner's trainable parameters, alive from the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shutil
 import sys
 import time
@@ -89,12 +92,16 @@ class PhaseMeter:
             state_before = optimizer_state() if optimizer_state else 0
             before = memory_status()["VmRSS"]
             reset_peak()
+            usage_before = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             result = original(*args, **kwargs)
             seconds = time.perf_counter() - t0
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             status = memory_status()
             self.rows.append({"label": label, "step": step_of(), "before": before, "peak": status["VmHWM"],
                               "after": status["VmRSS"], "seconds": seconds,
+                              "page_faults": usage.ru_minflt - usage_before.ru_minflt,
+                              "system_seconds": usage.ru_stime - usage_before.ru_stime,
                               "state_created": (optimizer_state() if optimizer_state else 0) - state_before})
             return result
 
@@ -270,15 +277,32 @@ def describe_run(recipe, micro_batch_tokens: int, step_metrics: list[dict]) -> s
             f"{t.optimizer_state_dtype}\ntime per step (s): {seconds}; mean completion length (tokens): {lengths}")
 
 
+def print_fault_totals(rows: list[dict]) -> None:
+    """Each phase's minor page faults and system time summed over the steps: what fresh memory
+    (pages the process had given back, or never had) costs where it is touched again."""
+    if not rows:
+        return
+    print("\nPage faults and system time by phase, all steps:")
+    for label in dict.fromkeys(row["label"] for row in rows):
+        mine = [row for row in rows if row["label"] == label]
+        faults, system = sum(r["page_faults"] for r in mine), sum(r["system_seconds"] for r in mine)
+        seconds = sum(r["seconds"] for r in mine)
+        print(f"  {label:<14} {faults / 1000:8.0f}k faults ({faults * 4096 / _GIB:5.1f} GiB of 4 KiB pages), "
+              f"{system:6.2f} s system of {seconds:7.2f} s")
+
+
 def print_report(header: str, rows: list[dict], account: dict) -> None:
     print(header)
     print("\nResident memory at phase boundaries (MiB):")
     for row in rows:
         if "peak" in row:
+            faults = (f", {row['page_faults'] / 1000:.0f}k page faults, {row['system_seconds']:.2f} s system"
+                      if "page_faults" in row else "")  # not in results saved before they were measured
             print(f"  step {row['step']} {row['label']:<14} before {row['before'] / _MIB:7.0f}  peak {row['peak'] / _MIB:7.0f}"
-                  f"  after {row['after'] / _MIB:7.0f}  ({row['seconds']:.2f} s)")
+                  f"  after {row['after'] / _MIB:7.0f}  ({row['seconds']:.2f} s{faults})")
         else:
             print(f"  {row['label']:<50} {row['rss'] / _MIB:7.0f}")
+    print_fault_totals([row for row in rows if "page_faults" in row])
     print("\nComputed from the model and the config (MiB):")
     for name, value in account["computed"].items():
         print(f"  {name:<50} {value / _MIB:7.0f}")

@@ -11,7 +11,8 @@ Three tools help, each a no-op where the C library is not glibc:
   has the measured peak memory and time). Off by default.
 - `return_free_memory` (malloc_trim): hands the heap's free pages back between phases; the vLLM
   engine calls it when it sleeps, always, as it costs one trim per step, and also when it wakes
-  up with `training.cpu_low_memory` or `model.gradient_checkpointing`, where the learner's own
+  up and after the weight push that follows (its staging copies freed) with
+  `training.cpu_low_memory` or `model.gradient_checkpointing`, where the learner's own
   peak is low enough that the regrown KV cache and weights on top of what the learner freed
   would set the run's peak (the pages it gives back there are faulted in again); and the engines'
   `release_idle_memory`, which evaluation calls after its generation (after each chunk of it with

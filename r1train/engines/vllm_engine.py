@@ -151,13 +151,19 @@ class VLLMEngine:
             of a generate call with vLLM's Gumbel-max kernel at the main recipe's shape; False keeps
             vLLM's (side by side).
         trim_on_wake: on CPU, hand the heap's free pages back (malloc_trim) when waking up, before
-            the KV cache and the weights come back. The heap still holds what the learner freed,
-            and where the learner's own peak is small (gradient checkpointing) the regrown cache
-            and weights on top of it become the run's peak; the pages given back are paid for in
-            page faults at every wake-up. The trainer sets it with `training.cpu_low_memory` and
-            with `model.gradient_checkpointing`: on the bench_vs_trl workload with checkpointing,
-            the run's peak went from 3.76 to 3.49-3.66 GiB for about 0.08 s more per wake-up (AMX
-            machine, benchmarks/results/trim_on_wake_amx_2026-12-05.txt).
+            the KV cache and the weights come back, and again after each weight push. The heap
+            still holds what the learner freed, and where the learner's own peak is small
+            (gradient checkpointing) the regrown cache and weights on top of it become the run's
+            peak; the pages given back are paid for in page faults at every wake-up. The trainer
+            sets it with `training.cpu_low_memory` and with `model.gradient_checkpointing`: on the
+            bench_vs_trl workload with checkpointing, the run's peak went from 3.76 to 3.49-3.66
+            GiB for about 0.08 s more per wake-up (AMX machine,
+            benchmarks/results/trim_on_wake_amx_2026-12-05.txt). The trim after the push hands
+            back what the push freed (each packed weight is staged in a fresh tensor) and what the
+            heap kept through it: on the AVX2 machine the main recipe's generation then started
+            0.1-0.18 GiB lower, and the run's peak, set in generation, was 3.57-3.58 against 3.69
+            GiB in two pairs of runs, with the push no slower
+            (benchmarks/results/trim_after_push_avx2_2026-12-07/).
     """
 
     seeds_each_call = False  # see RolloutEngine
@@ -334,6 +340,8 @@ class VLLMEngine:
         else:  # LoRA, FSDP, or a model whose load the direct copy cannot reproduce
             weights = checkpoint_weights(model, self.dtype)
             self.llm.collective_rpc(lambda worker: worker.model_runner.reload_weights(weights_iterator=weights))
+        if self.on_cpu and self.trim_on_wake:  # see __init__
+            return_free_memory()
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after a weight sync")
         self._drop_shared_prompt_blocks()

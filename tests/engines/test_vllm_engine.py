@@ -352,6 +352,27 @@ def test_trim_on_wake_hands_the_heap_back_before_the_cache_returns(engine, learn
         assert events[:regrown] == ["trim", "trim"] if trim else ["trim"]
 
 
+def test_trim_on_wake_trims_the_heap_again_after_a_push(engine, learner, monkeypatch):
+    """With trim_on_wake the heap is trimmed after a weight push too (what the push freed: its
+    staging copies), as the trainer takes it: sleep, wake-up, push; without it only the sleep trims."""
+    from r1train.engines import vllm_engine
+
+    engine.sync_weights(learner)  # records the direct-sync plan
+    events = []
+    monkeypatch.setattr(vllm_engine, "return_free_memory", lambda: events.append("trim"))
+    regrow = vllm_engine.regrow_zeroed
+    monkeypatch.setattr(vllm_engine, "regrow_zeroed", lambda *a: (events.append("regrow"), regrow(*a)))
+    push = engine._direct_sync.push
+    monkeypatch.setattr(engine._direct_sync, "push", lambda *a: (events.append("push"), push(*a)))
+    for trim in (False, True):
+        monkeypatch.setattr(engine, "trim_on_wake", trim)
+        events.clear()
+        engine.sleep(weights_stale=True)
+        engine.wake_up()
+        engine.sync_weights(learner)
+        assert events == (["trim", "trim", "regrow", "push", "trim"] if trim else ["trim", "regrow", "push"])
+
+
 def test_a_regrown_kv_storage_holds_zeros_not_what_the_heap_held():
     """The storage regrown on wake-up must not carry leftovers of freed memory: infinities there
     made vLLM's CPU attention return NaN completions. A freed block of the same size, filled with
