@@ -129,4 +129,3 @@ def test_a_wrapped_phase_counts_the_page_faults_its_fresh_memory_costs():
     phases.idle()
     fresh, idle = meter.rows
     assert fresh["page_faults"] >= 32 and fresh["page_faults"] > 10 * max(idle["page_faults"], 1)
-    assert fresh["system_seconds"] >= 0

@@ -161,8 +161,8 @@ class VLLMEngine:
             benchmarks/results/trim_on_wake_amx_2026-12-05.txt). The trim after the push hands
             back what the push freed (each packed weight is staged in a fresh tensor) and what the
             heap kept through it: on the AVX2 machine the main recipe's generation then started
-            0.1-0.18 GiB lower, and the run's peak, set in generation, was 3.57-3.58 against 3.69
-            GiB in two pairs of runs, with the push no slower
+            0.1-0.18 GiB lower, and the run's peak, set in generation, was 3.57-3.58 GiB in three
+            runs against 3.69 in two, with the push no slower (the trim itself: 11 ms)
             (benchmarks/results/trim_after_push_avx2_2026-12-07/).
     """
 
