@@ -18,9 +18,9 @@ Three tools help, each a no-op where the C library is not glibc:
   `release_idle_memory`, which evaluation calls after its generation (after each chunk of it with
   engines that take it in chunks), since no sleep follows (r1train/evaluation.py).
 - `release_pages` (madvise MADV_DONTNEED): zeroes memory without making it resident. The CPU
-  engine's KV cache comes back zeroed after every sleep, and is zeroed after an evaluation's
-  generation; written with zeros, all of it (0.5 GiB in the main recipe) would be resident though a
-  call's sequences fill only part of it.
+  engine's KV cache comes back zeroed after every sleep (`regrow_zeroed`), and is zeroed after an
+  evaluation's generation (`zero_storages`); written with zeros, all of it (0.5 GiB in the main
+  recipe) would be resident though a call's sequences fill only part of it.
 
 All that freeing is paid in page faults when the memory is used again: 17.4-17.6 million minor
 faults in a 40-step run of the equal-work recipe, 29-30 s of system time in a 169-172 s run on 2
@@ -39,6 +39,8 @@ import ctypes
 import functools
 import mmap
 from collections.abc import Iterable
+
+import torch
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 _MADV_DONTNEED = 4  # from Linux's mman-common.h
@@ -93,6 +95,27 @@ def release_pages(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         released.append((start, end) if ok else (address, address))
     return released
 
+
+def regrow_zeroed(storage_sizes: list[tuple[torch.UntypedStorage, int]]) -> None:
+    """Give each shrunk KV cache storage its size in bytes back, all zero. The C heap may serve them
+    from memory the learner just freed, and vLLM's CPU attention turns non-finite leftovers in
+    unwritten cache slots into NaN outputs. The zeros come from the OS where it can give them
+    (`release_pages`): only the blocks a step writes become resident, not the whole cache."""
+    for storage, nbytes in storage_sizes:
+        storage.resize_(nbytes)
+    zero_storages([storage for storage, _ in storage_sizes])
+
+
+def zero_storages(storages: list[torch.UntypedStorage]) -> None:
+    """Set every byte of each storage to zero. The whole pages get their zeros from the OS
+    (`release_pages`) and are not resident until written again; the partial pages at either end
+    are written."""
+    released = release_pages([(storage.data_ptr(), storage.nbytes()) for storage in storages])
+    for storage, (start, end) in zip(storages, released):
+        address = storage.data_ptr()
+        flat = torch.empty(0, dtype=torch.uint8).set_(storage)
+        flat[: start - address].zero_()
+        flat[end - address:].zero_()
 
 def _mappings() -> list[tuple[int, int, bool]] | None:
     """(low, high, private and anonymous) for each of the process's mappings, in address order (the

@@ -1,4 +1,5 @@
-"""release_pages: memory zeroed by the OS, not written, so it does not become resident."""
+"""release_pages and the KV cache storages regrown with it: memory zeroed by the OS, not written, so it
+does not become resident."""
 import mmap
 import re
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from r1train.heap import release_pages
+from r1train.heap import regrow_zeroed, release_pages
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
 
@@ -59,3 +60,28 @@ def test_less_than_a_whole_page_releases_nothing():
     data = torch.full((100,), 7, dtype=torch.uint8)
     assert release_pages([(data.data_ptr(), data.numel())]) == [(data.data_ptr(), data.data_ptr())]
     assert bool((data == 7).all())
+
+
+def test_a_regrown_kv_storage_holds_zeros_not_what_the_heap_held():
+    """The storage regrown on wake-up must not carry leftovers of freed memory: infinities there
+    made vLLM's CPU attention return NaN completions. A freed block of the same size, filled with
+    inf, is what glibc's heap hands out next for a request of that size."""
+    nbytes = 1 << 20  # under glibc's mapping threshold: served from the heap
+    storage = torch.zeros(nbytes // 4).untyped_storage()
+    storage.resize_(0)
+    poisoned = torch.full((nbytes // 4,), float("inf"))
+    del poisoned
+    regrow_zeroed([(storage, nbytes)])
+    assert torch.count_nonzero(torch.tensor([], dtype=torch.float32).set_(storage)) == 0
+
+
+def test_a_regrown_kv_storage_is_not_resident_until_written():
+    """The zeros come from the OS: a step that fills part of the cache makes only that part
+    resident (writing zeros over 64 MiB would make all of it resident)."""
+    nbytes = 64 << 20
+    storage = torch.ones(nbytes // 4).untyped_storage()
+    storage.resize_(0)
+    before = resident_mib()
+    regrow_zeroed([(storage, nbytes)])
+    assert resident_mib() - before < 16
+    assert torch.count_nonzero(torch.tensor([], dtype=torch.float32).set_(storage)) == 0

@@ -52,7 +52,7 @@ from r1train.engines.cpu_sampler import install_in_engine as install_cpu_sampler
 from r1train.engines.direct_sync import WEIGHTS_RELEASED, DirectWeightSync, learner_tensors
 from r1train.engines.offline_call import in_process_scheduler, progress_reporter, running_at_most
 from r1train.engines.weights import checkpoint_weights
-from r1train.heap import release_pages, return_free_memory
+from r1train.heap import regrow_zeroed, return_free_memory, zero_storages
 from r1train.hardware import bf16_autocast_supported
 
 _GIB = 1024**3
@@ -89,28 +89,6 @@ def import_vllm():
             ) from error
         raise
     return vllm
-
-
-def regrow_zeroed(storage_sizes: list[tuple[torch.UntypedStorage, int]]) -> None:
-    """Give each shrunk KV cache storage its size in bytes back, all zero. The C heap may serve them
-    from memory the learner just freed, and vLLM's CPU attention turns non-finite leftovers in
-    unwritten cache slots into NaN outputs. The zeros come from the OS where it can give them
-    (`release_pages`): only the blocks a step writes become resident, not the whole cache."""
-    for storage, nbytes in storage_sizes:
-        storage.resize_(nbytes)
-    zero_storages([storage for storage, _ in storage_sizes])
-
-
-def zero_storages(storages: list[torch.UntypedStorage]) -> None:
-    """Set every byte of each storage to zero. The whole pages get their zeros from the OS
-    (`release_pages`) and are not resident until written again; the partial pages at either end
-    are written."""
-    released = release_pages([(storage.data_ptr(), storage.nbytes()) for storage in storages])
-    for storage, (start, end) in zip(storages, released):
-        address = storage.data_ptr()
-        flat = torch.empty(0, dtype=torch.uint8).set_(storage)
-        flat[: start - address].zero_()
-        flat[end - address:].zero_()
 
 
 def trims_heap_on_wake(recipe) -> bool:

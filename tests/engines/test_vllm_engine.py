@@ -373,40 +373,6 @@ def test_trim_on_wake_trims_the_heap_again_after_a_push(engine, learner, monkeyp
         assert events == (["trim", "trim", "regrow", "push", "trim"] if trim else ["trim", "regrow", "push"])
 
 
-def test_a_regrown_kv_storage_holds_zeros_not_what_the_heap_held():
-    """The storage regrown on wake-up must not carry leftovers of freed memory: infinities there
-    made vLLM's CPU attention return NaN completions. A freed block of the same size, filled with
-    inf, is what glibc's heap hands out next for a request of that size."""
-    from r1train.engines.vllm_engine import regrow_zeroed
-
-    nbytes = 1 << 20  # under glibc's mapping threshold: served from the heap
-    storage = torch.zeros(nbytes // 4).untyped_storage()
-    storage.resize_(0)
-    poisoned = torch.full((nbytes // 4,), float("inf"))
-    del poisoned
-    regrow_zeroed([(storage, nbytes)])
-    assert torch.count_nonzero(torch.tensor([], dtype=torch.float32).set_(storage)) == 0
-
-
-def test_a_regrown_kv_storage_is_not_resident_until_written():
-    """The zeros come from the OS: a step that fills part of the cache makes only that part
-    resident (writing zeros over 64 MiB would make all of it resident)."""
-    import re
-
-    from r1train.engines.vllm_engine import regrow_zeroed
-
-    def resident_mib():
-        return int(re.search(r"^VmRSS:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) / 1024
-
-    nbytes = 64 << 20
-    storage = torch.ones(nbytes // 4).untyped_storage()
-    storage.resize_(0)
-    before = resident_mib()
-    regrow_zeroed([(storage, nbytes)])
-    assert resident_mib() - before < 16
-    assert torch.count_nonzero(torch.tensor([], dtype=torch.float32).set_(storage)) == 0
-
-
 @pytest.mark.parametrize(("checkpointing", "low_memory", "trims"),
                          [(False, False, False), (True, False, True), (False, True, True), (True, True, True)])
 def test_the_heap_is_trimmed_on_wake_where_the_learner_keeps_its_peak_low(checkpointing, low_memory, trims):
