@@ -41,15 +41,16 @@ class DiskWeightPush:
 
     Args:
         root: a folder every worker can read (same path on the workers' machines); None makes a
-            temporary one, removed by close().
+            temporary one, removed by close(), or when this object is collected or the interpreter
+            exits if a failed run never reaches close() (one model's copy per failed run otherwise).
         reload: `reload(url, folder)` asks the worker at `url` to load the weights in `folder`.
         urls: the workers.
         dtype: dtype the weights are written in (the workers').
     """
 
     def __init__(self, root: str | Path | None, reload: Callable[[str, str], None], urls: list[str], dtype: torch.dtype):
-        self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="r1train-weights-") if root is None else root).resolve()
+        self._temporary = tempfile.TemporaryDirectory(prefix="r1train-weights-") if root is None else None
+        self.root = Path(self._temporary.name if self._temporary else root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.reload, self.urls, self.dtype = reload, urls, dtype
         self.version = 0
@@ -88,8 +89,8 @@ class DiskWeightPush:
         if self._current is not None:
             shutil.rmtree(self._current, ignore_errors=True)
             self._current = None
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+        if self._temporary is not None:
+            self._temporary.cleanup()
 
 
 class NCCLWeightPush:

@@ -1,6 +1,8 @@
 """The disk weight push: what the learner writes for the workers, and when they are told to reload."""
 from __future__ import annotations
 
+import gc
+
 import torch
 from safetensors.torch import load_file
 
@@ -44,4 +46,14 @@ def test_a_temporary_folder_is_made_and_removed_when_none_is_given(make_tiny_mod
     root = push.root
     assert root.is_dir()
     push.close()
+    assert not root.exists()
+
+
+def test_a_temporary_folder_goes_with_its_push_when_a_failed_run_never_closes_it(make_tiny_model):
+    push = DiskWeightPush(None, lambda url, folder: None, ["http://a"], torch.float32)
+    push.push(make_tiny_model(seed=0))
+    root = push.root
+    assert any(root.iterdir())
+    del push  # what a run that raised before close() leaves: no reference to the push
+    gc.collect()
     assert not root.exists()
