@@ -1,4 +1,5 @@
 """Resolving rewards named in a recipe: registered names, dotted paths, files, and their errors."""
+import sys
 import textwrap
 
 import pytest
@@ -120,7 +121,10 @@ def user_package(tmp_path, monkeypatch):
     )
     (package / "broken.py").write_text("raise RuntimeError('boom at import')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    return package
+    yield package
+    # The next test imports its own copy: this one's folder goes when the test passes.
+    for module in [m for m in sys.modules if m.split(".")[0] == "user_rewards_pkg"]:
+        del sys.modules[module]
 
 
 def test_dotted_path_resolves(user_package):
