@@ -117,6 +117,7 @@ def zero_storages(storages: list[torch.UntypedStorage]) -> None:
         flat[: start - address].zero_()
         flat[end - address:].zero_()
 
+
 def _mappings() -> list[tuple[int, int, bool]] | None:
     """(low, high, private and anonymous) for each of the process's mappings, in address order (the
     brk heap counts as anonymous); None where /proc/self/maps cannot be read."""
