@@ -258,9 +258,10 @@ class TrainingConfig:
     max_unscored_steps: int = 3  # consecutive GRPO steps in which no reward judged any sample
     threads: int | None = None  # torch intra-op threads; null: one per core the process may use (r1train/threads.py)
     fsdp: bool = False  # multi-process GRPO: shard weights, gradients and optimiser state (torch FSDP2)
-    # GRPO learner: a prompt's completions share one row, the prompt computed once, where that saves
-    # work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored. With "sdpa" a
-    # micro-batch also runs unpadded, the start all its prompts share once (r1train/unpadded_rows.py).
+    # GRPO and SFT learners: a prompt's completions share one row, the prompt computed once, where
+    # that saves work (r1train/packing.py); needs "sdpa" or "eager" attention, otherwise ignored. With
+    # "sdpa" a micro-batch also runs unpadded, the start all its prompts share once
+    # (r1train/unpadded_rows.py). SFT with `packing` lays its examples out in padded rows instead.
     share_prompts: bool = True
     # CPU GRPO: allocations from 4 MiB get their own memory mappings, so freed activations leave the
     # process at once, and the vLLM engine trims the heap when it wakes up: a lower peak RSS for a
@@ -270,10 +271,10 @@ class TrainingConfig:
     # AdamW's two moments in "float32" or "bfloat16" (half their memory, rounded after every update;
     # r1train/adamw_state.py). Not with fsdp.
     optimizer_state_dtype: str = "float32"
-    # GRPO learner: compile the decoder layers with torch.compile (r1train/compiled_layers.py): fused
-    # kernels for the casts, norms and activations between the matmuls; the first step pays the
-    # compile (cached on disk for later runs). With rollout.backend: hf the learner stays eager (that
-    # backend generates with the learner's own model) and says so.
+    # GRPO and SFT learners: compile the decoder layers with torch.compile (r1train/compiled_layers.py):
+    # fused kernels for the casts, norms and activations between the matmuls; the first step pays the
+    # compile (cached on disk for later runs). With rollout.backend: hf the GRPO learner stays eager
+    # (that backend generates with the learner's own model) and says so.
     compile: bool = False
     # GRPO and SFT learners: the gated MLPs keep two of their four intermediate tensors for the
     # backward pass and compute the other two again (r1train/mlp_recompute.py): less activation

@@ -49,7 +49,7 @@ from r1train.logprobs import compute_token_logprobs
 from r1train import mlp_recompute
 from r1train.optimiser import Optimiser, load_trainable_state, trainable_state, with_lora
 from r1train.policy_loss import LossSettings, compute_policy_loss
-from r1train.policy_scoring import PolicyScorer, TokenLogprobsModule
+from r1train.policy_scoring import LOGPROB_CHUNK_ROWS, PolicyScorer, TokenLogprobsModule
 from r1train.unpadded_rows import use_unpadded_rows
 
 @dataclass
@@ -89,9 +89,7 @@ class PolicyLearner:
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         temperature: float = 1.0,
-        # Rows of output-layer logits at once (r1train/fused_head.py): 512 (256 in the pass with
-        # entropies) was as fast as 1024 and kept the learn phase's peak about 0.1 GiB lower.
-        logprob_chunk_size: int = 512,
+        logprob_chunk_size: int = LOGPROB_CHUNK_ROWS,
         pad_token_id: int = 0,
         accelerator=None,
         fsdp: bool = False,

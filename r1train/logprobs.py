@@ -66,12 +66,36 @@ def compute_token_logprobs(
     inputs = dict(input_ids=batch.input_ids) if embeddings is None else dict(inputs_embeds=embeddings)
     hidden = model.get_decoder()(**inputs, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                                  use_cache=False, **(batch.layout or {})).last_hidden_state
-    hidden_at = hidden.flatten(0, 1)[batch.source]  # [K, H]
-    targets = batch.target  # [K]
+    logprobs, entropy = head_token_logprobs(model, hidden.flatten(0, 1)[batch.source], batch.target,
+                                            chunk_size=chunk_size, with_entropy=with_entropy,
+                                            temperature=temperature, compiled_head=compiled_head)
+
+    def left_aligned(values: torch.Tensor) -> torch.Tensor:
+        """The flat [K] values as [N, T], each sample's tokens left-aligned in order."""
+        return values.new_zeros(batch.samples, batch.width).index_put((batch.sample, batch.column), values)
+
+    return left_aligned(logprobs), (left_aligned(entropy) if with_entropy else None)
+
+
+def head_token_logprobs(
+    model: torch.nn.Module,
+    hidden_at: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
+    compiled_head: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities [K] of `targets` [K] (and entropies [K], or None) from the decoder's hidden
+    states [K, H] at the positions that predict them, through the model's output layer in chunks
+    of `chunk_size` rows: the part of `compute_token_logprobs` after the decoder, also used on its
+    own by SFT's loss. Arguments as there."""
     head = model.get_output_embeddings()
     # A plain output layer gets the hand-written backward pass (r1train/fused_head.py); anything
     # else (a bias, an adapter wrapped around it) goes through autograd with checkpointed chunks.
-    fused = type(head) is torch.nn.Linear and head.bias is None
+    if type(head) is torch.nn.Linear and head.bias is None:
+        return head_logprobs(hidden_at, head.weight, targets, temperature, with_entropy, chunk_size,
+                             compiled=compiled_head)
 
     def chunk_logprobs(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = head(h)  # [C, V]; at least fp32 for the normaliser, even under autocast
@@ -85,17 +109,8 @@ def compute_token_logprobs(
         entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
         return logprobs, entropy
 
-    if fused:
-        logprobs, entropy = head_logprobs(hidden_at, head.weight, targets, temperature, with_entropy, chunk_size,
-                                          compiled=compiled_head)
-        flat = [logprobs, entropy] if with_entropy else [logprobs]
-    else:
-        flat = _checkpointed_chunks(chunk_logprobs, hidden_at, targets, chunk_size, 2 if with_entropy else 1)
-
-    # Scatter the flat [K] values to [N, T], each sample's tokens left-aligned in order.
-    out = [values.new_zeros(batch.samples, batch.width).index_put((batch.sample, batch.column), values)
-           for values in flat]
-    return out[0], (out[1] if with_entropy else None)
+    flat = _checkpointed_chunks(chunk_logprobs, hidden_at, targets, chunk_size, 2 if with_entropy else 1)
+    return flat[0], (flat[1] if with_entropy else None)
 
 
 def _checkpointed_chunks(chunk_logprobs, hidden_at, targets, chunk_size, outputs):

@@ -121,6 +121,11 @@ class Optimiser:
         self.optimizer.zero_grad(set_to_none=True)
         return finite
 
+    def release_state(self) -> None:
+        """Drop AdamW's moments (twice the trained weights' bytes in fp32) once training is over,
+        so that what runs after it in the process does not hold them too."""
+        self.optimizer.state.clear()
+
     def check_nan_limit(self, limit: int, checkpoint_dir: Path, hint: str) -> None:
         """Raise FloatingPointError once `limit` steps in a row were skipped, naming the newest
         checkpoint (a good one: skipped steps change no weight) and `hint`, what to change."""

@@ -8,12 +8,17 @@ the question as user turn), the completion is tokenised on its own and followed 
 tokenizer's EOS token, so the model learns to write the completion and then stop, on the very
 token boundary generation will use. Only completion tokens (EOS included) carry loss.
 
-An optimiser step takes `training.batch_size` examples. They are laid out as rows (one example per
-row, or several packed into one row with `training.packing`), rows are grouped into micro-batches
-of at most `training.micro_batch_tokens` tokens (padding included) and gradients accumulate over
-the micro-batches. The loss is the mean over every completion token of the step, so accumulation
-and packing change the numerics only at rounding level. With data.eval set (and evaluation.at_end),
-the saved model is evaluated and its scores logged as a row of the last step.
+An optimiser step takes `training.batch_size` examples and accumulates gradients over
+micro-batches of at most `training.micro_batch_tokens` tokens. They run through the GRPO learner's
+passes (`r1train/policy_scoring.py`), since the loss is the negative log-likelihood of the
+completion tokens, the logprobs that learner computes: with sdpa attention a micro-batch is one
+unpadded sequence in which every token runs once and the start all its prompts share (the system
+prompt and chat template) once, the output layer runs in chunks on the completion positions
+alone, and `training.compile` compiles the decoder layers, as for GRPO. With `training.packing`
+the examples are laid out in padded rows instead, several to a row. The loss is the mean over
+every completion token of the step, so accumulation, the layout and packing change the numerics
+only at rounding level. With data.eval set (and evaluation.at_end), the saved model is evaluated
+and its scores logged as a row of the last step.
 
 Packing. Packed examples restart their `position_ids` at 0; given no attention mask, transformers
 reads those restarts as sequence boundaries and builds a block-diagonal causal mask, so attention
@@ -33,29 +38,35 @@ Deliberate simplifications:
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from r1train.config import Recipe
 from r1train.batching import plan_micro_batches
+from r1train.compiled_layers import compile_decoder_layers
 from r1train.packing import ROW_LENGTH_MULTIPLE, padded_row_length
 from r1train.data import DataError, PromptSampler, holds_no_rows, load_data
 from r1train.evaluation import evaluate_model_dir
 from r1train.hardware import bf16_autocast_supported, compute_device, micro_batch_token_budget
+from r1train.heap import return_free_memory
+from r1train.logprobs import head_token_logprobs
 from r1train.mlp_recompute import recompute_mlp_products
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
 from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
+from r1train.policy_scoring import LOGPROB_CHUNK_ROWS, PolicyScorer, TokenLogprobsModule
 from r1train.prompts import BUILT_IN, encode_prompt
 from r1train.run_state import RunState
 from r1train.seeding import seed_everything
 from r1train.threads import set_threads
+from r1train.tied_embedding import lookup_embeddings
 from r1train.tracking import RunLogger
+from r1train.unpadded_rows import use_unpadded_rows
 
 
 @dataclass
@@ -127,16 +138,21 @@ def _to_tensors(rows: list[list[SFTExample]], pad_token_id: int) -> MicroBatch:
 def completion_nll_sum(model, batch: MicroBatch) -> torch.Tensor:
     """Summed negative log-likelihood of the completion tokens of a micro-batch (a scalar).
 
-    The output embedding runs only on the hidden states that predict a completion token (position
-    t predicts token t + 1), not on the prompt's, which saves most of the [B, T, vocab] logits.
+    The output layer runs only on the hidden states that predict a completion token (position t
+    predicts token t + 1), in chunks with the GRPO learner's hand-written backward pass
+    (`r1train/logprobs.py`), so no [tokens, vocab] logits are kept between the passes; a tied input
+    embedding's gradient is added in place (`r1train/tied_embedding.py`: SFT runs in one process
+    and takes its loss with `.backward()`).
     """
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
-    hidden = model.get_decoder()(input_ids=input_ids, position_ids=batch.position_ids.to(device),
+    embeddings = lookup_embeddings(model, input_ids)
+    inputs = dict(input_ids=input_ids) if embeddings is None else dict(inputs_embeds=embeddings)
+    hidden = model.get_decoder()(**inputs, position_ids=batch.position_ids.to(device),
                                  use_cache=False).last_hidden_state  # [B, T, H]
     predicts = batch.loss_mask[:, 1:].to(device)  # [B, T-1]
-    logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()  # [K, V]
-    return F.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="sum")
+    logprobs, _ = head_token_logprobs(model, hidden[:, :-1][predicts], input_ids[:, 1:][predicts])
+    return -logprobs.sum()
 
 
 class SFTTrainer:
@@ -150,18 +166,28 @@ class SFTTrainer:
         self.model_dir = resolve_model_dir(model_name)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.device = compute_device()
+        t = cfg.training
         model = load_model(self.model_dir, cfg.model.gradient_checkpointing)
+        if t.share_prompts and not t.packing:  # before compiling: the layers read the implementation
+            use_unpadded_rows(model)
         lora = cfg.model.lora
         if lora.enabled:
             model = with_lora(model, lora.r, lora.alpha, lora.dropout, list(lora.target_modules))
-        if cfg.training.recompute_mlp_products:
+        compiled = t.compile and compile_decoder_layers(model, self.device)
+        if t.recompute_mlp_products and not compiled:
             recompute_mlp_products(model)
         self.model = model.to(self.device).train()
-        self.use_bf16 = cfg.training.bf16 and bf16_autocast_supported(self.device)
-        self.micro_batch_tokens = micro_batch_token_budget(cfg.training.micro_batch_tokens, self.device, self.use_bf16)
+        self.use_bf16 = t.bf16 and bf16_autocast_supported(self.device)
+        self.micro_batch_tokens = micro_batch_token_budget(t.micro_batch_tokens, self.device, self.use_bf16)
+        # The GRPO learner's passes (r1train/policy_scoring.py), one process: SFT's loss is the
+        # negative log-likelihood of the completion tokens, the logprobs that learner computes.
+        self.scorer = PolicyScorer(
+            self.model, TokenLogprobsModule(self.model), device=self.device, use_bf16=self.use_bf16,
+            micro_batch_tokens=self.micro_batch_tokens, share_prompts=t.share_prompts,
+            chunk_size=LOGPROB_CHUNK_ROWS, temperature=1.0, pad_token_id=self.tokenizer.pad_token_id,
+            compiled=compiled)
 
         self.examples, counts = self._load_examples()
-        t = cfg.training
         self.total_steps = math.ceil(t.epochs * len(self.examples) / t.batch_size) if t.epochs else t.steps
         self.sampler = PromptSampler(self.examples, cfg.seed, cfg.data.shuffle)
         self.optimiser = Optimiser(
@@ -238,6 +264,10 @@ class SFTTrainer:
                 self.state.stop_if_interrupted(step, self, self.sampler, cfg.training.keep_checkpoints)
             save_model(self.model, self.tokenizer, final_dir)
             if cfg.data.eval and cfg.evaluation.at_end:
+                # The engine loads the saved model beside this one: AdamW's moments (1 GiB for the
+                # 135M model) are not needed any more, and the freed pages go back to the OS.
+                self.optimiser.release_state()
+                return_free_memory()
                 # A row of its own at the last step, as GRPO's evaluation before training has.
                 logger.log(self.total_steps, evaluate_model_dir(cfg, str(final_dir)))
         finally:
@@ -249,14 +279,11 @@ class SFTTrainer:
         """One optimiser step on `examples`: accumulate over micro-batches, clip, update."""
         t = self.recipe.training
         start = time.perf_counter()
-        batches = build_micro_batches(examples, self.micro_batch_tokens, t.max_seq_len, t.packing,
-                                      self.tokenizer.pad_token_id)
-        completion_tokens = sum(int(b.loss_mask.sum()) for b in batches)
+        completion_tokens, passes = self._micro_batch_nlls(examples)
         lr = self.optimiser.lr
         loss_value, finite = 0.0, True
-        for batch in batches:
-            with self._autocast():
-                loss = completion_nll_sum(self.model, batch) / completion_tokens
+        for summed_nll in passes:
+            loss = summed_nll() / completion_tokens
             if not torch.isfinite(loss):
                 finite = False
                 break
@@ -270,11 +297,37 @@ class SFTTrainer:
         tokens = sum(len(e) for e in examples)
         return {
             "loss": loss_value if finite else math.nan, "lr": lr, "grad_norm": grad_norm,
-            "tokens": tokens, "completion_tokens": completion_tokens, "micro_batches": len(batches),
+            "tokens": tokens, "completion_tokens": completion_tokens, "micro_batches": len(passes),
             "epoch": self.sampler.epoch + self.sampler.position / len(self.examples),
             "nan_skipped_steps": self.optimiser.nan_skipped_steps, "time/step": elapsed,
             "throughput/learn_tokens_per_s": tokens / max(elapsed, 1e-9),
         }
+
+    def _micro_batch_nlls(self, examples: list[SFTExample]) -> tuple[int, list[Callable[[], torch.Tensor]]]:
+        """The completion tokens of `examples` and, for each micro-batch, a function computing its
+        summed negative log-likelihood of them: through the GRPO learner's passes (unpadded where
+        the attention is sdpa: every token once, the prompts' common start once), or with
+        `training.packing` through rows of several examples each."""
+        t = self.recipe.training
+        if t.packing:
+            batches = build_micro_batches(examples, self.micro_batch_tokens, t.max_seq_len, True,
+                                          self.tokenizer.pad_token_id)
+
+            def packed_nll(batch: MicroBatch) -> torch.Tensor:
+                with self._autocast():
+                    return completion_nll_sum(self.model, batch)
+
+            return (sum(int(b.loss_mask.sum()) for b in batches),
+                    [functools.partial(packed_nll, batch) for batch in batches])
+        prompts = [e.input_ids[:e.prompt_len] for e in examples]
+        completions = [e.input_ids[e.prompt_len:] for e in examples]
+
+        def nll(packs: list[list[int]]) -> torch.Tensor:
+            logprobs, _ = self.scorer.logprobs(prompts, completions, packs, with_entropy=False)
+            return -logprobs.sum()
+
+        plan = self.scorer.plan(prompts, completions, list(range(len(examples))))
+        return sum(map(len, completions)), [functools.partial(nll, packs) for packs in plan]
 
     def _report_skipped_step(self) -> None:
         print(f"r1train: non-finite loss or gradient at step {self.step_count + 1}: step skipped "

@@ -1,6 +1,7 @@
-"""SFT on the tiny Llama: the loss mask, packing, token-budget micro-batches, learning on mixed files,
-empty files, evaluation at the end, LoRA, exact resume after an interruption, and skipping
-non-finite steps."""
+"""SFT on the tiny Llama: the loss mask, packing, token-budget micro-batches, the GRPO learner's
+passes (unpadded, compiled) giving the padded rows' loss and gradients, learning on mixed files,
+empty files, evaluation at the end (after AdamW's state is released), LoRA, exact resume after an
+interruption, and skipping non-finite steps."""
 from __future__ import annotations
 
 import json
@@ -9,13 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
 from r1train import sft
+from r1train.compiled_layers import cpp_compiler_found
 from r1train.config import recipe_from_dict
 from r1train.data import DataError, write_rows
 from r1train.prompts import render_prompt
 from r1train.sft import build_micro_batches, completion_nll_sum, run_sft, tokenize_example
 from r1train.tracking import read_metrics
+from r1train.unpadded_rows import unpadded
 
 EXAMPLES = [
     {"question": "What is 2 + 3?", "completion": "<think>\n2 plus 3 is 5.\n</think>\n<answer>5</answer>"},
@@ -101,6 +105,48 @@ def test_packing_and_micro_batches_give_the_unpacked_loss(tiny_model_dir, tokeni
     assert step_loss(small_budget) == pytest.approx(reference, rel=1e-5)
 
 
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_the_learner_passes_give_the_padded_rows_loss_and_gradients(tiny_model_dir, tokenizer, tmp_path,
+                                                                   share_prompts):
+    # Two completions of one question share its prompt in the learner's layout; every prompt shares
+    # the chat template's system turn. Two micro-batches, to cover the accumulation.
+    rows = EXAMPLES + [{"question": EXAMPLES[0]["question"], "completion": "<think>\nfive\n</think>\n<answer>5</answer>"}]
+    trainer = sft.SFTTrainer(make_recipe(tmp_path, tiny_model_dir, rows=rows, micro_batch_tokens=200,
+                                         share_prompts=share_prompts), tmp_path / "sft", str(tiny_model_dir))
+    assert unpadded(trainer.model) is share_prompts
+    trainer.model.double()  # float64: the layouts differ in summation order only
+    examples = trainer.examples
+    tokens, passes = trainer._micro_batch_nlls(examples)
+    assert tokens == sum(len(e) - e.prompt_len for e in examples) and len(passes) >= 2
+    loss = sum(nll() for nll in passes) / tokens
+    loss.backward()
+
+    reference = load_tiny(tiny_model_dir).double()
+    batches = build_micro_batches(examples, 4096, 1024, False, tokenizer.pad_token_id)
+    expected_loss = sum(completion_nll_sum(reference, b) for b in batches) / tokens
+    expected_loss.backward()
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-12)
+    expected = dict(reference.named_parameters())
+    for name, parameter in trainer.model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name].grad, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.skipif(not cpp_compiler_found(), reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_layers_take_the_eager_steps(tiny_model_dir, tmp_path):
+    def two_steps(compile_layers: bool) -> list[dict]:
+        recipe = make_recipe(tmp_path, tiny_model_dir, steps=2, batch_size=3, compile=compile_layers)
+        trainer = sft.SFTTrainer(recipe, tmp_path / f"compiled_{compile_layers}", str(tiny_model_dir))
+        return [trainer.step(trainer.sampler.next_batch(3)) for _ in range(2)]  # two shapes of micro-batch
+
+    torch._dynamo.reset()  # compile afresh: graphs cached by an earlier test would not be counted
+    counters.clear()
+    compiled_steps = two_steps(True)
+    assert counters["stats"]["unique_graphs"] >= 1  # the layers ran as compiled graphs
+    for compiled, eager in zip(compiled_steps, two_steps(False)):
+        assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4)
+        assert compiled["grad_norm"] == pytest.approx(eager["grad_norm"], rel=1e-4)
+
+
 def test_sft_learns_and_logs(tiny_model_dir, tmp_path, capsys):
     # Half the data comes through data.mix, four epochs of batch 2.
     mixed = tmp_path / "mix.jsonl"
@@ -145,6 +191,18 @@ def test_the_saved_model_is_evaluated_when_data_eval_is_set(tiny_model_dir, tmp_
     assert "loss" not in rows[-1] and {"eval/accuracy", "eval/format_rate", "eval/greedy_accuracy"} <= set(rows[-1])
 
 
+def test_the_optimiser_state_is_released_before_the_saved_model_is_evaluated(tiny_model_dir, tmp_path, monkeypatch):
+    held_out = tmp_path / "test.jsonl"
+    write_rows([{"question": "What is 1 + 1?", "answer": "2"}], held_out)
+    trainer = sft.SFTTrainer(make_recipe(tmp_path, tiny_model_dir, data={"eval": str(held_out)}, steps=2),
+                             tmp_path / "sft", str(tiny_model_dir))
+    moments_at_evaluation = []
+    monkeypatch.setattr(sft, "evaluate_model_dir", lambda cfg, model_dir: moments_at_evaluation.append(
+        sum(len(state) for state in trainer.optimiser.optimizer.state.values())) or {"eval/accuracy": 0.0})
+    trainer.train()
+    assert moments_at_evaluation == [0]
+
+
 def test_lora_saves_adapter_checkpoints_and_a_merged_model(tiny_model_dir, tmp_path):
     recipe = make_recipe(tmp_path, tiny_model_dir, lora=True, steps=2, learning_rate=1e-2)
     out = run_sft(recipe, tmp_path / "sft", str(tiny_model_dir))
@@ -176,7 +234,8 @@ def test_interrupted_sft_resumes_to_the_same_parameters(tiny_model_dir, tmp_path
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(sft, "completion_nll_sum", lambda model, batch: torch.tensor(float("nan")))
+    monkeypatch.setattr(sft.SFTTrainer, "_micro_batch_nlls",
+                        lambda self, examples: (1, [lambda: torch.tensor(float("nan"))]))
     out = run_sft(make_recipe(tmp_path, tiny_model_dir, steps=2, max_nan_steps=3), tmp_path / "nan", str(tiny_model_dir))
     rows = read_metrics(tmp_path / "nan" / "metrics.jsonl")
     assert [r["nan_skipped_steps"] for r in rows] == [1, 2]
