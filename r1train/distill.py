@@ -23,6 +23,7 @@ from r1train.config import Recipe
 from r1train.errors import RunError
 from r1train.rejection import run_rejection_sampling
 from r1train.sft import run_sft
+from r1train.stage_memory import release_finished_stage
 
 
 def shrink_model(model_name: str, layers: int, folder: Path) -> Path:
@@ -51,6 +52,7 @@ def run_distill(recipe: Recipe, stage_dir: Path, student_name: str, teacher_name
     """
     stage_dir = Path(stage_dir)
     traces = run_rejection_sampling(recipe, stage_dir / "traces", teacher_name, stage_name=stage_dir.name)
+    release_finished_stage()  # the teacher's engine, before the student trains (r1train/stage_memory.py)
     if student_layers is not None:
         init = stage_dir / "student_init"
         if not (init / "config.json").is_file():  # saved whole or not at all, so a rerun reuses it

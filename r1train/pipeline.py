@@ -28,6 +28,7 @@ from r1train.config import Recipe, StageConfig, referenced_stage, stage_recipe, 
 from r1train.errors import INTERRUPTED_EXIT, USER_ERRORS, RunError
 from r1train.run_lock import LOCK_FILE, hold_run_folder
 from r1train.run_state import TrainingInterrupted
+from r1train.stage_memory import release_finished_stage
 
 DONE = "DONE.json"
 LOG_FILE = "log.txt"  # what r1train logged during the run, tracebacks included
@@ -132,6 +133,7 @@ def _run_stages(recipe: Recipe, run_dir: Path) -> None:
         output = _run_stage(recipe, stage, stage_dir, outputs)
         outputs[stage.name] = str(output)
         _mark_done(stage_dir, output)
+        release_finished_stage()  # its model, optimiser state and engine (r1train/stage_memory.py)
     _write_scores_table(recipe, run_dir)
 
 
