@@ -58,7 +58,7 @@ from r1train.heap import return_free_memory
 from r1train.logprobs import head_token_logprobs
 from r1train.mlp_recompute import recompute_mlp_products
 from r1train.models import load_model, load_tokenizer, resolve_model_dir, save_model
-from r1train.optimiser import Optimiser, bf16_autocast, load_trainable_state, trainable_state, with_lora
+from r1train.optimiser import Optimiser, load_trainable_state, trainable_state, with_lora
 from r1train.policy_scoring import LOGPROB_CHUNK_ROWS, PolicyScorer, TokenLogprobsModule
 from r1train.prompts import BUILT_IN, encode_prompt
 from r1train.run_state import RunState
@@ -177,15 +177,15 @@ class SFTTrainer:
         if t.recompute_mlp_products and not compiled:
             recompute_mlp_products(model)
         self.model = model.to(self.device).train()
-        self.use_bf16 = t.bf16 and bf16_autocast_supported(self.device)
-        self.micro_batch_tokens = micro_batch_token_budget(t.micro_batch_tokens, self.device, self.use_bf16)
+        use_bf16 = t.bf16 and bf16_autocast_supported(self.device)
         # The GRPO learner's passes (r1train/policy_scoring.py), one process: SFT's loss is the
-        # negative log-likelihood of the completion tokens, the logprobs that learner computes.
+        # negative log-likelihood of the completion tokens, the logprobs that learner computes. The
+        # scorer holds the passes' settings (autocast, token budget) for the packed rows too.
         self.scorer = PolicyScorer(
-            self.model, TokenLogprobsModule(self.model), device=self.device, use_bf16=self.use_bf16,
-            micro_batch_tokens=self.micro_batch_tokens, share_prompts=t.share_prompts,
-            chunk_size=LOGPROB_CHUNK_ROWS, temperature=1.0, pad_token_id=self.tokenizer.pad_token_id,
-            compiled=compiled)
+            self.model, TokenLogprobsModule(self.model), device=self.device, use_bf16=use_bf16,
+            micro_batch_tokens=micro_batch_token_budget(t.micro_batch_tokens, self.device, use_bf16),
+            share_prompts=t.share_prompts, chunk_size=LOGPROB_CHUNK_ROWS, temperature=1.0,
+            pad_token_id=self.tokenizer.pad_token_id, compiled=compiled)
 
         self.examples, counts = self._load_examples()
         self.total_steps = math.ceil(t.epochs * len(self.examples) / t.batch_size) if t.epochs else t.steps
@@ -310,11 +310,11 @@ class SFTTrainer:
         `training.packing` through rows of several examples each."""
         t = self.recipe.training
         if t.packing:
-            batches = build_micro_batches(examples, self.micro_batch_tokens, t.max_seq_len, True,
+            batches = build_micro_batches(examples, self.scorer.micro_batch_tokens, t.max_seq_len, True,
                                           self.tokenizer.pad_token_id)
 
             def packed_nll(batch: MicroBatch) -> torch.Tensor:
-                with self._autocast():
+                with self.scorer.autocast():
                     return completion_nll_sum(self.model, batch)
 
             return (sum(int(b.loss_mask.sum()) for b in batches),
@@ -334,9 +334,6 @@ class SFTTrainer:
               f"({self.optimiser.consecutive_nan_steps} in a row)", flush=True)
         self.optimiser.check_nan_limit(self.recipe.training.max_nan_steps, self.state.checkpoint_dir,
                                        "lower training.learning_rate")
-
-    def _autocast(self):
-        return bf16_autocast(self.device, self.use_bf16)
 
 
 def run_sft(recipe: Recipe, stage_dir: Path, model_name: str) -> Path:

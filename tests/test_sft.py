@@ -105,15 +105,16 @@ def test_packing_and_micro_batches_give_the_unpacked_loss(tiny_model_dir, tokeni
     assert step_loss(small_budget) == pytest.approx(reference, rel=1e-5)
 
 
-@pytest.mark.parametrize("share_prompts", [True, False])
-def test_the_learner_passes_give_the_padded_rows_loss_and_gradients(tiny_model_dir, tokenizer, tmp_path,
-                                                                   share_prompts):
+@pytest.mark.parametrize("layout", [{"share_prompts": True}, {"share_prompts": False}, {"packing": True}],
+                         ids=["unpadded", "rows", "packed"])
+def test_the_learner_passes_give_the_padded_rows_loss_and_gradients(tiny_model_dir, tokenizer, tmp_path, layout):
     # Two completions of one question share its prompt in the learner's layout; every prompt shares
-    # the chat template's system turn. Two micro-batches, to cover the accumulation.
+    # the chat template's system turn. Two micro-batches, to cover the accumulation. With packing,
+    # the step's own padded rows, several examples to a row.
     rows = EXAMPLES + [{"question": EXAMPLES[0]["question"], "completion": "<think>\nfive\n</think>\n<answer>5</answer>"}]
-    trainer = sft.SFTTrainer(make_recipe(tmp_path, tiny_model_dir, rows=rows, micro_batch_tokens=200,
-                                         share_prompts=share_prompts), tmp_path / "sft", str(tiny_model_dir))
-    assert unpadded(trainer.model) is share_prompts
+    trainer = sft.SFTTrainer(make_recipe(tmp_path, tiny_model_dir, rows=rows, micro_batch_tokens=200, **layout),
+                             tmp_path / "sft", str(tiny_model_dir))
+    assert unpadded(trainer.model) is layout.get("share_prompts", False)
     trainer.model.double()  # float64: the layouts differ in summation order only
     examples = trainer.examples
     tokens, passes = trainer._micro_batch_nlls(examples)
