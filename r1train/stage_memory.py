@@ -40,7 +40,9 @@ def _module_level_exceptions():
             values = list(vars(module).values())
         except TypeError:  # an object standing in sys.modules without a __dict__
             continue
-        yield from (value for value in values if isinstance(value, BaseException))
+        # type(), not isinstance(): isinstance reads the value's __class__, and some module-level
+        # objects warn on any attribute read (torch.distributed.reduce_op, deprecated).
+        yield from (value for value in values if issubclass(type(value), BaseException))
 
 
 def _drop_tracebacks(exception: BaseException) -> int:

@@ -49,3 +49,26 @@ def test_an_error_kept_at_module_level_no_longer_keeps_a_finished_stage(monkeypa
     assert release_finished_stage() >= 1
     assert trainer() is None
     assert str(library.import_error) == "optional dependency missing"  # the error itself stays
+
+
+class WarnsWhenRead:
+    """Stands for a module-level object that warns on any attribute read, as the deprecated
+    torch.distributed.reduce_op does: the sweep printed its FutureWarning between stages."""
+
+    def __getattribute__(self, name):
+        import warnings
+
+        warnings.warn("a deprecated object was read", FutureWarning)
+        return object.__getattribute__(self, name)
+
+
+def test_the_sweep_reads_no_attribute_of_the_values_it_passes(monkeypatch):
+    import warnings
+
+    library = types.ModuleType("library_with_a_deprecated_object")
+    library.reduce_op = WarnsWhenRead()
+    monkeypatch.setitem(sys.modules, library.__name__, library)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        release_finished_stage()
+    assert [str(w.message) for w in caught if "deprecated object" in str(w.message)] == []
