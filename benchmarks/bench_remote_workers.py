@@ -54,13 +54,20 @@ def main() -> None:
     variants = args.variants.split(",")
     if set(variants) - set(VARIANTS):
         parser.error(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}")
+    import torch
+
     from r1train.config import load_recipe
+    from r1train.engines.kv_cache_size import recipe_kv_cache_gib
+    from r1train.engines.vllm_engine import CPU_KV_BLOCK_TOKENS, native_engine_dtype
     from r1train.models import resolve_model_dir
     from r1train.rollout_workers import WorkerPool
 
     recipe = load_recipe(RECIPE)
     model_dir = str(resolve_model_dir(recipe.model.name))
     max_model_len = recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens
+    # The workers' cache as the colocated engine's (CPU workers: its dtype and block size).
+    kv_cache_gib = recipe_kv_cache_gib(recipe, model_dir, getattr(torch, native_engine_dtype(on_cpu=True)).itemsize,
+                                       CPU_KV_BLOCK_TOKENS)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for index, variant in enumerate(variants):
@@ -70,7 +77,7 @@ def main() -> None:
                 continue
             workers, native = int(variant.split("-")[0]), variant.endswith("-native")
             pool = WorkerPool(model_dir, workers, port=18700, max_model_len=max_model_len,
-                              kv_cache_gib=recipe.rollout.vllm_kv_cache_gib, log_dir=Path(tmp) / f"logs{variant}",
+                              kv_cache_gib=kv_cache_gib, log_dir=Path(tmp) / f"logs{variant}",
                               norm_kernels=not native)
             name = f"{workers} remote worker{'s' * (workers > 1)}{', native norms' * native}{run_label}"
             try:

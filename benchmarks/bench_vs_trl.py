@@ -143,8 +143,13 @@ def build_workload(args: argparse.Namespace) -> dict:
         # sides stay comparable.
         stop = []
     batch = args.prompts * args.group_size
+    kv_cache_gib = rollout.get("vllm_kv_cache_gib")
+    if type(kv_cache_gib) not in (int, float):  # "auto" sizes r1train's cache alone; every side needs the same
+        raise SystemExit(f"bench_vs_trl: set rollout.vllm_kv_cache_gib in {args.recipe} to a number of GiB "
+                         f"(got {kv_cache_gib!r}), so that every side's vLLM reserves the same KV cache")
     return {
         "recipe": recipe,
+        "kv_cache_gib": kv_cache_gib,
         "prompts_path": str(prompts_path),
         "prompt_source": source,
         "rows": len(rows),
@@ -264,7 +269,7 @@ def run_vllm_alone(workload: dict) -> dict:
     t0 = time.perf_counter()
     llm = vllm.LLM(model=model_dir, dtype=dtype, seed=recipe.get("seed", 0),
                    max_model_len=data_cfg.get("max_prompt_tokens", 256) + workload["max_new_tokens"],
-                   kv_cache_memory_bytes=int(rollout.get("vllm_kv_cache_gib", 2.0) * 1024**3))
+                   kv_cache_memory_bytes=int(workload["kv_cache_gib"] * 1024**3))
     setup_s = time.perf_counter() - t0
     params = vllm.SamplingParams(
         n=workload["group_size"], max_tokens=workload["max_new_tokens"], temperature=rollout.get("temperature", 1.0),

@@ -136,7 +136,7 @@ def run_trl(workload: dict) -> dict:
     steps = workload["warmup"] + workload["steps"]
     sampling_extra = {"stop": workload["stop"]} if use_vllm and workload["stop"] else None
     if use_vllm:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout.get("vllm_kv_cache_gib", 2.0)))))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(workload["kv_cache_gib"]))))
     out_dir = Path(workload["work_dir"]) / "trl"
     shutil.rmtree(out_dir, ignore_errors=True)
     config = trl.GRPOConfig(

@@ -121,7 +121,9 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
-    vllm_kv_cache_gib: float = 2.0
+    # GiB the colocated engine reserves for its KV cache, or "auto": what one rollout batch can fill,
+    # at most 2 GiB (r1train/engines/kv_cache_size.py). An int, float or "auto", checked in validate().
+    vllm_kv_cache_gib: Any = "auto"
     vllm_sleep: bool = True  # free vLLM's KV cache while the learner trains (GPU: weights offloaded too)
     vllm_compile: bool | None = None  # torch.compile (GPU: and CUDA graphs); null: on GPU only (CPU: see VLLMEngine)
     vllm_share_prompt_tails: bool = True  # CPU: a prompt's partial last KV block computed once per group (engines/prompt_tails.py)
@@ -151,7 +153,9 @@ class RolloutConfig:
         check(self.temperature > 0, f"{at}.temperature", "must be positive")
         check(0 < self.top_p <= 1, f"{at}.top_p", "must be in (0, 1]")
         check(self.top_k >= 0, f"{at}.top_k", "must be 0 (off) or positive")
-        check(self.vllm_kv_cache_gib > 0, f"{at}.vllm_kv_cache_gib", "must be positive")
+        size = self.vllm_kv_cache_gib
+        check(size == "auto" or (type(size) in (int, float) and size > 0), f"{at}.vllm_kv_cache_gib",
+              f"must be 'auto' or a positive number of GiB, got {size!r}")
 
 
 @dataclass

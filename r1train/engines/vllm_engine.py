@@ -49,6 +49,7 @@ import torch
 from r1train.engines import cpu_kernels
 from r1train.engines.base import Completion, SamplingSettings
 from r1train.engines.cpu_sampler import install_in_engine as install_cpu_sampler
+from r1train.engines.kv_cache_size import recipe_kv_cache_gib
 from r1train.engines.direct_sync import WEIGHTS_RELEASED, DirectWeightSync, learner_tensors
 from r1train.engines.offline_call import in_process_scheduler, progress_reporter, running_at_most
 from r1train.engines.weights import checkpoint_weights
@@ -57,6 +58,7 @@ from r1train.hardware import bf16_autocast_supported
 
 _GIB = 1024**3
 CPU_KV_BLOCK_TOKENS = 32
+GPU_KV_BLOCK_TOKENS = 16  # vLLM's default there
 # The KV connector that lets a prompt's samples share its last, partial block (prompt_tails.py),
 # as vLLM is told of it (the colocated engine's kv_transfer_config, a worker's --kv-transfer-config).
 PROMPT_TAILS_KV_TRANSFER = {
@@ -234,8 +236,16 @@ class VLLMEngine:
 
     @classmethod
     def from_recipe(cls, recipe, model: torch.nn.Module, model_dir, tokenizer) -> "VLLMEngine":
+        import_vllm()
+        from vllm.platforms import current_platform
+
         r = recipe.rollout
-        return cls(model_dir, tokenizer, seed=recipe.seed, kv_cache_gib=r.vllm_kv_cache_gib, sleep_mode=r.vllm_sleep,
+        on_cpu = current_platform.is_cpu()
+        # The cache's size in the engine's dtype and blocks, from the folder vLLM loads.
+        dtype_bytes = getattr(torch, native_engine_dtype(on_cpu)).itemsize
+        kv_cache_gib = recipe_kv_cache_gib(recipe, model_dir, dtype_bytes,
+                                           CPU_KV_BLOCK_TOKENS if on_cpu else GPU_KV_BLOCK_TOKENS)
+        return cls(model_dir, tokenizer, seed=recipe.seed, kv_cache_gib=kv_cache_gib, sleep_mode=r.vllm_sleep,
                    max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens, compile=r.vllm_compile,
                    trim_on_wake=trims_heap_on_wake(recipe), share_prompt_tails=r.vllm_share_prompt_tails)
 

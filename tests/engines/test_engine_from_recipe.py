@@ -13,6 +13,7 @@ from r1train.config import BACKENDS_BY_PLACEMENT, recipe_from_dict
 from r1train.engines import ENGINE_BY_RECIPE
 from r1train.engines.base import SamplingSettings
 from r1train.engines import engine_from_recipe as engine_for
+from r1train.engines.kv_cache_size import kv_bytes_per_token, recipe_kv_cache_gib
 
 
 def recipe_for(model_dir, backend: str, placement: str = "colocate", **rollout):
@@ -55,6 +56,28 @@ def test_hf_colocate_builds_from_the_recipe_and_generates(tiny_model_dir, make_t
     assert (engine.model is model) != async_generation  # async: a copy of its own, the learner trains the original
     completions = engine.generate(chat_prompts[:1], 2, SamplingSettings(max_new_tokens=6))
     assert len(completions) == 2 and all(len(c.token_ids) == len(c.logprobs) > 0 for c in completions)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_vllm_auto_kv_cache_reserves_what_one_rollout_batch_can_fill(tiny_model_dir, make_tiny_model, tokenizer):
+    from transformers import AutoConfig
+
+    recipe = recipe_for(tiny_model_dir, "vllm")
+    assert recipe.rollout.vllm_kv_cache_gib == "auto"
+
+    engine = engine_for(recipe, make_tiny_model(), str(tiny_model_dir), tokenizer)
+    try:
+        reserved = sum(storage.nbytes() for storage in engine._kv_cache_storages())
+        cache_config = engine.llm.llm_engine.vllm_config.cache_config
+        block_tokens, blocks = cache_config.block_size, cache_config.num_gpu_blocks
+    finally:
+        engine.close()
+    itemsize = engine.dtype.itemsize
+    wanted = recipe_kv_cache_gib(recipe, tiny_model_dir, itemsize, block_tokens) * 1024**3
+    block_bytes = block_tokens * kv_bytes_per_token(AutoConfig.from_pretrained(tiny_model_dir), itemsize)
+    assert reserved == blocks * block_bytes  # vLLM's blocks are the size the formula counts
+    assert wanted - block_bytes < reserved <= wanted  # as many whole blocks as the size holds
 
 
 @pytest.mark.vllm
