@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 import types
+import warnings
 import weakref
 
 import pytest
@@ -56,15 +57,11 @@ class WarnsWhenRead:
     torch.distributed.reduce_op does: the sweep printed its FutureWarning between stages."""
 
     def __getattribute__(self, name):
-        import warnings
-
         warnings.warn("a deprecated object was read", FutureWarning)
         return object.__getattribute__(self, name)
 
 
 def test_the_sweep_reads_no_attribute_of_the_values_it_passes(monkeypatch):
-    import warnings
-
     library = types.ModuleType("library_with_a_deprecated_object")
     library.reduce_op = WarnsWhenRead()
     monkeypatch.setitem(sys.modules, library.__name__, library)

@@ -111,7 +111,8 @@ class VLLMEngine:
         seed: the engine's sampling seed (set once, at start-up).
         kv_cache_gib: memory reserved for the KV cache, in GiB (`kv_cache_memory_bytes`; on CPU a
             set VLLM_CPU_KVCACHE_SPACE overrides it). None lets vLLM size it (GPU:
-            `gpu_memory_utilization`).
+            `gpu_memory_utilization`). from_recipe turns a recipe's "auto" into GiB
+            (kv_cache_size.py).
         gpu_memory_utilization: share of GPU memory vLLM may take; ignored on CPU.
         sleep_mode: on GPU, free vLLM's memory between generate() calls (see sleep()).
         dtype: the engine's weight dtype; the learner's weights are cast to it when pushed. None

@@ -1,4 +1,4 @@
-"""`rollout.vllm_kv_cache_gib: auto`: the cache one rollout batch can fill, between two whole-length
+"""`rollout.vllm_kv_cache_gib: auto`: the cache the engine's largest batch can fill, between two whole-length
 sequences and the 2 GiB fixed default it replaced; a number passes through; bad values are refused."""
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from transformers import LlamaConfig, Qwen2Config
 
 from r1train.config import recipe_from_dict
 from r1train.config_parsing import ConfigError
-from r1train.engines.kv_cache_size import (AUTO_KV_CACHE_MAX_GIB, kv_bytes_per_token, recipe_kv_cache_gib,
-                                           rollout_kv_cache_bytes)
+from r1train.engines.kv_cache_size import (AUTO_KV_CACHE_MAX_GIB, batch_kv_cache_bytes, kv_bytes_per_token,
+                                           recipe_kv_cache_gib)
+from r1train.evaluation import EVAL_CHUNK_COMPLETIONS
 
 GIB = 1024**3
 # The embedded default model's attention: 30 layers, 9 query heads, 3 KV heads of 64 (576 / 9).
@@ -33,36 +34,46 @@ def test_a_config_without_an_attention_layout_gives_none():
 
 def test_the_main_recipe_shape_needs_each_groups_prompt_once_and_each_samples_completion():
     per_token = kv_bytes_per_token(SMOLLM_135M, 4)
-    size = rollout_kv_cache_bytes(per_token, prompts=16, group_size=8, max_prompt_tokens=256, max_new_tokens=64,
-                                  block_tokens=32)
+    size = batch_kv_cache_bytes(per_token, prompts=16, sequences=16 * 8, max_prompt_tokens=256, max_new_tokens=64,
+                                block_tokens=32)
     blocks = 16 * 8 + 16 * 8 * (2 + 1)  # 8 prompt blocks a group; 2 completion blocks and a partial one a sample
     assert size == blocks * 32 * per_token
     assert 0.6 * GIB < size < 0.8 * GIB  # in fp32: a third of the 2 GiB the engine reserved before
 
 
 def test_the_cache_holds_two_whole_sequences_at_least():
-    size = rollout_kv_cache_bytes(1000, prompts=1, group_size=2, max_prompt_tokens=2000, max_new_tokens=8,
-                                  block_tokens=32)
+    size = batch_kv_cache_bytes(1000, prompts=1, sequences=2, max_prompt_tokens=2000, max_new_tokens=8,
+                                block_tokens=32)
     assert size == 2 * 63 * 32 * 1000  # 2008 tokens fill 63 blocks; the batch alone would need 63 + 2 * 2
 
 
 def test_the_cache_is_never_larger_than_the_old_default():
     per_token = kv_bytes_per_token(SMOLLM_135M, 4)
-    size = rollout_kv_cache_bytes(per_token, prompts=64, group_size=16, max_prompt_tokens=512, max_new_tokens=4096,
-                                  block_tokens=16)
+    size = batch_kv_cache_bytes(per_token, prompts=64, sequences=64 * 16, max_prompt_tokens=512, max_new_tokens=4096,
+                                block_tokens=16)
     assert size == int(AUTO_KV_CACHE_MAX_GIB * GIB)
 
 
-def test_a_recipe_number_passes_through_and_auto_is_the_default(tiny_model_dir):
+def test_a_recipe_number_passes_through(tiny_model_dir):
     assert recipe_kv_cache_gib(recipe_from_dict({"rollout": {"vllm_kv_cache_gib": 3}}), tiny_model_dir, 4, 32) == 3.0
-    recipe = recipe_from_dict({"data": {"max_prompt_tokens": 100}, "rollout": {"max_new_tokens": 20}})
-    assert recipe.rollout.vllm_kv_cache_gib == "auto"
+
+
+@pytest.mark.parametrize("rollout, rejection_samples, sequences", [
+    ({"prompts_per_step": 16, "group_size": 8}, 8, 128),  # the default shape: every batch 128 sequences
+    ({"prompts_per_step": 16, "group_size": 16}, 8, 256),  # the rollout batch is the largest
+    ({"prompts_per_step": 16, "group_size": 4}, 32, 512),  # a rejection sampling chunk is
+    ({"prompts_per_step": 2, "group_size": 4}, 4, EVAL_CHUNK_COMPLETIONS),  # an evaluation chunk is
+])
+def test_auto_sizes_the_cache_for_the_largest_batch_the_engine_runs(tiny_model_dir, rollout, rejection_samples,
+                                                                      sequences):
     from transformers import AutoConfig
 
+    recipe = recipe_from_dict({"data": {"max_prompt_tokens": 100}, "rollout": {"max_new_tokens": 20, **rollout},
+                               "rejection": {"samples": rejection_samples}})
+    assert recipe.rollout.vllm_kv_cache_gib == "auto"  # the default
     per_token = kv_bytes_per_token(AutoConfig.from_pretrained(tiny_model_dir), 4)
-    expected = rollout_kv_cache_bytes(per_token, prompts=recipe.rollout.prompts_per_step,
-                                      group_size=recipe.rollout.group_size, max_prompt_tokens=100, max_new_tokens=20,
-                                      block_tokens=32)
+    expected = batch_kv_cache_bytes(per_token, prompts=rollout["prompts_per_step"], sequences=sequences,
+                                    max_prompt_tokens=100, max_new_tokens=20, block_tokens=32)
     assert recipe_kv_cache_gib(recipe, tiny_model_dir, 4, 32) == expected / GIB
 
 
