@@ -92,3 +92,30 @@ def test_vllm_colocate_builds_from_the_recipe_and_generates(tiny_model_dir, make
         assert engine.llm.llm_engine.model_config.max_model_len == 106  # data.max_prompt_tokens + max_new_tokens
     finally:
         engine.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_a_closed_engine_leaves_its_layers_to_be_freed(tiny_model_dir, make_tiny_model, tokenizer):
+    """vLLM's per-layer reload records (a module-level WeakKeyDictionary) kept most of a dropped
+    engine's layers, and their weights, alive through records that refer back to them: every
+    pipeline stage that generates left its engine's weights behind. close() drops the records. (The
+    pipeline's release between stages runs too: a traceback vLLM keeps can hold the frame that
+    built the first engine, see r1train/stage_memory.py.)"""
+    import gc
+    import weakref
+
+    from r1train.stage_memory import release_finished_stage
+
+    engine = engine_for(recipe_for(tiny_model_dir, "vllm", vllm_kv_cache_gib=0.05), make_tiny_model(),
+                        str(tiny_model_dir), tokenizer)
+    engine.sync_weights(make_tiny_model(seed=1))
+    engine_model = engine.llm.collective_rpc(lambda worker: worker.model_runner.get_model())[0]
+    layers = [weakref.ref(module) for module in engine_model.modules()]
+    del engine_model
+    engine.close()
+    del engine
+    release_finished_stage()
+    gc.collect()
+    alive = [type(layer()).__name__ for layer in layers if layer() is not None]
+    assert alive == []  # before: the embedding, every linear layer and norm (their weights with them)
