@@ -121,7 +121,7 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
-    # GiB the colocated engine reserves for its KV cache, or "auto": what one rollout batch can fill,
+    # GiB the colocated engine reserves for its KV cache, or "auto": what its largest batch can fill,
     # at most 2 GiB (r1train/engines/kv_cache_size.py). An int, float or "auto", checked in validate().
     vllm_kv_cache_gib: Any = "auto"
     vllm_sleep: bool = True  # free vLLM's KV cache while the learner trains (GPU: weights offloaded too)

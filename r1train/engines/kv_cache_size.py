@@ -60,7 +60,8 @@ def batch_kv_cache_bytes(bytes_per_token: int, *, prompts: int, sequences: int, 
 
 def recipe_kv_cache_gib(recipe, model_dir: str | Path, dtype_bytes: int, block_tokens: int) -> float:
     """`rollout.vllm_kv_cache_gib` as GiB: the recipe's number, or for "auto" the size above for the
-    recipe's largest batch and the model in `model_dir` (AUTO_KV_CACHE_MAX_GIB where its config does not give the attention layout)."""
+    recipe's largest batch and the model in `model_dir` (AUTO_KV_CACHE_MAX_GIB where its config
+    does not give the attention layout)."""
     rollout = recipe.rollout
     if rollout.vllm_kv_cache_gib != "auto":
         return float(rollout.vllm_kv_cache_gib)
@@ -75,4 +76,3 @@ def recipe_kv_cache_gib(recipe, model_dir: str | Path, dtype_bytes: int, block_t
                                 max_prompt_tokens=recipe.data.max_prompt_tokens,
                                 max_new_tokens=rollout.max_new_tokens, block_tokens=block_tokens)
     return size / _GIB
-

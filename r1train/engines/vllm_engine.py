@@ -49,8 +49,8 @@ import torch
 from r1train.engines import cpu_kernels
 from r1train.engines.base import Completion, SamplingSettings
 from r1train.engines.cpu_sampler import install_in_engine as install_cpu_sampler
-from r1train.engines.kv_cache_size import recipe_kv_cache_gib
 from r1train.engines.direct_sync import WEIGHTS_RELEASED, DirectWeightSync, learner_tensors
+from r1train.engines.kv_cache_size import recipe_kv_cache_gib
 from r1train.engines.offline_call import in_process_scheduler, progress_reporter, running_at_most
 from r1train.engines.weights import checkpoint_weights
 from r1train.heap import regrow_zeroed, return_free_memory, zero_storages
@@ -96,9 +96,9 @@ def import_vllm():
 def forget_reload_records(engine_model: torch.nn.Module) -> None:
     """Drop vLLM's records for reloading `engine_model`'s weights, kept for every layer in a
     module-level WeakKeyDictionary (`reload/layerwise.py`'s LAYERWISE_INFO). Some records refer back
-    to layers of the model, so their weak keys never die and a dropped engine's whole model stayed
-    alive: 215 of the 135M model's 339 records outlived its engine, 0.7 GiB of weights in fp32, one
-    more copy after every pipeline stage that generates (docs/results/stage_creep_avx2_2026-12-07/)."""
+    to layers of the model, so their weak keys never die: 215 of the 135M model's 339 layers, with
+    their weights, outlived a dropped engine, 0.7 GiB in fp32, one more copy after every pipeline
+    stage that generates (docs/results/stage_creep_avx2_2026-12-07/)."""
     try:
         from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
     except ImportError:  # a vLLM without the records
