@@ -37,14 +37,12 @@ def run_setting(recipe_path: str, block: str, mode: str, norms: str, draw: str, 
     """One engine with one setting; prints a JSON line per call."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    import torch
     import vllm
     from transformers import AutoTokenizer
 
     from r1train.config import load_recipe
     from r1train.data import PromptSampler, load_rows
-    from r1train.engines.kv_cache_size import recipe_kv_cache_gib
-    from r1train.engines.vllm_engine import CPU_KV_BLOCK_TOKENS, native_engine_dtype
+    from r1train.engines.vllm_engine import engine_kv_cache_gib, native_engine_dtype
     from r1train.models import resolve_model_dir
     from r1train.prompts import encode_prompt
 
@@ -53,9 +51,8 @@ def run_setting(recipe_path: str, block: str, mode: str, norms: str, draw: str, 
     model_dir = resolve_model_dir(recipe.model.name)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     sampler = PromptSampler(load_rows(data.train), recipe.seed, data.shuffle)
-    dtype = native_engine_dtype(on_cpu=True)
-    kv_cache_gib = recipe_kv_cache_gib(recipe, model_dir, getattr(torch, dtype).itemsize, CPU_KV_BLOCK_TOKENS)
-    options = dict(model=model_dir, dtype=dtype, seed=recipe.seed,
+    kv_cache_gib = engine_kv_cache_gib(recipe, model_dir, on_cpu=True)
+    options = dict(model=model_dir, dtype=native_engine_dtype(on_cpu=True), seed=recipe.seed,
                    max_model_len=data.max_prompt_tokens + rollout.max_new_tokens, enforce_eager=mode == "eager",
                    kv_cache_memory_bytes=int(kv_cache_gib * 1024**3), logprobs_mode="raw_logprobs")
     if block != "default":

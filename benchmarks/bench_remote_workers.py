@@ -54,11 +54,8 @@ def main() -> None:
     variants = args.variants.split(",")
     if set(variants) - set(VARIANTS):
         parser.error(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}")
-    import torch
-
     from r1train.config import load_recipe
-    from r1train.engines.kv_cache_size import recipe_kv_cache_gib
-    from r1train.engines.vllm_engine import CPU_KV_BLOCK_TOKENS, native_engine_dtype
+    from r1train.engines.vllm_engine import engine_kv_cache_gib
     from r1train.models import resolve_model_dir
     from r1train.rollout_workers import WorkerPool
 
@@ -66,8 +63,7 @@ def main() -> None:
     model_dir = str(resolve_model_dir(recipe.model.name))
     max_model_len = recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens
     # The workers' cache as the colocated engine's (CPU workers: its dtype and block size).
-    kv_cache_gib = recipe_kv_cache_gib(recipe, model_dir, getattr(torch, native_engine_dtype(on_cpu=True)).itemsize,
-                                       CPU_KV_BLOCK_TOKENS)
+    kv_cache_gib = engine_kv_cache_gib(recipe, model_dir, on_cpu=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for index, variant in enumerate(variants):

@@ -93,6 +93,13 @@ def import_vllm():
     return vllm
 
 
+def engine_kv_cache_gib(recipe, model_dir, on_cpu: bool) -> float:
+    """The recipe's KV cache in GiB for an engine on a CPU or a GPU: "auto" counted in the dtype and
+    blocks that engine uses (kv_cache_size.py), for the model in `model_dir`."""
+    dtype_bytes = getattr(torch, native_engine_dtype(on_cpu)).itemsize
+    return recipe_kv_cache_gib(recipe, model_dir, dtype_bytes, CPU_KV_BLOCK_TOKENS if on_cpu else GPU_KV_BLOCK_TOKENS)
+
+
 def forget_reload_records(engine_model: torch.nn.Module) -> None:
     """Drop vLLM's records for reloading `engine_model`'s weights, kept for every layer in a
     module-level WeakKeyDictionary (`reload/layerwise.py`'s LAYERWISE_INFO). Some records refer back
@@ -255,11 +262,7 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         r = recipe.rollout
-        on_cpu = current_platform.is_cpu()
-        # The cache's size in the engine's dtype and blocks, from the folder vLLM loads.
-        dtype_bytes = getattr(torch, native_engine_dtype(on_cpu)).itemsize
-        kv_cache_gib = recipe_kv_cache_gib(recipe, model_dir, dtype_bytes,
-                                           CPU_KV_BLOCK_TOKENS if on_cpu else GPU_KV_BLOCK_TOKENS)
+        kv_cache_gib = engine_kv_cache_gib(recipe, model_dir, on_cpu=current_platform.is_cpu())
         return cls(model_dir, tokenizer, seed=recipe.seed, kv_cache_gib=kv_cache_gib, sleep_mode=r.vllm_sleep,
                    max_model_len=recipe.data.max_prompt_tokens + r.max_new_tokens, compile=r.vllm_compile,
                    trim_on_wake=trims_heap_on_wake(recipe), share_prompt_tails=r.vllm_share_prompt_tails)
@@ -349,9 +352,13 @@ class VLLMEngine:
             raise RuntimeError("vLLM could not reset its prefix cache after a weight sync")
         self._drop_shared_prompt_blocks()
 
+    def engine_model(self) -> torch.nn.Module:
+        """vLLM's own model object, whose parameters the engine computes with."""
+        return self.llm.collective_rpc(lambda worker: worker.model_runner.get_model())[0]
+
     def _record_direct_sync(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         """Sync through vLLM's loaders once, recording where each tensor lands (see direct_sync)."""
-        engine_model = self.llm.collective_rpc(lambda worker: worker.model_runner.get_model())[0]
+        engine_model = self.engine_model()
         # Each learner tensor under every name it has (the tied embedding under both), uncast: the
         # loaders' copy_ casts, and the recorder recognises the learner's own tensors.
         weights = ((name, param.detach()) for name, param in model.named_parameters(remove_duplicate=False))
@@ -455,6 +462,6 @@ class VLLMEngine:
         if self._adopted_process_group:
             _KEPT_UNTIL_EXIT.append(self.llm)
         else:
-            forget_reload_records(self.llm.collective_rpc(lambda worker: worker.model_runner.get_model())[0])
+            forget_reload_records(self.engine_model())
         del self.llm
 

@@ -60,7 +60,7 @@ def test_hf_colocate_builds_from_the_recipe_and_generates(tiny_model_dir, make_t
 
 @pytest.mark.vllm
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
-def test_vllm_auto_kv_cache_reserves_what_one_rollout_batch_can_fill(tiny_model_dir, make_tiny_model, tokenizer):
+def test_vllm_auto_kv_cache_reserves_what_its_largest_batch_can_fill(tiny_model_dir, make_tiny_model, tokenizer):
     from transformers import AutoConfig
 
     recipe = recipe_for(tiny_model_dir, "vllm")
@@ -110,7 +110,7 @@ def test_a_closed_engine_leaves_its_layers_to_be_freed(tiny_model_dir, make_tiny
     engine = engine_for(recipe_for(tiny_model_dir, "vllm", vllm_kv_cache_gib=0.05), make_tiny_model(),
                         str(tiny_model_dir), tokenizer)
     engine.sync_weights(make_tiny_model(seed=1))
-    engine_model = engine.llm.collective_rpc(lambda worker: worker.model_runner.get_model())[0]
+    engine_model = engine.engine_model()
     layers = [weakref.ref(module) for module in engine_model.modules()]
     del engine_model
     engine.close()

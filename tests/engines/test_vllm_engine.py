@@ -314,7 +314,7 @@ def test_sleep_with_stale_weights_frees_them_until_the_next_push(engine, learner
     push fails and says why; after the push the engine gives, bit for bit, what it gave before."""
     greedy = SamplingSettings(max_new_tokens=12, temperature=0.0)
     before = engine.generate(chat_prompts, n=1, sampling=greedy)
-    engine_model = engine.llm.collective_rpc(lambda worker: worker.model_runner.get_model())[0]
+    engine_model = engine.engine_model()
     embedding = engine_model.model.embed_tokens.weight
     size = embedding.untyped_storage().nbytes()
     assert engine.frees_stale_weights
